@@ -1,0 +1,106 @@
+"""Bellman Diffusion: a conditional diffusion model of the successor state measure d(x | s, a),
+trained by temporal differences on the denoiser's output (spec §1, §2, §4.3)."""
+import copy
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from .backends import BACKENDS, kernel_ops, resolve_backend
+from .compat import CompatFlags
+from .networks import Denoiser
+from .reference import SAMPLERS
+from .schedule import PREDICTIONS, DiffusionSchedule, network_target
+
+
+class BellmanDiffusion(nn.Module):
+    """Online SSM denoiser D, its target copy D', the schedule and the TD loss.
+
+    States are expected normalised. s, s_next (B, obs_dim) float32; a, a_next (B, act_dim);
+    done (B,) float or bool; t (B,) int64 in [0, steps); eps, z (B, obs_dim).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (512, 512),
+        steps: int = 10,
+        prediction: str = "sample",
+        gamma: float = 0.99,
+        backend: str = "auto",
+        sampler: str = "ddim",
+        compat: Union[bool, CompatFlags] = False,
+    ):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampler {sampler!r}: choose ddim or ddpm")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.prediction, self.gamma, self.backend = prediction, gamma, backend
+        self.flags = CompatFlags.resolve(compat)
+        self.sampler = "posterior_mean" if self.flags.posterior_mean_sampler else sampler
+        assert self.sampler in SAMPLERS
+        self.schedule = DiffusionSchedule(steps)
+        self.denoiser = Denoiser(obs_dim, act_dim, conditional=True, hidden=hidden)
+        self.target_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    def ops(self, like: torch.Tensor):
+        """Kernel functions (fastbdm.reference or fastbdm.ops) for tensors on like.device."""
+        return kernel_ops(resolve_backend(self.backend, like.device))
+
+    def _net(self, target: bool) -> Denoiser:
+        return self.target_denoiser if target else self.denoiser
+
+    def denoise(self, x_t, s, a, t, target: bool = False) -> torch.Tensor:
+        """Raw network output (B, obs_dim) at noisy states x_t, levels t (B,)."""
+        net = self._net(target)
+        rows = net.rows(x_t, self.schedule.time_input(t), s, a)
+        return self.ops(x_t).denoiser_forward(rows, net.weights())
+
+    @torch.no_grad()
+    def sample(self, s, a, z=None, target: bool = True, noise=None) -> torch.Tensor:
+        """Samples of d(. | s, a): (B, obs_dim), `steps` denoiser evaluations, no autograd.
+
+        z (B, obs_dim) is the start noise (drawn when None); noise (steps, B, obs_dim) the DDPM
+        per-level noise (sampler="ddpm" only; drawn when None)."""
+        if z is None:
+            z = torch.randn_like(s)
+        return self.ops(s).reverse_chain(
+            self._net(target).weights(), s, a, z, self.schedule, self.prediction, self.sampler, noise
+        )
+
+    def td_loss(self, s, a, s_next, a_next, done, t=None, eps=None, z=None) -> torch.Tensor:
+        """Scalar BDM TD loss (spec §4.3); gradients reach self.denoiser only."""
+        ops, sch = self.ops(s), self.schedule
+        if t is None:
+            t = torch.randint(0, self.steps, (s.shape[0],), device=s.device)
+        if eps is None:
+            eps = torch.randn_like(s_next)
+        if z is None:
+            z = eps if self.flags.shared_noise else torch.randn_like(s_next)
+        done = torch.zeros_like(done, dtype=torch.bool) if self.flags.unmasked_terminals else done.bool()
+        with torch.no_grad():
+            s_f = self.sample(s_next, a_next, z)
+            s_f = torch.where(done.unsqueeze(-1), s_next, s_f)
+            x2_rows = ops.noised_rows(s_f, eps, t, s_next, a_next, sch)
+            y2 = ops.denoiser_forward(x2_rows, self.target_denoiser.weights())
+            target1 = network_target(self.prediction, s_next, eps, sch.gather("sqrt_ab", t),
+                                     sch.gather("sqrt_one_minus_ab", t))
+            rows = ops.noised_rows(
+                torch.cat([s_next, s_f]), eps.repeat(2, 1), t.repeat(2), s.repeat(2, 1), a.repeat(2, 1), sch
+            )
+        pred = ops.denoiser_forward(rows, self.denoiser.weights())
+        return ops.td_loss(pred, target1, y2, done, self.gamma)
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """target <- (1 - tau) target + tau online, one foreach lerp."""
+        torch._foreach_lerp_(list(self.target_denoiser.parameters()), list(self.denoiser.parameters()), tau)

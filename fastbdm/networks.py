@@ -1,0 +1,109 @@
+"""The four networks of spec §3: actor, twin critics, SSM denoiser D and data denoiser E."""
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+STATE_NORM_EPS = 1e-3
+
+
+def normalize_states(obs, mean, std):
+    """s_norm = (s - mean) / (std + 1e-3), statistics over the dataset's observations (spec §3)."""
+    return (obs - mean) / (std + STATE_NORM_EPS)
+
+
+class Actor(nn.Module):
+    """pi(s) = max_action * tanh(MLP(s)); s (B, obs_dim) -> (B, act_dim)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0, hidden: Sequence[int] = (256, 256, 256)):
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, act_dim))
+        self.net = nn.Sequential(*layers)
+        self.max_action = max_action
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.max_action * torch.tanh(self.net(s))
+
+
+class EnsembleLinear(nn.Module):
+    """`members` independent Linear layers applied in one batched matmul: (E, B, in) -> (E, B, out).
+
+    Each member is initialised like torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in)).
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, members: int = None) -> torch.Tensor:
+        """x (E', B, in) -> (E', B, out) with the first E' = members (default all) members."""
+        return torch.baddbmm(self.bias[:members], x, self.weight[:members])
+
+
+class TwinCritic(nn.Module):
+    """Q1 and Q2 evaluated together: (s, a) -> (2, B). Hidden layers Linear -> ReLU -> LayerNorm."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256, 256), members: int = 2):
+        super().__init__()
+        self.members = members
+        widths = [obs_dim + act_dim, *hidden]
+        self.hidden = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(widths[:-1], widths[1:]))
+        self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(members, 1, h)) for h in hidden)
+        self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(members, 1, h)) for h in hidden)
+        self.out = EnsembleLinear(members, widths[-1], 1)
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None) -> torch.Tensor:
+        """(members, B) values of the first `members` critics (default all); Q1 alone is members=1."""
+        count = self.members if members is None else members
+        x = torch.cat([s, a], dim=-1).expand(count, -1, -1)
+        for layer, g, b in zip(self.hidden, self.norm_weight, self.norm_bias):
+            x = torch.relu(layer(x, count))
+            x = F.layer_norm(x, x.shape[-1:]) * g[:count] + b[:count]
+        return self.out(x, count).squeeze(-1)
+
+
+class Denoiser(nn.Module):
+    """Denoiser MLP on rows [x_t, s, c(t), a] (SSM denoiser D) or [x_t, c(t)] (data denoiser E).
+
+    Hidden layers Linear -> ReLU -> LayerNorm, output Linear(hidden[-1], obs_dim).
+    `cond_dim` = obs_dim + act_dim for D, 0 for E; the input width is obs_dim + cond_dim + 1.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int = 0, conditional: bool = True, hidden: Sequence[int] = (512, 512)):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.conditional = obs_dim, act_dim, conditional
+        self.in_dim = 2 * obs_dim + act_dim + 1 if conditional else obs_dim + 1
+        widths = [self.in_dim, *hidden]
+        self.linears = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden)
+        self.out = nn.Linear(widths[-1], obs_dim)
+
+    def rows(self, x_t: torch.Tensor, c: torch.Tensor, s=None, a=None) -> torch.Tensor:
+        """Assemble input rows; x_t (R, n), c (R, 1), s (R, n), a (R, m)."""
+        return torch.cat([x_t, s, c, a], dim=-1) if self.conditional else torch.cat([x_t, c], dim=-1)
+
+    def forward_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (R, in_dim) -> (R, obs_dim)."""
+        h = rows
+        for linear, norm in zip(self.linears, self.norms):
+            h = norm(torch.relu(linear(h)))
+        return self.out(h)
+
+    def forward(self, x_t: torch.Tensor, c: torch.Tensor, s=None, a=None) -> torch.Tensor:
+        return self.forward_rows(self.rows(x_t, c, s, a))
+
+    def weights(self) -> tuple:
+        """(W1, b1, g1, beta1, ..., W_out, b_out), each Linear weight (out, in): what the kernels read."""
+        flat = []
+        for linear, norm in zip(self.linears, self.norms):
+            flat += [linear.weight, linear.bias, norm.weight, norm.bias]
+        return (*flat, self.out.weight, self.out.bias)

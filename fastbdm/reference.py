@@ -1,0 +1,82 @@
+"""Pure-PyTorch reference of every BDM kernel: the specification the Triton kernels are tested
+against, and the CPU path of the `torch` backend.
+
+Shapes: R rows, n = obs dim, m = action dim. Denoiser input rows are [x_t (n), s (n), c(t) (1), a (m)]
+for the SSM denoiser and [x_t (n), c(t) (1)] for the data denoiser. `weights` is
+Denoiser.weights(): (W1, b1, g1, beta1, W2, b2, g2, beta2, ..., W_out, b_out), Linear layout (out, in).
+"""
+import torch
+import torch.nn.functional as F
+
+from .schedule import DiffusionSchedule, split_prediction
+
+LAYER_NORM_EPS = 1e-5
+SAMPLERS = ("ddim", "ddpm", "posterior_mean")
+
+
+def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> torch.Tensor:
+    """Denoiser input rows [q(x0, t, eps), s, c(t), a]: x0, eps, s (R, n), t (R,) int64, a (R, m)."""
+    return torch.cat([schedule.q_sample(x0, t, eps), s, schedule.time_input(t), a], dim=-1)
+
+
+def _hidden_and_output(h_pre, weights):
+    """From the first layer's pre-activation (R, H1): ReLU -> LayerNorm, remaining layers, output."""
+    g, beta = weights[2], weights[3]
+    h = F.layer_norm(torch.relu(h_pre), g.shape, g, beta, LAYER_NORM_EPS)
+    rest = weights[4:]
+    while len(rest) > 2:
+        w, b, g, beta = rest[:4]
+        h = F.layer_norm(torch.relu(F.linear(h, w, b)), g.shape, g, beta, LAYER_NORM_EPS)
+        rest = rest[4:]
+    return F.linear(h, rest[0], rest[1])
+
+
+def denoiser_forward(rows: torch.Tensor, weights) -> torch.Tensor:
+    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights."""
+    return _hidden_and_output(F.linear(rows, weights[0], weights[1]), weights)
+
+
+@torch.no_grad()
+def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None):
+    """The whole reverse-diffusion sampler of the (target) SSM denoiser, spec §2.
+
+    s (R, n), a (R, m), z (R, n) start noise at level steps-1; noise (steps, R, n) is the DDPM
+    per-level noise (drawn when None). Returns x0 samples (R, n).
+    sampler: "ddim" (eta = 0), "ddpm" (ancestral), "posterior_mean" (research code, spec §5.1:
+    levels steps-1..1, the network told level i, every scheduler coefficient taken at level i-1).
+    The first layer's s, a and bias part is computed once per chain; per level only x and c change.
+    """
+    n = z.shape[1]
+    w1, b1 = weights[0], weights[1]
+    w_x, w_s, w_c, w_a = w1[:, :n], w1[:, n : 2 * n], w1[:, 2 * n], w1[:, 2 * n + 1 :]
+    base = F.linear(s, w_s) + F.linear(a, w_a, b1)
+    steps = schedule.steps
+    if sampler == "ddpm" and noise is None:
+        noise = torch.randn((steps, *z.shape), device=z.device, dtype=z.dtype)
+    levels = range(steps - 1, 0, -1) if sampler == "posterior_mean" else range(steps - 1, -1, -1)
+    x = z
+    for i in levels:
+        c = 2.0 * i / steps - 1.0
+        out = _hidden_and_output(F.linear(x, w_x) + base + c * w_c, weights)
+        k = i - 1 if sampler == "posterior_mean" else i
+        x0hat, epshat = split_prediction(
+            prediction, out, x, schedule.sqrt_ab[k], schedule.sqrt_one_minus_ab[k]
+        )
+        if sampler == "ddim":
+            x = schedule.sqrt_ab_prev[k] * x0hat + schedule.sqrt_one_minus_ab_prev[k] * epshat
+        else:
+            x = schedule.coef_x0[k] * x0hat + schedule.coef_xt[k] * x
+            if sampler == "ddpm" and k > 0:
+                x = x + schedule.posterior_std[k] * noise[k]
+    return x
+
+
+def td_loss(pred, target1, y2, done, gamma: float) -> torch.Tensor:
+    """BDM TD loss, spec §4.3. pred (2R, n) = online outputs on [x1 rows; x2 rows];
+    target1 (R, n) the first term's target; y2 (R, n) the target network's output on x2;
+    done (R,) bool/float: on done rows the second term's target is target1 (absorbing terminal).
+    Returns mean over rows and dims of (1-gamma)(p1 - target1)^2 + gamma (p2 - y2)^2."""
+    rows = target1.shape[0]
+    p1, p2 = pred[:rows], pred[rows:]
+    y2 = torch.where(done.bool().unsqueeze(-1), target1, y2)
+    return ((1 - gamma) * (p1 - target1).square() + gamma * (p2 - y2).square()).mean()

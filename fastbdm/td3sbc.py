@@ -1,0 +1,196 @@
+"""TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC (spec §4)."""
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, NamedTuple, Tuple
+
+import torch
+from torch import nn
+
+from .bdm import BellmanDiffusion
+from .compat import CompatFlags
+from .networks import Actor, Denoiser, TwinCritic, normalize_states
+from .schedule import network_target
+
+
+class Batch(NamedTuple):
+    """One minibatch of normalised transitions: obs, next_obs (B, n); actions, next_actions (B, m);
+    rewards, dones, valid (B,) float32 (valid = 1 where next_actions really follows next_obs)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    next_actions: torch.Tensor
+    dones: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass
+class TD3SBCConfig:
+    """Hyper-parameters of spec §3-4; the BC weights default to halfcheetah-medium-replay."""
+
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_freq: int = 2
+    lr: float = 1e-3
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    w_actor_bc: float = 0.01
+    w_critic_bc: float = 0.001
+    w_rel: float = 0.1
+    steps: int = 10
+    prediction: str = "sample"
+    sampler: str = "ddim"
+    actor_hidden: Tuple[int, ...] = (256, 256, 256)
+    critic_hidden: Tuple[int, ...] = (256, 256, 256)
+    denoiser_hidden: Tuple[int, ...] = (512, 512)
+    backend: str = "auto"
+    compat: CompatFlags = field(default_factory=CompatFlags)
+
+
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam that can live in a CUDA graph on a GPU (fused, capturable, tensor lr); plain on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), fused=True, capturable=True)
+    return torch.optim.Adam(params, lr=lr)
+
+
+class TD3SBC(nn.Module):
+    """All learners of TD3-SBC and one update over them. States are normalised by the caller;
+    `obs_mean`/`obs_std` are kept for acting in the environment."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0,
+                 config: TD3SBCConfig = None, device="cpu"):
+        super().__init__()
+        self.config = cfg = config or TD3SBCConfig()
+        self.act_dim, self.max_action = act_dim, max_action
+        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.bdm = BellmanDiffusion(obs_dim, act_dim, cfg.denoiser_hidden, cfg.steps, cfg.prediction,
+                                    cfg.gamma, cfg.backend, cfg.sampler, cfg.compat)
+        self.data_denoiser = Denoiser(obs_dim, conditional=False, hidden=cfg.denoiser_hidden)
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.to(device)
+        self.optimizers = {
+            name: make_adam(getattr(self, name).parameters(), cfg.lr, device)
+            for name in ("actor", "critic", "data_denoiser")
+        }
+        self.optimizers["denoiser"] = make_adam(self.bdm.denoiser.parameters(), cfg.lr, device)
+        self.num_updates = 0
+
+    @property
+    def flags(self) -> CompatFlags:
+        return self.config.compat
+
+    def target_action(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max)."""
+        cfg = self.config
+        noise = (torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+        return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
+
+    def critic_loss(self, b: Batch, next_action: torch.Tensor) -> torch.Tensor:
+        """ReBRAC critic loss, summed over the two critics (spec §4.2)."""
+        cfg = self.config
+        with torch.no_grad():
+            q_next = self.critic_target(b.next_obs, next_action).min(0).values
+            penalty = cfg.w_critic_bc * b.valid * (next_action - b.next_actions).square().sum(-1)
+            not_done = cfg.gamma * (1 - b.dones)
+            if self.flags.broadcast_critic_penalty:
+                y = b.rewards[:, None] + not_done[:, None] * (q_next[:, None] - penalty[None, :])
+            else:
+                y = b.rewards + not_done * (q_next - penalty)
+        q = self.critic(b.obs, b.actions)
+        if self.flags.broadcast_critic_penalty:
+            return (q[:, :, None] - y[None]).square().mean(dim=(1, 2)).sum()
+        return (q - y).square().mean(1).sum()
+
+    def data_denoiser_loss(self, b: Batch) -> torch.Tensor:
+        """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2."""
+        sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
+        t = torch.randint(0, sch.steps, (b.obs.shape[0],), device=b.obs.device)
+        eps = torch.randn_like(b.obs)
+        noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
+        rows = torch.cat([sch.q_sample(noised, t, eps), sch.time_input(t)], -1)
+        out = ops.denoiser_forward(rows, self.data_denoiser.weights())
+        target = network_target(self.config.prediction, b.obs, eps, sch.gather("sqrt_ab", t),
+                                sch.gather("sqrt_one_minus_ab", t))
+        return (out - target).square().mean()
+
+    def sbc_states(self, s: torch.Tensor) -> torch.Tensor:
+        """S = [s; s_rand] (2B, n): s_rand ~ N(batch mean, batch std) per dim (compat: s standardised)."""
+        mean, std = s.mean(0), s.std(0)
+        s_rand = (s - mean) / std if self.flags.standardised_sbc_half else mean + std * torch.randn_like(s)
+        return torch.cat([s, s_rand])
+
+    def actor_loss(self, b: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """-lambda Q1(s, pi(s)) + actor BC + state-BC through the target denoiser's action input."""
+        cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
+        ops = bdm.ops(b.obs)
+        rows_b = b.obs.shape[0]
+        S = self.sbc_states(b.obs)
+        A = self.actor(S)
+        a_pi = A[:rows_b]
+        bc = cfg.w_actor_bc * (a_pi - b.actions).square().sum(-1).mean()
+
+        t = torch.randint(0, sch.steps, (S.shape[0],), device=S.device)
+        eps = torch.randn_like(S)
+        z = eps if self.flags.shared_noise else torch.randn_like(S)
+        eta = sch.eta[t]
+        eta = eta / eta.mean()
+        x0 = bdm.sample(S, A.detach(), z)
+        with torch.no_grad():
+            x_t = sch.q_sample(x0, t, eps)
+            c = sch.time_input(t)
+            e_out = ops.denoiser_forward(torch.cat([x_t, c], -1), self.data_denoiser.weights())
+        d_out = ops.denoiser_forward(torch.cat([x_t, S, c, A], -1), bdm.target_denoiser.weights())
+        sbc = cfg.w_rel * cfg.w_actor_bc * (eta * (e_out - d_out).square().sum(-1)).mean()
+
+        q1 = self.critic(b.obs, a_pi, members=1)[0]
+        lam = 1.0 / q1.abs().mean().detach()
+        loss = -lam * q1.mean() + bc + sbc
+        return loss, {"actor_loss": loss.detach(), "bc": bc.detach(), "sbc": sbc.detach(), "lambda": lam}
+
+    def update(self, b: Batch) -> Dict[str, torch.Tensor]:
+        """One TD3-SBC update; the actor and the targets move on every policy_freq-th call.
+        Returns detached scalar metric tensors (no host synchronisation)."""
+        self.num_updates += 1
+        actor_step = self.num_updates % self.config.policy_freq == 0
+        opt = self.optimizers
+        with torch.no_grad():
+            next_action = self.target_action(b.next_obs)
+        critic_loss = self.critic_loss(b, next_action)
+        bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
+        data_loss = self.data_denoiser_loss(b)
+        for name in ("critic", "denoiser", "data_denoiser"):
+            opt[name].zero_grad(set_to_none=True)
+        (critic_loss + bdm_loss + data_loss).backward()
+        for name in ("critic", "denoiser", "data_denoiser"):
+            opt[name].step()
+        metrics = {"critic_loss": critic_loss.detach(), "bdm_loss": bdm_loss.detach(),
+                   "data_loss": data_loss.detach()}
+        if actor_step:
+            loss, actor_metrics = self.actor_loss(b)
+            params = list(self.actor.parameters())
+            for p, g in zip(params, torch.autograd.grad(loss, params)):
+                p.grad = g
+            opt["actor"].step()
+            self.update_targets()
+            metrics.update(actor_metrics)
+        return metrics
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Soft update of pi', Q1', Q2', D' by tau in one foreach lerp."""
+        pairs = [(self.actor_target, self.actor), (self.critic_target, self.critic),
+                 (self.bdm.target_denoiser, self.bdm.denoiser)]
+        targets = [p for t, _ in pairs for p in t.parameters()]
+        online = [p for _, o in pairs for p in o.parameters()]
+        torch._foreach_lerp_(targets, online, self.config.tau)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for raw (unnormalised) observations (N, n) -> (N, m)."""
+        return self.actor(normalize_states(obs, self.obs_mean, self.obs_std))

@@ -1,0 +1,1 @@
+"""Triton kernels of the BDM hot path (installed as fastbdm.kernels)."""
