@@ -49,10 +49,11 @@ class TD3SBCConfig:
 
 
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam that can live in a CUDA graph on a GPU (fused, capturable, tensor lr); plain on CPU."""
+    """Fused Adam; on a GPU also capturable with a tensor lr, so that it can live in a CUDA graph.
+    The fused kernel keeps the step count in a tensor: no host read of it on either device."""
     if torch.device(device).type == "cuda":
         return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), fused=True, capturable=True)
-    return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 class TD3SBC(nn.Module):
@@ -91,8 +92,8 @@ class TD3SBC(nn.Module):
         noise = (torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
         return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
 
-    def critic_loss(self, b: Batch, next_action: torch.Tensor) -> torch.Tensor:
-        """ReBRAC critic loss, summed over the two critics (spec §4.2)."""
+    def critic_loss(self, b: Batch, next_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ReBRAC critic loss summed over the two critics (spec §4.2), and Q(s, a) (2, B)."""
         cfg = self.config
         with torch.no_grad():
             q_next = self.critic_target(b.next_obs, next_action).min(0).values
@@ -104,8 +105,8 @@ class TD3SBC(nn.Module):
                 y = b.rewards + not_done * (q_next - penalty)
         q = self.critic(b.obs, b.actions)
         if self.flags.broadcast_critic_penalty:
-            return (q[:, :, None] - y[None]).square().mean(dim=(1, 2)).sum()
-        return (q - y).square().mean(1).sum()
+            return (q[:, :, None] - y[None]).square().mean(dim=(1, 2)).sum(), q
+        return (q - y).square().mean(1).sum(), q
 
     def data_denoiser_loss(self, b: Batch) -> torch.Tensor:
         """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2."""
@@ -126,7 +127,8 @@ class TD3SBC(nn.Module):
         return torch.cat([s, s_rand])
 
     def actor_loss(self, b: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """-lambda Q1(s, pi(s)) + actor BC + state-BC through the target denoiser's action input."""
+        """-lambda Q1(s, pi(s)) + actor BC + state-BC through the target denoiser's action input.
+        Returns the loss and its terms (with their graphs)."""
         cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
         ops = bdm.ops(b.obs)
         rows_b = b.obs.shape[0]
@@ -151,7 +153,7 @@ class TD3SBC(nn.Module):
         q1 = self.critic(b.obs, a_pi, members=1)[0]
         lam = 1.0 / q1.abs().mean().detach()
         loss = -lam * q1.mean() + bc + sbc
-        return loss, {"actor_loss": loss.detach(), "bc": bc.detach(), "sbc": sbc.detach(), "lambda": lam}
+        return loss, {"actor_loss": loss, "bc": bc, "sbc": sbc, "lambda": lam}
 
     def update(self, b: Batch) -> Dict[str, torch.Tensor]:
         """One TD3-SBC update; the actor and the targets move on every policy_freq-th call.
@@ -161,7 +163,7 @@ class TD3SBC(nn.Module):
         opt = self.optimizers
         with torch.no_grad():
             next_action = self.target_action(b.next_obs)
-        critic_loss = self.critic_loss(b, next_action)
+        critic_loss, q = self.critic_loss(b, next_action)
         bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
         data_loss = self.data_denoiser_loss(b)
         for name in ("critic", "denoiser", "data_denoiser"):
@@ -169,16 +171,16 @@ class TD3SBC(nn.Module):
         (critic_loss + bdm_loss + data_loss).backward()
         for name in ("critic", "denoiser", "data_denoiser"):
             opt[name].step()
-        metrics = {"critic_loss": critic_loss.detach(), "bdm_loss": bdm_loss.detach(),
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "bdm_loss": bdm_loss.detach(),
                    "data_loss": data_loss.detach()}
         if actor_step:
-            loss, actor_metrics = self.actor_loss(b)
+            loss, terms = self.actor_loss(b)
             params = list(self.actor.parameters())
             for p, g in zip(params, torch.autograd.grad(loss, params)):
                 p.grad = g
             opt["actor"].step()
             self.update_targets()
-            metrics.update(actor_metrics)
+            metrics.update({k: v.detach() for k, v in terms.items()})
         return metrics
 
     @torch.no_grad()

@@ -1,0 +1,65 @@
+"""Running updates: eagerly, or on CUDA by replaying one captured CUDA graph per pair of updates.
+
+The captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
+batch sampling, noise, losses, backward passes, the fused capturable Adam steps, the target lerps and
+the device-side metric recording all sit in the graph. The host only replays it.
+"""
+import torch
+
+from .monitor import UpdateMonitor
+from .nvtx_ranges import phase
+from .replay import TransitionBuffer
+from .td3sbc import TD3SBC
+
+WARMUP_PAIRS = 2  # eager pairs on a side stream before capture (optimizer state, kernel compilation)
+
+
+class UpdateRunner:
+    """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2."""
+
+    def __init__(self, agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor, batch_size: int,
+                 graphs: bool = False):
+        self.agent, self.buffer, self.monitor, self.batch_size = agent, buffer, monitor, batch_size
+        self.graphs = graphs
+        self.graph = None
+        if graphs and agent.config.policy_freq != 2:
+            raise ValueError("CUDA graphs capture a pair of updates: they need policy_freq == 2")
+
+    def step(self) -> None:
+        """One update, eagerly: sample, update, record metrics on the device."""
+        with phase("sample"):
+            batch = self.buffer.sample(self.batch_size)
+        metrics = self.agent.update(batch)
+        with phase("metrics"):
+            self.monitor.record(metrics)
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2 * WARMUP_PAIRS):
+                self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+            self.step()
+        self.agent.num_updates -= 2  # capture records the pair without running it
+
+    def run(self, n: int) -> None:
+        if not self.graphs:
+            for _ in range(n):
+                self.step()
+            return
+        while n > 0 and (self.agent.num_updates % 2 != 0 or (self.graph is None and n < 2 * WARMUP_PAIRS + 2)):
+            self.step()
+            n -= 1
+        if n >= 2 * WARMUP_PAIRS + 2 and self.graph is None:
+            self._capture()
+            n -= 2 * WARMUP_PAIRS
+        while n >= 2:
+            self.graph.replay()
+            self.agent.num_updates += 2
+            n -= 2
+        if n:
+            self.step()

@@ -1,0 +1,277 @@
+"""`python -m fastbdm.train --env halfcheetah-medium-replay`: train TD3-SBC end to end.
+
+Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation with the D4RL
+normalised score, metrics (CSV, JSONL, TensorBoard when installed), atomic checkpoints, exact resume.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .backends import BACKENDS, resolve_backend
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .compat import CompatFlags
+from .monitor import METRICS, UpdateMonitor
+from .presets import preset, split_name
+from .replay import TransitionBuffer
+from .schedule import PREDICTIONS
+from .td3sbc import TD3SBC, TD3SBCConfig
+
+EVAL_COLUMNS = ("eval_return", "eval_score")
+COLUMNS = ("step", "updates_per_s", *METRICS, *EVAL_COLUMNS)
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(Exception):
+    """A run cannot go on; the message is one line for the user."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastbdm.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--env", default="halfcheetah-medium-replay",
+                   help="dataset name ENV-KIND[-v2], ENV in halfcheetah/hopper/walker2d, KIND in random/medium/"
+                        "medium-replay/medium-expert/expert/full-replay; sets the preset coefficients")
+    p.add_argument("--dataset", default=None, help="explicit dataset: D4RL hdf5 file, Minari dataset dir or .npz")
+    p.add_argument("--download", action="store_true", help="allow Minari's download where a remote id exists")
+    p.add_argument("--generate-steps", type=int, default=None,
+                   help="cap on environment steps when the dataset has to be generated locally (default: D4RL size)")
+    p.add_argument("--steps", type=int, default=1_000_000, help="number of TD3-SBC updates")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
+    p.add_argument("--batch-size", type=int, default=1024, help="transitions per update")
+    p.add_argument("--eval-every", type=int, default=5000, help="updates between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    p.add_argument("--log-every", type=int, default=1000, help="updates between metric rows")
+    p.add_argument("--checkpoint-every", type=int, default=50_000, help="updates between checkpoints")
+    p.add_argument("--out", default="runs", help="base directory; a run writes to OUT/ENV/seedSEED")
+    p.add_argument("--resume", action="store_true", help="continue the run found in the run directory")
+    p.add_argument("--compat", action="store_true", help="reproduce the research code's numerics (spec §5)")
+    p.add_argument("--prediction", choices=PREDICTIONS, default="sample", help="denoiser output parameterisation")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (fixed mode)")
+    p.add_argument("--w-actor-bc", type=float, default=None, help="override the preset actor BC weight w_a")
+    p.add_argument("--w-critic-bc", type=float, default=None, help="override the preset critic BC weight w_c")
+    p.add_argument("--w-rel", type=float, default=None, help="override the preset relative state-BC weight")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve_config(args) -> TD3SBCConfig:
+    try:
+        coeffs = preset(args.env)
+    except ValueError:
+        raise TrainingError(unknown_env_message(args.env)) from None
+    return TD3SBCConfig(
+        w_actor_bc=coeffs.w_actor_bc if args.w_actor_bc is None else args.w_actor_bc,
+        w_critic_bc=coeffs.w_critic_bc if args.w_critic_bc is None else args.w_critic_bc,
+        w_rel=coeffs.w_rel if args.w_rel is None else args.w_rel,
+        prediction=args.prediction, sampler=args.sampler, backend=args.backend,
+        compat=CompatFlags.resolve(args.compat),
+    )
+
+
+def unknown_env_message(name: str) -> str:
+    from .data import DatasetError, parse_name
+
+    try:
+        parse_name(name)
+    except DatasetError as exc:
+        return str(exc)
+    return f"unknown task {name!r}"
+
+
+def check_args(args) -> None:
+    for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "threads"):
+        if getattr(args, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
+
+
+class MetricsLog:
+    """metrics.csv and metrics.jsonl (one row per log step), TensorBoard events when available."""
+
+    def __init__(self, run_dir: Path, keep_until: int = None):
+        self.csv_path, self.jsonl_path = run_dir / "metrics.csv", run_dir / "metrics.jsonl"
+        rows = []
+        if keep_until is not None and self.jsonl_path.exists():
+            rows = [r for r in map(json.loads, self.jsonl_path.read_text().splitlines()) if r["step"] <= keep_until]
+        with self.csv_path.open("w", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writeheader()
+        self.jsonl_path.write_text("")
+        for row in rows:
+            self._append(row)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def _append(self, row: dict) -> None:
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow(row)
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write(self, row: dict) -> None:
+        self._append(row)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def run_seed(args, seed: int, device: torch.device, transitions) -> float:
+    """One training run; returns the final evaluation's mean normalised score."""
+    from .evaluation import evaluate
+    from .graphs import UpdateRunner
+
+    config = resolve_config(args)
+    env_name, _ = split_name(args.env)
+    run_dir = Path(args.out) / args.env / f"seed{seed}"
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists() and not args.resume:
+        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
+    if args.resume and not ckpt_path.exists():
+        raise TrainingError(f"--resume: no checkpoint in {run_dir}; run without --resume to start it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    buffer = TransitionBuffer(transitions, device)
+    agent = TD3SBC(transitions.obs_dim, transitions.act_dim, 1.0, config, device)
+    agent.obs_mean.copy_(buffer.obs_mean)
+    agent.obs_std.copy_(buffer.obs_std)
+    monitor = UpdateMonitor(device)
+    start = 0
+    if args.resume:
+        try:
+            state = load_checkpoint(ckpt_path, device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        agent.load_state_dict(state["agent"])
+        for name, opt in agent.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        agent.num_updates = start = state["step"]
+        monitor.load_state_dict(state["monitor"])
+        set_rng_state(state["rng"])
+    (run_dir / "config.json").write_text(json.dumps({
+        "env": args.env, "seed": seed, "dataset": transitions.source, "transitions": len(transitions),
+        "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
+        "graphs": bool(args.graphs), "config": dataclasses.asdict(config),
+    }, indent=2, default=str))
+    log = MetricsLog(run_dir, keep_until=start if args.resume else None)
+    runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs))
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "step": step, "agent": agent.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in agent.optimizers.items()},
+            "monitor": monitor.state_dict(), "rng": rng_state(), "env": args.env, "seed": seed,
+        })
+
+    def policy(obs):
+        return agent.act(obs.to(device)).cpu()
+
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=args.steps, initial=start, desc=f"{args.env} seed {seed}", unit="upd",
+                        dynamic_ncols=True)
+    score, last_score, step, t_log = math.nan, None, start, time.perf_counter()
+    try:
+        while step < args.steps:
+            boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in
+                                        (args.log_every, args.eval_every, args.checkpoint_every))]
+            n = min(boundaries) - step
+            runner.run(n)
+            step += n
+            row = {"step": step, **monitor.read()}
+            bad = monitor.nonfinite()
+            if bad:
+                term, at = bad[0]
+                kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+                raise TrainingError(f"diverged: {term} became NaN/inf at update {at}; {kept} (try a smaller lr "
+                                    "or BC weights)")
+            now = time.perf_counter()
+            row["updates_per_s"] = n / (now - t_log)
+            if step % args.eval_every == 0 or step == args.steps:
+                result = evaluate(policy, env_name, episodes=args.eval_episodes, seed=seed * 1_000_003 + step)
+                row["eval_return"], row["eval_score"] = result.mean_return, result.mean_score
+                score = last_score = result.mean_score
+            log.write(row)
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                checkpoint(step)
+            if progress is not None:
+                progress.update(n)
+                progress.set_postfix(upd_s=f"{row['updates_per_s']:.1f}",
+                                     score="-" if last_score is None else f"{last_score:.1f}")
+            t_log = time.perf_counter()
+    finally:
+        log.close()
+        if progress is not None:
+            progress.close()
+    return score
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DatasetError, load_transitions
+
+    try:
+        check_args(args)
+        resolve_config(args)
+        device = pick_device(args.device)
+        resolve_backend(args.backend, device)
+        if args.graphs is None:
+            args.graphs = device.type == "cuda"
+        args.graphs = args.graphs and device.type == "cuda"
+        torch.set_num_threads(args.threads)
+        print(f"preset {args.env}: " + ", ".join(f"{k}={v}" for k, v in
+              dataclasses.asdict(preset(args.env)).items()) + f" | device {device}, backend "
+              f"{resolve_backend(args.backend, device)}, graphs {'on' if args.graphs else 'off'}", flush=True)
+        generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
+        transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
+                                       generate_kwargs=generate_kwargs, progress=not args.no_progress)
+        print(f"dataset: {len(transitions)} transitions from {transitions.source}", flush=True)
+        scores = []
+        for seed in args.seeds or [args.seed]:
+            scores.append(run_seed(args, seed, device, transitions))
+            print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
+    except (TrainingError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+    mean = sum(scores) / len(scores)
+    print(f"final normalised score: {mean:.1f} (mean over {args.eval_episodes} episodes"
+          + (f" and {len(scores)} seeds)" if len(scores) > 1 else ")"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The update can be captured in a CUDA graph: no host synchronisation, no data-dependent Python
+control flow, no allocation from host data inside it. Proven on the CPU."""
+import types
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastbdm import Batch, TD3SBC, TD3SBCConfig
+from fastbdm.graphs import UpdateRunner
+from fastbdm.monitor import UpdateMonitor
+from fastbdm.replay import TransitionBuffer
+
+N, M, B = 5, 2, 16
+aten = torch.ops.aten
+# ops that read tensor values on the host or whose output shape depends on tensor values
+SYNCING = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.unique_consecutive,
+           aten._unique2, aten.repeat_interleave}
+
+
+class HostSyncDetector(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in SYNCING:
+            self.found.append(str(func))
+        if func.overloadpacket is aten.index and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None):
+            self.found.append("boolean-mask indexing")
+        return func(*args, **kwargs)
+
+
+def small_agent():
+    cfg = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=3)
+    return TD3SBC(N, M, config=cfg)
+
+
+def fake_transitions(rows=64):
+    obs = torch.randn(rows, N)
+    return types.SimpleNamespace(
+        observations=obs, next_observations=obs + 0.1, actions=torch.rand(rows, M) * 2 - 1,
+        next_actions=torch.rand(rows, M) * 2 - 1, rewards=torch.randn(rows), terminals=torch.zeros(rows),
+        valid=torch.ones(rows), obs_mean=obs.mean(0), obs_std=obs.std(0))
+
+
+def batch():
+    return Batch(torch.randn(B, N), torch.rand(B, M), torch.randn(B), torch.randn(B, N), torch.rand(B, M),
+                 (torch.rand(B) < 0.2).float(), torch.ones(B))
+
+
+def test_update_and_batch_sampling_never_sync_with_the_host():
+    agent = small_agent()
+    runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B)
+    runner.step()  # the first call builds the monitor's index tensors, as the warm-up does on a GPU
+    with HostSyncDetector() as detector:
+        runner.step()
+        runner.step()
+    assert agent.num_updates == 3
+    assert detector.found == []
+
+
+def test_detector_catches_a_host_sync():
+    with HostSyncDetector() as detector:
+        x = torch.randn(4)
+        if x.sum() > 0:
+            x = x[x > 0]
+    assert detector.found
+
+
+def test_all_losses_compile_as_one_graph():
+    """torch.compile(fullgraph=True) fails on any graph break: data-dependent control flow, .item(),
+    Python-side reads of tensors. The optimiser calls are outside (dynamo does not trace zero_grad)."""
+    agent, b = small_agent(), batch()
+
+    def losses(b):
+        next_action = agent.target_action(b.next_obs)
+        critic, _ = agent.critic_loss(b, next_action)
+        bdm = agent.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
+        actor, _ = agent.actor_loss(b)
+        return critic + bdm + agent.data_denoiser_loss(b) + actor
+
+    assert torch.isfinite(torch.compile(losses, fullgraph=True, backend="eager")(b))
+
+
+def test_runner_without_graphs_is_the_plain_update_loop():
+    transitions = fake_transitions()
+    agents = [small_agent(), small_agent()]
+    agents[1].load_state_dict(agents[0].state_dict())
+    buffers = [TransitionBuffer(transitions, "cpu") for _ in agents]
+    monitors = [UpdateMonitor("cpu") for _ in agents]
+    torch.manual_seed(5)
+    UpdateRunner(agents[0], buffers[0], monitors[0], B, graphs=False).run(5)
+    torch.manual_seed(5)
+    for _ in range(5):
+        monitors[1].record(agents[1].update(buffers[1].sample(B)))
+    for p, q in zip(agents[0].parameters(), agents[1].parameters()):
+        assert torch.equal(p, q)
+    assert monitors[0].read() == monitors[1].read()

@@ -1,0 +1,145 @@
+"""The TD3-SBC update (spec §4): who moves when, the SBC gradient path, the compat quirks."""
+import pytest
+import torch
+
+from fastbdm import Batch, CompatFlags, TD3SBC, TD3SBCConfig
+from fastbdm.presets import REFERENCE_RETURNS, normalized_score, preset, split_name
+
+N, M, B = 6, 3, 32
+
+
+def make_agent(**overrides):
+    cfg = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=5,
+                       **overrides)
+    return TD3SBC(N, M, config=cfg)
+
+
+def make_batch():
+    done = torch.zeros(B)
+    done[:3] = 1
+    valid = torch.ones(B)
+    valid[-4:] = 0
+    return Batch(torch.randn(B, N), torch.rand(B, M) * 2 - 1, torch.randn(B), torch.randn(B, N),
+                 torch.rand(B, M) * 2 - 1, done, valid)
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return all(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def unchanged(before, module):
+    return all(torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def test_update_moves_learners_actor_every_second_step_and_targets_by_tau():
+    agent, b = make_agent(), make_batch()
+    learners = {"critic": agent.critic, "denoiser": agent.bdm.denoiser, "data": agent.data_denoiser}
+    targets = [agent.actor_target, agent.critic_target, agent.bdm.target_denoiser]
+    online = [agent.actor, agent.critic, agent.bdm.denoiser]
+
+    before = {k: snapshot(m) for k, m in learners.items()}
+    actor0, targets0 = snapshot(agent.actor), [snapshot(t) for t in targets]
+    metrics = agent.update(b)
+    assert all(changed(before[k], m) for k, m in learners.items())
+    assert unchanged(actor0, agent.actor) and "actor_loss" not in metrics
+    assert all(unchanged(t0, t) for t0, t in zip(targets0, targets))
+
+    before = {k: snapshot(m) for k, m in learners.items()}
+    targets1 = [snapshot(t) for t in targets]
+    metrics = agent.update(b)
+    assert all(changed(before[k], m) for k, m in learners.items())
+    assert changed(actor0, agent.actor)
+    assert {"actor_loss", "bc", "sbc", "lambda"} <= metrics.keys()
+    tau = agent.config.tau
+    for t1, target, net in zip(targets1, targets, online):
+        for old, new, cur in zip(t1, target.parameters(), net.parameters()):
+            torch.testing.assert_close(new, (1 - tau) * old + tau * cur)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
+def test_sbc_gradient_reaches_actor_only_through_target_action_input():
+    agent, b = make_agent(), make_batch()
+    params = list(agent.actor.parameters())
+    _, terms = agent.actor_loss(b)
+    grads = torch.autograd.grad(terms["sbc"], params, retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in grads)
+    assert not any(p.requires_grad for p in agent.bdm.target_denoiser.parameters())
+    others = [p for m in (agent.critic, agent.bdm.denoiser, agent.data_denoiser) for p in m.parameters()]
+    assert all(g is None for g in torch.autograd.grad(terms["sbc"], others, allow_unused=True))
+    # cut the action columns of the target denoiser's first layer: the SBC gradient vanishes
+    with torch.no_grad():
+        agent.bdm.target_denoiser.linears[0].weight[:, 2 * N + 1:] = 0
+    _, terms = agent.actor_loss(b)
+    grads = torch.autograd.grad(terms["sbc"], params, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads)
+    assert terms["sbc"] > 0
+
+
+def test_compat_critic_penalty_acts_as_batch_mean():
+    b = make_batch()
+    fixed, compat = make_agent(), make_agent(compat=CompatFlags(broadcast_critic_penalty=True))
+    compat.load_state_dict(fixed.state_dict())
+    next_action = torch.rand(B, M) * 2 - 1
+    penalty = fixed.config.w_critic_bc * b.valid * (next_action - b.next_actions).square().sum(-1)
+    # the fixed loss with the per-row penalty replaced by its batch mean has the compat gradient
+    loss_compat, _ = compat.critic_loss(b, next_action)
+    grads_compat = torch.autograd.grad(loss_compat, list(compat.critic.parameters()))
+    with torch.no_grad():
+        q_next = fixed.critic_target(b.next_obs, next_action).min(0).values
+        y = b.rewards + 0.99 * (1 - b.dones) * (q_next - penalty.mean())
+    q = fixed.critic(b.obs, b.actions)
+    loss_mean = (q - y).square().mean(1).sum()
+    grads_mean = torch.autograd.grad(loss_mean, list(fixed.critic.parameters()))
+    for g1, g2 in zip(grads_compat, grads_mean):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fixed.critic_loss(b, next_action)[0], loss_mean)
+
+
+def test_compat_mismatched_data_denoiser_noises_next_states():
+    b = make_batch()
+    fixed, compat = make_agent(), make_agent(compat=CompatFlags(mismatched_data_denoiser=True))
+    compat.load_state_dict(fixed.state_dict())
+    torch.manual_seed(3)
+    loss_compat = compat.data_denoiser_loss(b)
+    torch.manual_seed(3)
+    assert not torch.allclose(loss_compat, fixed.data_denoiser_loss(b))
+    torch.manual_seed(3)
+    t = torch.randint(0, 5, (B,))
+    eps = torch.randn(B, N)
+    sch = fixed.bdm.schedule
+    out = fixed.data_denoiser(sch.q_sample(b.next_obs, t, eps), sch.time_input(t))
+    torch.testing.assert_close(loss_compat, (out - b.obs).square().mean())
+
+
+def test_compat_standardised_sbc_half():
+    s = torch.randn(B, N) * 3 + 1
+    compat = make_agent(compat=CompatFlags(standardised_sbc_half=True))
+    S = compat.sbc_states(s)
+    torch.testing.assert_close(S[B:], (s - s.mean(0)) / s.std(0))
+    S = make_agent().sbc_states(s)
+    assert torch.equal(S[:B], s) and not torch.allclose(S[B:], (s - s.mean(0)) / s.std(0))
+    torch.testing.assert_close(S[B:].mean(0), s.mean(0), atol=2.5, rtol=0)
+
+
+def test_compat_all_turns_every_flag_on():
+    flags = CompatFlags.resolve(True)
+    assert len(flags.enabled()) == 6 and CompatFlags.resolve(False).enabled() == []
+    agent = make_agent(compat=flags)
+    assert agent.bdm.sampler == "posterior_mean"
+    agent.update(make_batch())
+    assert all(torch.isfinite(v).all() for v in agent.update(make_batch()).values())
+
+
+def test_presets_and_scores():
+    assert split_name("hopper-medium-expert-v2") == ("hopper", "medium-expert")
+    p = preset("halfcheetah-medium-replay")
+    assert (p.w_actor_bc, p.w_critic_bc, p.w_rel) == (0.01, 0.001, 0.1)
+    assert preset("walker2d-random").w_critic_bc == 0.0 and preset("hopper-expert").w_rel == 1.0
+    lo, hi = REFERENCE_RETURNS["hopper"]
+    assert normalized_score("hopper", lo) == 0 and normalized_score("hopper", hi) == pytest.approx(100)
+    with pytest.raises(ValueError, match="unknown task"):
+        preset("ant-medium")

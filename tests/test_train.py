@@ -1,0 +1,120 @@
+"""End to end through the training command on a tiny halfcheetah-shaped npz dataset."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastbdm import TD3SBC
+from fastbdm import train as train_cli
+
+OBS, ACT = 17, 6
+FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    rows, episode = 400, 100
+    obs = rng.normal(size=(rows + 1, OBS)).astype(np.float32)
+    timeouts = np.zeros(rows, bool)
+    timeouts[episode - 1::episode] = True
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, observations=obs[:-1], next_observations=obs[1:],
+             actions=rng.uniform(-1, 1, (rows, ACT)).astype(np.float32),
+             rewards=rng.normal(size=rows).astype(np.float32), terminals=np.zeros(rows, bool), timeouts=timeouts)
+    return path
+
+
+def rows(run_dir):
+    """metrics.jsonl rows without the wall-clock column."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row.pop("updates_per_s")
+        out.append(row)
+    return out
+
+
+def run(dataset, out, *extra):
+    return train_cli.main(["--env", "halfcheetah-medium-replay", "--dataset", str(dataset), "--out", str(out),
+                           *FAST, *extra])
+
+
+def test_cli_trains_evaluates_and_writes_a_run(dataset, tmp_path):
+    cmd = [sys.executable, "-m", "fastbdm.train", "--env", "halfcheetah-medium-replay", "--dataset", str(dataset),
+           "--out", str(tmp_path), "--steps", "60", "--eval-every", "30", "--log-every", "10", *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "w_actor_bc=0.01" in lines[0] and "w_critic_bc=0.001" in lines[0] and "w_rel=0.1" in lines[0]
+    assert lines[-1].startswith("final normalised score: ")
+    run_dir = tmp_path / "halfcheetah-medium-replay" / "seed0"
+    for name in ("config.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt"):
+        assert (run_dir / name).is_file(), name
+    metrics = rows(run_dir)
+    assert [r["step"] for r in metrics] == [10, 20, 30, 40, 50, 60]
+    evals = [r for r in metrics if "eval_score" in r]
+    assert [r["step"] for r in evals] == [30, 60]
+    assert float(lines[-1].split()[3]) == pytest.approx(evals[-1]["eval_score"], abs=0.05)
+    assert all(np.isfinite(r["critic_loss"]) and np.isfinite(r["sbc"]) for r in metrics)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["w_actor_bc"] == 0.01 and config["steps"] == 60
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "critic_loss", "bdm_loss", "sbc", "bc", "q_mean", "eval_score", "updates_per_s"} <= set(header)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 60
+    agent = TD3SBC(OBS, ACT)
+    agent.load_state_dict(state["agent"])
+
+
+def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
+    common = ["--eval-every", "20", "--log-every", "10", "--checkpoint-every", "20", "--seed", "3"]
+    assert run(dataset, tmp_path / "whole", "--steps", "40", *common) == 0
+    assert run(dataset, tmp_path / "split", "--steps", "20", *common) == 0
+    assert run(dataset, tmp_path / "split", "--steps", "40", "--resume", *common) == 0
+    whole = rows(tmp_path / "whole" / "halfcheetah-medium-replay" / "seed3")
+    split = rows(tmp_path / "split" / "halfcheetah-medium-replay" / "seed3")
+    assert [r["step"] for r in split] == [10, 20, 30, 40]
+    assert split == whole
+
+
+def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    original = TD3SBC.update
+
+    def update_with_nan(self, batch):
+        metrics = original(self, batch)
+        if self.num_updates == 27:
+            metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
+        return metrics
+
+    monkeypatch.setattr(TD3SBC, "update", update_with_nan)
+    code = run(dataset, tmp_path, "--steps", "60", "--log-every", "10", "--checkpoint-every", "20",
+               "--eval-every", "1000")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "bdm_loss" in err[0] and "update 27" in err[0] and "checkpoint" in err[0]
+    state = torch.load(tmp_path / "halfcheetah-medium-replay" / "seed0" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 20
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--env", "halfcheetah-medium-replays"], "halfcheetah-medium-replay"),
+    (["--steps", "0"], "--steps"),
+    (["--device", "cuda"], "CUDA"),
+])
+def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
+    if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        argv = ["--batch-size", "0"]
+        message = "--batch-size"
+    code = train_cli.main(["--dataset", str(dataset), "--out", str(tmp_path), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_existing_run_needs_resume(dataset, tmp_path, capsys):
+    assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4") == 0
+    assert run(dataset, tmp_path, "--steps", "8", "--eval-every", "4") == 2
+    assert "--resume" in capsys.readouterr().err
