@@ -63,3 +63,28 @@ class UpdateRunner:
             n -= 2
         if n:
             self.step()
+
+
+class GraphedPolicy:
+    """TD3SBC.act on a fixed number of rows, captured once in a CUDA graph and replayed per call.
+
+    The graph reads the actor's parameters in place, so it follows training without recapture.
+    obs (rows, obs_dim) raw observations on any device -> actions (rows, act_dim) on the CPU.
+    """
+
+    def __init__(self, agent: TD3SBC, rows: int):
+        device = agent.obs_mean.device
+        self.static_obs = torch.zeros(rows, agent.obs_mean.shape[0], device=device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            agent.act(self.static_obs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_actions = agent.act(self.static_obs)
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        self.static_obs.copy_(obs)
+        self.graph.replay()
+        return self.static_actions.cpu()

@@ -141,7 +141,7 @@ class MetricsLog:
 def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     """One training run; returns the final evaluation's mean normalised score."""
     from .evaluation import evaluate
-    from .graphs import UpdateRunner
+    from .graphs import GraphedPolicy, UpdateRunner
 
     config = resolve_config(args)
     env_name, _ = split_name(args.env)
@@ -188,6 +188,9 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
 
     def policy(obs):
         return agent.act(obs.to(device)).cpu()
+
+    if args.graphs:
+        policy = GraphedPolicy(agent, args.eval_episodes)
 
     progress = None
     if not args.no_progress:

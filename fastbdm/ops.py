@@ -1,0 +1,181 @@
+"""Triton backend: the functions of fastbdm.reference (noised_rows, denoiser_forward, reverse_chain,
+td_loss) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
+
+Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
+it; denoiser_forward and td_loss have autograd formulas (register_autograd), the others are no-grad.
+Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
+its buffers.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .kernels import denoiser_backward, denoiser_mlp, noising, td_loss as td_loss_kernels
+from .kernels import reverse_chain as reverse_chain_kernels
+from .schedule import DiffusionSchedule
+
+# tl.dot input precision of the MLP kernels on the GPU ("tf32", "tf32x3" or "ieee"); the CPU
+# interpreter always computes in fp32.
+MATMUL_PRECISION = "tf32"
+
+
+# --- noised_rows: no grad ----------------------------------------------------------------------
+
+@torch.library.custom_op("fastbdm::noised_rows", mutates_args=())
+def _noised_rows(x0: Tensor, eps: Tensor, t: Tensor, s: Optional[Tensor], a: Optional[Tensor],
+                 sqrt_ab: Tensor, sqrt_1m_ab: Tensor, steps: int) -> Tensor:
+    return noising.noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps)
+
+
+@_noised_rows.register_fake
+def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
+    width = x0.shape[1] + 1 + (s.shape[1] + a.shape[1] if s is not None else 0)
+    return x0.new_empty((x0.shape[0], width), dtype=torch.float32)
+
+
+def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tensor:
+    """Denoiser input rows [q(x0, t, eps), s, c(t), a] (R, 2n+1+m); x0, eps, s (R, n), t (R,), a (R, m)."""
+    return _noised_rows(x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
+
+
+# --- denoiser_forward: differentiable in rows and weights --------------------------------------
+
+@torch.library.custom_op("fastbdm::denoiser_forward", mutates_args=())
+def _denoiser_forward(rows: Tensor, weights: List[Tensor], precision: str) -> Tensor:
+    return denoiser_mlp.mlp_forward(rows, weights, precision=precision)
+
+
+@_denoiser_forward.register_fake
+def _(rows, weights, precision):
+    return rows.new_empty((rows.shape[0], weights[-1].shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbdm::denoiser_forward_train", mutates_args=())
+def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out (R, n), pre1 (R, H1), pre2 (R, H2), stats (4, R) = mean1, rstd1, mean2, rstd2)."""
+    out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
+        rows, weights, save_activations=True, precision=precision)
+    return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
+
+
+@_denoiser_forward_train.register_fake
+def _(rows, weights, precision):
+    R, f32 = rows.shape[0], torch.float32
+    return (rows.new_empty((R, weights[-1].shape[0]), dtype=f32), rows.new_empty((R, weights[0].shape[0]), dtype=f32),
+            rows.new_empty((R, weights[4].shape[0]), dtype=f32), rows.new_empty((4, R), dtype=f32))
+
+
+@torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
+def _denoiser_backward(grad_out: Tensor, rows: Tensor, weights: List[Tensor], pre1: Tensor, pre2: Tensor,
+                       stats: Tensor, needs: List[bool], precision: str) -> List[Tensor]:
+    """Gradients of [rows, *weights] where needs (1 + len(weights) bools) is True, in that order."""
+    acts = (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
+    grad_rows, grads = denoiser_backward.mlp_backward(
+        grad_out, rows, weights, acts, need_weight_grads=needs[1:], need_input_grad=needs[0],
+        precision=precision)
+    outs, storages = [], set()
+    for g in (grad_rows, *grads):
+        if g is not None:  # bias and gain grads are slices of one buffer: outputs must be distinct
+            key = g.untyped_storage().data_ptr()
+            outs.append(g.clone() if g.storage_offset() or key in storages else g)
+            storages.add(key)
+    return outs
+
+
+@_denoiser_backward.register_fake
+def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
+    return [torch.empty_like(x, dtype=torch.float32) for x, need in zip([rows, *weights], needs) if need]
+
+
+def _forward_setup_context(ctx, inputs, output):
+    rows, weights, ctx.precision = inputs
+    _, pre1, pre2, stats = output
+    ctx.mark_non_differentiable(pre1, pre2, stats)
+    ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
+    ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
+
+
+def _forward_backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
+    rows, pre1, pre2, stats, *weights = ctx.saved_tensors
+    needs_rows, needs_weights, _ = ctx.needs_input_grad
+    needs = [needs_rows, *needs_weights]
+    grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
+    grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
+    return grad_rows, grad_weights, None
+
+
+_denoiser_forward_train.register_autograd(_forward_backward, setup_context=_forward_setup_context)
+
+
+def denoiser_forward(rows: Tensor, weights) -> Tensor:
+    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights; activations are
+    saved only when some input requires grad."""
+    weights = list(weights)
+    if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
+        return _denoiser_forward_train(rows, weights, MATMUL_PRECISION)[0]
+    return _denoiser_forward(rows, weights, MATMUL_PRECISION)
+
+
+# --- reverse_chain: no grad ---------------------------------------------------------------------
+
+_SCHEDULE_BUFFERS = ("sqrt_ab", "sqrt_one_minus_ab", "sqrt_ab_prev", "sqrt_one_minus_ab_prev", "coef_x0",
+                     "coef_xt", "posterior_std")
+
+
+@torch.library.custom_op("fastbdm::reverse_chain", mutates_args=())
+def _reverse_chain(weights: List[Tensor], s: Tensor, a: Tensor, z: Tensor, schedule_buffers: List[Tensor],
+                   steps: int, prediction: str, sampler: str, noise: Optional[Tensor], precision: str) -> Tensor:
+    """schedule_buffers: the DiffusionSchedule buffers named in _SCHEDULE_BUFFERS, in that order."""
+    return reverse_chain_kernels.reverse_chain(weights, s, a, z, *schedule_buffers, steps, prediction, sampler,
+                                               noise, precision=precision)
+
+
+@_reverse_chain.register_fake
+def _(weights, s, a, z, schedule_buffers, steps, prediction, sampler, noise, precision):
+    return torch.empty_like(z, dtype=torch.float32)
+
+
+def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None):
+    """The whole reverse sampler of the SSM denoiser (reference.reverse_chain): s (R, n), a (R, m),
+    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n)."""
+    if sampler == "ddpm" and noise is None:
+        noise = torch.randn((schedule.steps, *z.shape), device=z.device, dtype=z.dtype)
+    buffers = [getattr(schedule, name) for name in _SCHEDULE_BUFFERS]
+    return _reverse_chain([w.detach() for w in weights], s.detach(), a.detach(), z.detach(), buffers,
+                          schedule.steps, prediction, sampler, noise, MATMUL_PRECISION)
+
+
+# --- td_loss: differentiable in pred ------------------------------------------------------------
+
+@torch.library.custom_op("fastbdm::td_loss", mutates_args=())
+def _td_loss(pred: Tensor, target1: Tensor, y2: Tensor, done: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
+    """(loss (), d loss / d pred (2R, n))."""
+    return td_loss_kernels.td_loss_fwd_bwd(pred, target1, y2, done, gamma)
+
+
+@_td_loss.register_fake
+def _(pred, target1, y2, done, gamma):
+    return pred.new_empty((), dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
+
+
+def _td_loss_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1])
+
+
+def _td_loss_backward(ctx, grad_loss, _grad_grad_pred):
+    (grad_pred,) = ctx.saved_tensors
+    if any(ctx.needs_input_grad[1:3]):
+        raise NotImplementedError("fastbdm::td_loss is differentiable in pred only")
+    return grad_loss * grad_pred, None, None, None, None
+
+
+_td_loss.register_autograd(_td_loss_backward, setup_context=_td_loss_setup_context)
+
+
+def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
+    """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar."""
+    return _td_loss(pred, target1, y2, done, float(gamma))[0]

@@ -1,0 +1,200 @@
+"""Fused denoiser MLP forward (spec §3, reference.denoiser_forward), one launch for the whole network.
+
+Network: h_k = LayerNorm(ReLU(W_k h_{k-1} + b_k)) * g_k + beta_k for k = 1, 2; out = W_out h_2 + b_out.
+Weights in nn.Linear layout (out, in), contiguous fp32; exactly two hidden layers.
+
+Blocking: a program owns BLOCK_M rows and runs the three layers back to back. A hidden layer loops
+over N-chunks of its width; each [BLOCK_M, BLOCK_N] tile is built by streaming [BLOCK_K] chunks of
+its input and [BLOCK_K, BLOCK_N] chunks of its weight through tl.dot, then gets bias + ReLU, is
+stored to the pre_k buffer (R, H_k) (the saved activation, or an L2-resident scratch) and merged
+into per-row LayerNorm statistics (running mean and sum of squared deviations, combined chunk by
+chunk as in Chan et al.: no E[y^2] - E[y]^2 cancellation). The next layer reads pre_k back in
+K-chunks and applies LayerNorm on load. tl.debug_barrier() separates a buffer's writes from its
+reads (threads of one program read elements written by other threads).
+
+Shared memory per program (fp32, num_stages=2, H100 defaults BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
+num_warps=4): 2 * (64*32 + 32*64) * 4 B = 32 KB for the pipelined operand tiles, independent of the
+hidden width (512 or more): weights are streamed, never held whole. Checked by compiling for sm_90
+offline (triton 3.9): 32 KB shared, wgmma, no register spills (widths are run-time arguments).
+"""
+import torch
+import triton
+import triton.language as tl
+
+LAYER_NORM_EPS = 1e-5
+
+
+@triton.jit
+def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_col0, offs_n, mask_n,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += X[offs_m, :K] @ W[offs_n, w_col0:w_col0+K]^T, streamed in BLOCK_K chunks."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        x = tl.load(x_ptr + offs_m[:, None] * x_stride + offs_k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_n[None, :] * w_stride + (w_col0 + offs_k)[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr, offs_n, mask_n,
+                     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += LN(H[offs_m, :K]) @ W[offs_n, :K]^T; H (R, K) post-ReLU, LN with per-row mean/rstd."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
+        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
+        h = (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
+        h = tl.where(mask_k[None, :], h, 0.0)
+        w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _bias_relu_store(acc, b_ptr, out_ptr, offs_m, mask_m, N, offs_n, mask_n, n0, mean, m2):
+    """ReLU(acc + b) -> out[offs_m, offs_n] (row stride N, chunk of columns n0..); returns the per-row
+    mean and sum of squared deviations over columns [0, n0 + chunk), merged with the chunk's (Chan et al.)."""
+    b = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+    y = tl.maximum(acc + b[None, :], 0.0)
+    y = tl.where(mask_n[None, :], y, 0.0)
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+    count = n0 * 1.0
+    chunk_count = tl.sum(mask_n.to(tl.float32), axis=0)
+    chunk_mean = tl.sum(y, axis=1) / chunk_count
+    dev = tl.where(mask_n[None, :], y - chunk_mean[:, None], 0.0)
+    delta = chunk_mean - mean
+    total = count + chunk_count
+    mean = mean + delta * (chunk_count / total)
+    m2 = m2 + tl.sum(dev * dev, axis=1) + delta * delta * (count * chunk_count / total)
+    return mean, m2
+
+
+@triton.jit
+def _row_stats(mean, m2, N, eps):
+    """LayerNorm mean and 1/sqrt(var + eps) from the per-row mean and sum of squared deviations over N columns."""
+    return mean, 1.0 / tl.sqrt(m2 / N + eps)
+
+
+@triton.jit
+def _ln_hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """out (R, N) = ReLU(W LN(H) + b) for the program's rows, H (R, K); returns out's LN mean, rstd."""
+    run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr,
+                               offs_n, mask_n, BLOCK_K, PRECISION)
+        run_mean, run_m2 = _bias_relu_store(acc, b_ptr, out_ptr, offs_m, mask_m, N, offs_n, mask_n,
+                                            n0, run_mean, run_m2)
+    return _row_stats(run_mean, run_m2, N, eps)
+
+
+@triton.jit
+def _ln_output_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, N, offs_m, mask_m,
+                     BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """[BLOCK_M, BLOCK_O] register tile W_out LN(H) + b_out (columns >= N are 0), H (R, K)."""
+    offs_o = tl.arange(0, BLOCK_O)
+    mask_o = offs_o < N
+    acc = tl.zeros([BLOCK_M, BLOCK_O], dtype=tl.float32)
+    acc = _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr,
+                           offs_o, mask_o, BLOCK_K, PRECISION)
+    b = tl.load(b_ptr + offs_o, mask=mask_o, other=0.0)
+    return acc + b[None, :]
+
+
+@triton.jit
+def _mlp_forward_kernel(
+    rows_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    pre1_ptr, mean1_ptr, rstd1_ptr, pre2_ptr, mean2_ptr, rstd2_ptr, out_ptr,
+    R, D_IN, H1, H2, N_OUT, eps,
+    SAVE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program: BLOCK_M rows (R, D_IN) through the whole MLP -> out (R, N_OUT), pre1/pre2 written."""
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < R
+
+    # layer 1 from the raw input rows
+    run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, H1, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < H1
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = _accum_linear(acc, rows_ptr, D_IN, offs_m, mask_m, D_IN, w1_ptr, D_IN, 0, offs_n, mask_n,
+                            BLOCK_K, PRECISION)
+        run_mean, run_m2 = _bias_relu_store(acc, b1_ptr, pre1_ptr, offs_m, mask_m, H1, offs_n, mask_n,
+                                            n0, run_mean, run_m2)
+    mean1, rstd1 = _row_stats(run_mean, run_m2, H1, eps)
+    tl.debug_barrier()
+
+    # layer 2: LayerNorm of pre1 applied on load
+    mean2, rstd2 = _ln_hidden_layer(pre1_ptr, mean1, rstd1, g1_ptr, beta1_ptr, H1, w2_ptr, b2_ptr, pre2_ptr, H2,
+                                    offs_m, mask_m, eps, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+    tl.debug_barrier()
+
+    out = _ln_output_layer(pre2_ptr, mean2, rstd2, g2_ptr, beta2_ptr, H2, wo_ptr, bo_ptr, N_OUT, offs_m, mask_m,
+                           BLOCK_M, BLOCK_O, BLOCK_K, PRECISION)
+    offs_o = tl.arange(0, BLOCK_O)
+    tl.store(out_ptr + offs_m[:, None] * N_OUT + offs_o[None, :], out,
+             mask=mask_m[:, None] & (offs_o[None, :] < N_OUT))
+    if SAVE_STATS:
+        tl.store(mean1_ptr + offs_m, mean1, mask=mask_m)
+        tl.store(rstd1_ptr + offs_m, rstd1, mask=mask_m)
+        tl.store(mean2_ptr + offs_m, mean2, mask=mask_m)
+        tl.store(rstd2_ptr + offs_m, rstd2, mask=mask_m)
+
+
+def check_weights(weights):
+    """Contiguous fp32 (W1, b1, g1, beta1, W2, b2, g2, beta2, W_out, b_out) of a two-hidden-layer Denoiser."""
+    if len(weights) != 10:
+        raise ValueError(f"the fused kernels take exactly two hidden layers (10 tensors), got {len(weights)}")
+    return tuple(w.detach().contiguous() for w in weights)
+
+
+def output_block(n_out):
+    """Register-tile width of the output layer: a power of two >= 16 (tl.dot minimum)."""
+    return max(16, triton.next_power_of_2(n_out))
+
+
+def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None,
+                block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
+    """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
+    -> out (R, n), or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
+    pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k), mean_k, rstd_k (R,) its LayerNorm statistics.
+    precision: tl.dot input_precision ("tf32" on GPU, "ieee" for exact fp32). `out` (optional) receives out."""
+    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights)
+    rows = rows.contiguous()
+    R, d_in = rows.shape
+    h1, h2, n_out = w1.shape[0], w2.shape[0], wo.shape[0]
+    dev = rows.device
+    pre1 = torch.empty((R, h1), device=dev, dtype=torch.float32)
+    pre2 = torch.empty((R, h2), device=dev, dtype=torch.float32)
+    stats = torch.empty((4, R), device=dev, dtype=torch.float32) if save_activations else pre1
+    if out is None:
+        out = torch.empty((R, n_out), device=dev, dtype=torch.float32)
+    grid = (triton.cdiv(R, block_m),)
+    _mlp_forward_kernel[grid](
+        rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,
+        pre1, stats[0], stats[1], pre2, stats[2], stats[3], out,
+        R, d_in, h1, h2, n_out, LAYER_NORM_EPS,
+        SAVE_STATS=save_activations, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_O=output_block(n_out), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )
+    if save_activations:
+        return out, (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
+    return out

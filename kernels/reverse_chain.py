@@ -1,0 +1,169 @@
+"""The whole reverse-diffusion sampler of the SSM denoiser in one launch (spec §2, reference.reverse_chain).
+
+A program owns BLOCK_M rows and loops over the levels; per level it runs the fused MLP
+(denoiser_mlp helpers) and the posterior update. The first layer's s, a part (s W_s^T + a W_a^T)
+is computed once per chain into the `base` scratch (R, H1); per level layer 1 is
+base + b1 + c(i) w_c + x W_x^T, with x (the chain state, [BLOCK_M, BLOCK_O]) kept in registers
+across levels. Hidden activations go through the scratch buffers pre1 (R, H1), pre2 (R, H2).
+
+Shared memory per program (fp32, num_stages=2, H100 defaults BLOCK_M=32, BLOCK_N=64, BLOCK_K=32,
+BLOCK_O=32 for n <= 32, num_warps=4): the streamed operand tiles, 2 * (32*32 + 32*64) * 4 B = 24 KB
+at most, independent of the hidden width. Compiled for sm_90 offline (triton 3.9): 16.6 KB shared,
+mma.sync, no register spills. BLOCK_M sets the parallelism (R / BLOCK_M programs, one chain
+block each): 16 or 32 for R ~ 1024-2048 rows on 132 SMs; BLOCK_M=64 (wgmma) wants num_warps=8.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .denoiser_mlp import (
+    LAYER_NORM_EPS, _accum_linear, _bias_relu_store, _ln_hidden_layer, _ln_output_layer, _row_stats,
+    check_weights, output_block,
+)
+
+PREDICTIONS = ("sample", "epsilon", "v")
+SAMPLERS = ("ddim", "ddpm", "posterior_mean")
+
+
+@triton.jit
+def _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """base (R, H1) = s W_s^T + a W_a^T for the program's rows (W_s = W1[:, n:2n], W_a = W1[:, 2n+1:])."""
+    for n0 in range(0, H1, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < H1
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = _accum_linear(acc, s_ptr, n, offs_m, mask_m, n, w1_ptr, D_IN, n, offs_n, mask_n, BLOCK_K, PRECISION)
+        acc = _accum_linear(acc, a_ptr, m, offs_m, mask_m, m, w1_ptr, D_IN, 2 * n + 1, offs_n, mask_n,
+                            BLOCK_K, PRECISION)
+        tl.store(base_ptr + offs_m[:, None] * H1 + offs_n[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _chain_first_layer(x, c, base_ptr, w1_ptr, b1_ptr, pre1_ptr, offs_m, mask_m, n, D_IN, H1, eps,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """pre1 (R, H1) = ReLU(x W_x^T + base + c w_c + b1), x [BLOCK_M, BLOCK_O] registers; returns LN mean, rstd."""
+    offs_o = tl.arange(0, BLOCK_O)
+    mask_o = offs_o < n
+    run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, H1, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < H1
+        acc = tl.load(base_ptr + offs_m[:, None] * H1 + offs_n[None, :],
+                      mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+        w_c = tl.load(w1_ptr + offs_n * D_IN + 2 * n, mask=mask_n, other=0.0)
+        acc += c * w_c[None, :]
+        w_x = tl.load(w1_ptr + offs_n[None, :] * D_IN + offs_o[:, None],
+                      mask=mask_o[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(x, w_x, acc, input_precision=PRECISION)
+        run_mean, run_m2 = _bias_relu_store(acc, b1_ptr, pre1_ptr, offs_m, mask_m, H1, offs_n, mask_n,
+                                            n0, run_mean, run_m2)
+    return _row_stats(run_mean, run_m2, H1, eps)
+
+
+@triton.jit
+def _reverse_chain_kernel(
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    s_ptr, a_ptr, z_ptr, noise_ptr,
+    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
+    base_ptr, pre1_ptr, pre2_ptr, x_out_ptr,
+    R, n, m, H1, H2, steps, n_levels, c_scale, eps,
+    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program: BLOCK_M rows from z (R, n) through n_levels sampler levels -> x_out (R, n)."""
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < R
+    offs_o = tl.arange(0, BLOCK_O)
+    xo_mask = mask_m[:, None] & (offs_o[None, :] < n)
+    xo_idx = offs_m[:, None] * n + offs_o[None, :]
+    D_IN = 2 * n + 1 + m
+
+    _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
+               BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+    tl.debug_barrier()
+
+    x = tl.load(z_ptr + xo_idx, mask=xo_mask, other=0.0)
+    for lvl in range(0, n_levels):
+        i = steps - 1 - lvl
+        if SAMPLER == "posterior_mean":
+            k = i - 1
+        else:
+            k = i
+        c = i * c_scale - 1.0
+
+        mean1, rstd1 = _chain_first_layer(x, c, base_ptr, w1_ptr, b1_ptr, pre1_ptr, offs_m, mask_m, n, D_IN, H1,
+                                          eps, BLOCK_M, BLOCK_N, BLOCK_O, PRECISION)
+        tl.debug_barrier()
+        mean2, rstd2 = _ln_hidden_layer(pre1_ptr, mean1, rstd1, g1_ptr, beta1_ptr, H1, w2_ptr, b2_ptr, pre2_ptr,
+                                        H2, offs_m, mask_m, eps, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        tl.debug_barrier()
+        out = _ln_output_layer(pre2_ptr, mean2, rstd2, g2_ptr, beta2_ptr, H2, wo_ptr, bo_ptr, n, offs_m, mask_m,
+                               BLOCK_M, BLOCK_O, BLOCK_K, PRECISION)
+
+        sab = tl.load(sqrt_ab_ptr + k)
+        s1m = tl.load(sqrt_1m_ab_ptr + k)
+        if PREDICTION == "sample":
+            x0hat = out
+            epshat = (x - sab * x0hat) / s1m
+        elif PREDICTION == "epsilon":
+            epshat = out
+            x0hat = (x - s1m * epshat) / sab
+        else:
+            x0hat = sab * x - s1m * out
+            epshat = s1m * x + sab * out
+        if SAMPLER == "ddim":
+            x = tl.load(sqrt_ab_prev_ptr + k) * x0hat + tl.load(sqrt_1m_ab_prev_ptr + k) * epshat
+        else:
+            x = tl.load(coef_x0_ptr + k) * x0hat + tl.load(coef_xt_ptr + k) * x
+            if SAMPLER == "ddpm":
+                std = tl.where(k > 0, tl.load(std_ptr + k), 0.0)
+                xi = tl.load(noise_ptr + k * R * n + xo_idx, mask=xo_mask, other=0.0)
+                x = x + std * xi
+    tl.store(x_out_ptr + xo_idx, x, mask=xo_mask)
+
+
+def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
+                  posterior_std, steps, prediction="sample", sampler="ddim", noise=None, out=None,
+                  precision="tf32", block_m=32, block_n=64, block_k=32, num_warps=4, num_stages=2):
+    """x0 samples (R, n) of the SSM denoiser `weights` (Denoiser.weights(), two hidden layers) at
+    s (R, n), a (R, m) from start noise z (R, n). Schedule buffers (steps,) as in DiffusionSchedule:
+    sqrt_ab, sqrt_one_minus_ab, sqrt_ab_prev, sqrt_one_minus_ab_prev, coef_x0, coef_xt, posterior_std.
+    noise (steps, R, n): the DDPM per-level noise (drawn when None). prediction in PREDICTIONS,
+    sampler in SAMPLERS. precision: tl.dot input_precision. `out` (optional) receives the samples."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights)
+    s, a, z = s.contiguous(), a.contiguous(), z.contiguous()
+    R, n = z.shape
+    m = a.shape[1]
+    h1, h2 = w1.shape[0], w2.shape[0]
+    dev = z.device
+    if sampler == "ddpm":
+        if noise is None:
+            noise = torch.randn((steps, R, n), device=dev, dtype=z.dtype)
+        noise = noise.contiguous()
+    else:
+        noise = z
+    base = torch.empty((R, h1), device=dev, dtype=torch.float32)
+    pre1 = torch.empty((R, h1), device=dev, dtype=torch.float32)
+    pre2 = torch.empty((R, h2), device=dev, dtype=torch.float32)
+    if out is None:
+        out = torch.empty((R, n), device=dev, dtype=torch.float32)
+    n_levels = steps - 1 if sampler == "posterior_mean" else steps
+    grid = (triton.cdiv(R, block_m),)
+    _reverse_chain_kernel[grid](
+        w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, s, a, z, noise,
+        sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std,
+        base, pre1, pre2, out,
+        R, n, m, h1, h2, steps, n_levels, 2.0 / steps, LAYER_NORM_EPS,
+        PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_O=output_block(n), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
