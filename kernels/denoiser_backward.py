@@ -147,7 +147,7 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     for k in reversed(range(layers)):
         H = widths[k]
         pre, mean, rstd = acts[3 * k : 3 * k + 3]
-        g, beta = weights[4 * k + 2], weights[4 * k + 3]
+        g, beta = weights[4 * k + 2].contiguous(), weights[4 * k + 3].contiguous()  # read with unit stride
         w_next = w_next.contiguous()
         dz = torch.empty((R, H), device=device, dtype=torch.float32)
         h = torch.empty((R, H), device=device, dtype=torch.float32) if any_weight else dz

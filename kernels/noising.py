@@ -47,10 +47,13 @@ def _noised_rows_kernel(
     tl.store(rows_ptr + rm * width + col, val, mask=row_ok & (col < width))
 
 
-def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=64, num_warps=4):
+def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=16, num_warps=4):
     """Denoiser input rows: x0, eps (R, n), t (R,) int64, s (R, n) or None, a (R, m) or None,
     sqrt_ab, sqrt_1m_ab (steps,) schedule buffers -> (R, 2n+1+m), or (R, n+1) when s, a are None.
-    `out` (optional, contiguous fp32 of that shape) receives the result."""
+    `out` (optional, contiguous fp32 of that shape) receives the result.
+    block_m=16 with num_warps=4: a [16, 64] tile is 8 elements a thread. At block_m=64 (32 a thread,
+    each with its own 64-bit addresses) sm_90 compiles hit the 255-register cap (triton 3.6) or
+    spill to the stack (triton 3.9)."""
     R, n = x0.shape
     has_cond = s is not None
     m = a.shape[1] if has_cond else 0
@@ -58,6 +61,7 @@ def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=
     if out is None:
         out = torch.empty((R, width), device=x0.device, dtype=torch.float32)
     x0, eps, t = x0.contiguous(), eps.contiguous(), t.contiguous()
+    sqrt_ab, sqrt_1m_ab = sqrt_ab.contiguous(), sqrt_1m_ab.contiguous()  # gathered with unit stride
     s = s.contiguous() if has_cond else x0
     a = a.contiguous() if has_cond else x0
     grid = (triton.cdiv(R, block_m),)

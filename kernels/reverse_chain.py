@@ -11,6 +11,10 @@ BLOCK_O=32 for n <= 32, num_warps=4): the streamed operand tiles, 2 * (32*32 + 3
 at most, independent of the hidden width. Compiled for sm_90 offline (triton 3.9): 16.6 KB shared,
 mma.sync, no register spills. BLOCK_M sets the parallelism (R / BLOCK_M programs, one chain
 block each): 16 or 32 for R ~ 1024-2048 rows on 132 SMs; BLOCK_M=64 (wgmma) wants num_warps=8.
+Triton 3.6 for sm_90 (cuobjdump resource usage, hidden 512): BLOCK_M=32 244-246 registers, no stack;
+BLOCK_M=16 168 registers but a 40-48 B stack frame (spills); BLOCK_M=64, num_warps=8 248 registers,
+no stack. Hidden widths that are not multiples of 16 lose the divisibility hints and spill at both
+BLOCK_M=16 and 32 (184-560 B stack): keep H1, H2 multiples of 16.
 """
 import torch
 import triton
@@ -121,9 +125,10 @@ def _reverse_chain_kernel(
         else:
             x = tl.load(coef_x0_ptr + k) * x0hat + tl.load(coef_xt_ptr + k) * x
             if SAMPLER == "ddpm":
-                std = tl.where(k > 0, tl.load(std_ptr + k), 0.0)
                 xi = tl.load(noise_ptr + k * R * n + xo_idx, mask=xo_mask, other=0.0)
-                x = x + std * xi
+                # level 0 adds no noise (reference: `k > 0`); a select, not 0 * xi, so that a NaN/Inf
+                # or uninitialised noise[0] cannot leak in
+                x = tl.where(k > 0, x + tl.load(std_ptr + k) * xi, x)
     tl.store(x_out_ptr + xo_idx, x, mask=xo_mask)
 
 
@@ -141,6 +146,8 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights)
     s, a, z = s.contiguous(), a.contiguous(), z.contiguous()
+    sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std = (
+        b.contiguous() for b in (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std))
     R, n = z.shape
     m = a.shape[1]
     h1, h2 = w1.shape[0], w2.shape[0]

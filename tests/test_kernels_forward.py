@@ -164,6 +164,19 @@ def test_reverse_chain_ddpm_draws_noise():
     assert_close_scaled(got, ref.reverse_chain(weights, s, a, z, sched, "sample", "ddpm"))
 
 
+def test_reverse_chain_ddpm_ignores_level0_noise():
+    """The last DDPM level adds no noise (std 0): a NaN in noise[0] must not reach the samples (0 * NaN)."""
+    n, m, rows = 11, 3, 37
+    weights = denoiser_weights(n, m, (64, 64))
+    sched = DiffusionSchedule(STEPS)
+    s, z = torch.randn(2, rows, n)
+    a = torch.randn(rows, m)
+    noise = torch.randn(STEPS, rows, n)
+    noise[0] = float("nan")
+    got = run_chain(weights, s, a, z, sched, "sample", "ddpm", noise, **BLOCKS)
+    assert_close_scaled(got, ref.reverse_chain(weights, s, a, z, sched, "sample", "ddpm", noise=noise))
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "posterior_mean"])
 def test_reverse_chain_hidden_512(sampler):
     """The production width on few rows and a short schedule (the interpreter is slow at 512)."""
@@ -180,15 +193,17 @@ SM90_COMPILE = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from fastbdm.kernels.denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
 from fastbdm.kernels.denoiser_mlp import _mlp_forward_kernel
 from fastbdm.kernels.noising import _noised_rows_kernel
 from fastbdm.kernels.reverse_chain import _reverse_chain_kernel
 from fastbdm.kernels.td_loss import _td_loss_kernel
 
 FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
-DIVISIBLE = {"R", "H1", "H2"}  # what the JIT sees at R = 1024, hidden 512: divisibility-16 hints
+# What the JIT sees at R = 1024, hidden 512 (backward: the inner layer, K = H = 512): divisibility-16 hints.
+DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
 
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
+def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE):
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -198,7 +213,7 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or name in DIVISIBLE}
+             if sig[name].startswith("*") or name in divisible}
     kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
     assert kernel.metadata.shared < 200 * 1024, (fn.__name__, kernel.metadata.shared)
@@ -206,14 +221,23 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
 mlp = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, PRECISION="tf32")
 compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **mlp))
 compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32)))
-compile_sm90(_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=64, BLOCK_C=64))
+compile_sm90(_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64))
 compile_sm90(_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32))
+# mlp_backward defaults (block_r=32, block_h=64, block_k=32): the last hidden layer (K = n_out = 11 ->
+# BLOCK_K 16, weight grads + db_out sums), the inner one (K = H = 512), the input-gradient-only path.
+bwd = dict(PRECISION="tf32", BLOCK_R=32, BLOCK_K=32, BLOCK_H=64)
+compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(bwd, BLOCK_K=16)),
+             divisible={"R", "H", "stride_w"})
+compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **bwd))
+compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **bwd))
+compile_sm90(_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), divisible=set())
 """
 
 
 def test_kernels_compile_for_sm90():
-    """Each kernel at its H100 defaults compiles for sm_90 (tf32 tl.dot, shared memory < 200 KB), offline:
-    a subprocess without TRITON_INTERPRET, as the interpreter replaces the @triton.jit functions."""
+    """Each kernel, forward and backward, at its H100 defaults compiles for sm_90 (tf32 tl.dot, shared
+    memory < 200 KB), offline: a subprocess without TRITON_INTERPRET, as the interpreter replaces the
+    @triton.jit functions."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
