@@ -1,0 +1,150 @@
+"""Readers for D4RL hdf5 files, npz files and Minari datasets, and `load_transitions`, which finds a
+dataset by name in the order: explicit path, D4RL directories, local Minari root, Minari download
+(only with download=True), local generation (unless generate=False)."""
+import os
+import socket
+import zipfile
+from pathlib import Path
+from typing import Dict, Tuple
+
+import h5py
+import numpy as np
+
+from .errors import DatasetError
+from .names import (d4rl_dirs, d4rl_filename, local_minari_ids, minari_root, parse_name,
+                    remote_minari_id)
+from .transitions import Transitions, build_transitions
+
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+HF_HOST = ("huggingface.co", 443)
+
+
+def read_hdf5(path: Path) -> Dict[str, np.ndarray]:
+    """Top-level D4RL arrays of an hdf5 file (infos/ and metadata/ groups are ignored)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: f[k][()] for k in D4RL_KEYS if k in f and isinstance(f[k], h5py.Dataset)}
+    except (OSError, KeyError, ValueError) as err:
+        raise DatasetError(f"cannot read hdf5 file {path} ({err}); it is corrupted or not hdf5 - "
+                           "delete it and download or generate it again.") from None
+
+
+def read_npz(path: Path) -> Dict[str, np.ndarray]:
+    """Arrays of an .npz file with D4RL's key names."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"cannot read npz file {path} ({err}); it is corrupted - re-create it.") from None
+
+
+def read_minari(path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """A Minari dataset directory (the one holding data/, or data/ itself) as D4RL-layout arrays
+    (s'_t = s_{t+1} within each episode; truncations become timeouts) and its metadata."""
+    import minari
+
+    data = path / "data" if (path / "data" / "metadata.json").exists() else path
+    if not (data / "metadata.json").exists():
+        raise DatasetError(f"{path} is not a Minari dataset directory (no data/metadata.json); "
+                           "pass the directory that holds data/, an hdf5 file or an npz file.")
+    try:
+        dataset = minari.MinariDataset(data)
+        columns = {k: [] for k in D4RL_KEYS}
+        for ep in dataset.iterate_episodes():
+            obs = np.asarray(ep.observations)
+            columns["observations"].append(obs[:-1])
+            columns["next_observations"].append(obs[1:])
+            columns["actions"].append(np.asarray(ep.actions))
+            columns["rewards"].append(np.asarray(ep.rewards))
+            columns["terminals"].append(np.asarray(ep.terminations))
+            columns["timeouts"].append(np.asarray(ep.truncations))
+        metadata = dict(dataset.storage.metadata)
+    except DatasetError:
+        raise
+    except Exception as err:  # Minari raises many kinds (json, h5py, assertion) on broken datasets
+        raise DatasetError(f"cannot read Minari dataset {path} ({type(err).__name__}: {err}); "
+                           "delete it and download or generate it again.") from None
+    if not columns["observations"]:
+        raise DatasetError(f"Minari dataset {path} has no episodes; delete it and generate it again.")
+    return {k: np.concatenate(v) for k, v in columns.items()}, metadata
+
+
+def read_path(path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Read an explicit --dataset PATH: a Minari directory, a .hdf5/.h5 file or an .npz file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset path {path} does not exist; check --dataset (hdf5, npz or Minari directory).")
+    if path.is_dir():
+        return read_minari(path)
+    if path.suffix in (".hdf5", ".h5"):
+        return read_hdf5(path), {}
+    if path.suffix == ".npz":
+        return read_npz(path), {}
+    raise DatasetError(f"dataset path {path} is neither .hdf5/.h5, .npz nor a Minari directory; "
+                       "convert it to one of these.")
+
+
+def download_minari(dataset_id: str) -> Path:
+    """Download a Minari dataset into the local root, failing within seconds when offline."""
+    import minari
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise DatasetError(f"cannot download {dataset_id}: HF_HUB_OFFLINE is set; unset it, "
+                           "or drop --download to generate locally.")
+    try:
+        import huggingface_hub  # noqa: F401  (minari's remote storage)
+    except ImportError:
+        raise DatasetError(f"cannot download {dataset_id}: huggingface_hub is not installed; "
+                           "pip install 'minari[hf]', or drop --download to generate locally.") from None
+    try:
+        socket.create_connection(HF_HOST, timeout=5).close()
+    except OSError as err:
+        raise DatasetError(f"cannot download {dataset_id}: {HF_HOST[0]} is unreachable ({err}); "
+                           "drop --download to generate the dataset locally.") from None
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as err:
+        raise DatasetError(f"downloading {dataset_id} failed ({type(err).__name__}: {err}); "
+                           "drop --download to generate the dataset locally.") from None
+    return minari_root() / dataset_id
+
+
+def load_transitions(name: str, dataset_path=None, device="cpu", download: bool = False, generate: bool = True,
+                     generate_kwargs: dict = None, progress: bool = True) -> Transitions:
+    """The transitions of dataset `name` on `device`; the first source found wins:
+
+    1. `dataset_path` (D4RL-layout hdf5, npz with the same keys, or a Minari dataset directory);
+    2. a D4RL file (e.g. halfcheetah_medium_replay-v2.hdf5) in $D4RL_DATASET_DIR or ~/.d4rl/datasets;
+    3. a local Minari dataset: mujoco/<env>/<kind>-v0 (Minari's), then fastbdm/<env>/<kind>-v0 (ours);
+    4. with download=True, Minari's download where a remote id exists (medium, expert);
+    5. with generate=True, local generation (fastbdm.data.generate; `generate_kwargs` go to it).
+    Raises DatasetError when nothing is found or the data are unusable.
+    """
+    env, kind = parse_name(name)
+    canonical = f"{env}-{kind}"
+    if dataset_path is not None:
+        raw, meta = read_path(dataset_path)
+        return build_transitions(raw, canonical, str(dataset_path), device, meta)
+    for directory in d4rl_dirs():
+        file = directory / d4rl_filename(env, kind)
+        if file.exists():
+            return build_transitions(read_hdf5(file), canonical, str(file), device)
+    root = minari_root()
+    for dataset_id in local_minari_ids(env, kind):
+        if (root / dataset_id / "data" / "metadata.json").exists():
+            raw, meta = read_minari(root / dataset_id)
+            return build_transitions(raw, canonical, f"minari:{dataset_id}", device, meta)
+    remote = remote_minari_id(env, kind)
+    if download and remote:
+        raw, meta = read_minari(download_minari(remote))
+        return build_transitions(raw, canonical, f"minari:{remote}", device, meta)
+    if generate:
+        from .generate import generate_dataset
+
+        dataset_id = generate_dataset(canonical, progress=progress, **(generate_kwargs or {}))
+        raw, meta = read_minari(root / dataset_id)
+        return build_transitions(raw, canonical, f"minari:{dataset_id} (generated)", device, meta)
+    places = [d / d4rl_filename(env, kind) for d in d4rl_dirs()] + [root / i for i in local_minari_ids(env, kind)]
+    raise DatasetError(f"no {canonical} dataset found (looked at {', '.join(map(str, places))}); pass --dataset "
+                       f"PATH, {'use --download, ' if remote else ''}or generate it: "
+                       f"python -m fastbdm.data.generate --env {canonical}")

@@ -1,0 +1,80 @@
+"""Dataset names ('halfcheetah-medium-replay[-v2]') and where such a dataset is looked for.
+
+Resolves a name to its environment and kind, the gymnasium environment, the D4RL file name and the
+Minari dataset ids (remote `mujoco/...` ids and the ids this project generates under `fastbdm/`).
+"""
+import difflib
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import gymnasium as gym
+
+from ..presets import ENVS, KINDS, split_name
+from .errors import DatasetError
+
+ALL_NAMES = tuple(f"{env}-{kind}" for env in ENVS for kind in KINDS)
+
+ENV_IDS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+# (observation dim, action dim): the same in D4RL's -v2 data and the gymnasium v5 environments.
+DIMS = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6)}
+
+# Kinds Minari hosts for the locomotion tasks (mujoco/<env>/<kind>-v0; gymnasium v5 data).
+MINARI_REMOTE_KINDS = ("medium", "expert")
+GENERATED_NAMESPACE = "fastbdm"
+
+
+def parse_name(name: str) -> Tuple[str, str]:
+    """'hopper-medium-expert' or 'hopper-medium-expert-v2' -> ('hopper', 'medium-expert').
+
+    Unknown names raise DatasetError naming the closest known names.
+    """
+    try:
+        return split_name(name)
+    except ValueError:
+        close = difflib.get_close_matches(str(name).removesuffix("-v2"), ALL_NAMES, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"use one of {', '.join(ALL_NAMES)}."
+        raise DatasetError(f"unknown dataset name {name!r}: {hint}") from None
+
+
+def env_id(env_name: str) -> str:
+    """Gymnasium id for 'halfcheetah' (or a dataset name such as 'halfcheetah-medium'): 'HalfCheetah-v5'."""
+    env = env_name if env_name in ENV_IDS else parse_name(env_name)[0]
+    return ENV_IDS[env]
+
+
+def make_env(env_name: str, **kwargs) -> gym.Env:
+    """gymnasium.make for one of our environment (or dataset) names; kwargs go to gymnasium.make."""
+    return gym.make(env_id(env_name), **kwargs)
+
+
+def d4rl_filename(env: str, kind: str) -> str:
+    """D4RL's file name: ('halfcheetah', 'medium-replay') -> 'halfcheetah_medium_replay-v2.hdf5'."""
+    return f"{env}_{kind.replace('-', '_')}-v2.hdf5"
+
+
+def d4rl_dirs() -> list:
+    """Directories searched for D4RL files: $D4RL_DATASET_DIR (if set), then ~/.d4rl/datasets."""
+    dirs = [os.environ["D4RL_DATASET_DIR"]] if os.environ.get("D4RL_DATASET_DIR") else []
+    return [Path(d).expanduser() for d in dirs] + [Path("~/.d4rl/datasets").expanduser()]
+
+
+def minari_root() -> Path:
+    """The local Minari root: $MINARI_DATASETS_PATH, default ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path("~/.minari/datasets").expanduser())
+
+
+def remote_minari_id(env: str, kind: str) -> Optional[str]:
+    """Minari's hosted id for this name, or None (e.g. no medium-replay locomotion data on Minari)."""
+    return f"mujoco/{env}/{kind}-v0" if kind in MINARI_REMOTE_KINDS else None
+
+
+def generated_minari_id(env: str, kind: str) -> str:
+    """Id of the dataset this project generates: 'fastbdm/halfcheetah/medium-replay-v0'."""
+    return f"{GENERATED_NAMESPACE}/{env}/{kind}-v0"
+
+
+def local_minari_ids(env: str, kind: str) -> list:
+    """Minari ids tried in the local root, in order: Minari's own data first, then ours."""
+    remote = remote_minari_id(env, kind)
+    return ([remote] if remote else []) + [generated_minari_id(env, kind)]
