@@ -9,6 +9,7 @@ from torch import nn
 from .bdm import BellmanDiffusion
 from .compat import CompatFlags
 from .networks import Actor, Denoiser, TwinCritic, normalize_states
+from .nvtx_ranges import phase
 from .schedule import network_target
 
 
@@ -161,25 +162,31 @@ class TD3SBC(nn.Module):
         self.num_updates += 1
         actor_step = self.num_updates % self.config.policy_freq == 0
         opt = self.optimizers
-        with torch.no_grad():
-            next_action = self.target_action(b.next_obs)
-        critic_loss, q = self.critic_loss(b, next_action)
-        bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
-        data_loss = self.data_denoiser_loss(b)
-        for name in ("critic", "denoiser", "data_denoiser"):
-            opt[name].zero_grad(set_to_none=True)
-        (critic_loss + bdm_loss + data_loss).backward()
-        for name in ("critic", "denoiser", "data_denoiser"):
-            opt[name].step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "bdm_loss": bdm_loss.detach(),
-                   "data_loss": data_loss.detach()}
+        with phase("critic"):
+            with torch.no_grad():
+                next_action = self.target_action(b.next_obs)
+            critic_loss, q = self.critic_loss(b, next_action)
+        with phase("bdm"):
+            bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
+        with phase("data_denoiser"):
+            data_loss = self.data_denoiser_loss(b)
+        with phase("backward_step"):
+            for name in ("critic", "denoiser", "data_denoiser"):
+                opt[name].zero_grad(set_to_none=True)
+            (critic_loss + bdm_loss + data_loss).backward()
+            for name in ("critic", "denoiser", "data_denoiser"):
+                opt[name].step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(),
+                   "bdm_loss": bdm_loss.detach(), "data_loss": data_loss.detach()}
         if actor_step:
-            loss, terms = self.actor_loss(b)
-            params = list(self.actor.parameters())
-            for p, g in zip(params, torch.autograd.grad(loss, params)):
-                p.grad = g
-            opt["actor"].step()
-            self.update_targets()
+            with phase("actor"):
+                loss, terms = self.actor_loss(b)
+                params = list(self.actor.parameters())
+                for p, g in zip(params, torch.autograd.grad(loss, params)):
+                    p.grad = g
+                opt["actor"].step()
+            with phase("targets"):
+                self.update_targets()
             metrics.update({k: v.detach() for k, v in terms.items()})
         return metrics
 
