@@ -1,0 +1,1 @@
+"""Benchmarks of fastbdm (pytest-benchmark): see benches/conftest.py and docs/PERFORMANCE.md."""

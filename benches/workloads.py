@@ -1,0 +1,209 @@
+"""What the benchmarks and the profiling scripts run: sizes, device, synthetic halfcheetah-shaped data,
+the whole-update variants, and the cost model (FLOPs, compulsory bytes) recorded with each timing.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.data.transitions import build_transitions
+from fastbdm.graphs import WARMUP_PAIRS, UpdateRunner
+from fastbdm.monitor import UpdateMonitor
+from fastbdm.networks import Denoiser
+from fastbdm.replay import TransitionBuffer
+
+from .research_code import NumpyReplayBuffer, ResearchCode
+
+TASK, OBS_DIM, ACT_DIM = "halfcheetah-medium-replay", 17, 6
+FLOAT = 4  # bytes per fp32 element
+
+
+@dataclass(frozen=True)
+class Size:
+    """Batch B, denoiser hidden width (2 layers), actor/critic hidden width (3 layers), levels T."""
+
+    name: str
+    batch: int
+    hidden: int
+    mlp_hidden: int
+    steps: int = 10
+    dataset: int = 20_000
+
+    @property
+    def rows(self) -> int:
+        """Rows of the kernel benchmarks: 2B, the batched TD call and the SBC chain."""
+        return 2 * self.batch
+
+
+SIZES = {
+    # tiny enough for interpreter-mode Triton (one program per launch at most of the kernels)
+    "small": Size("small", batch=32, hidden=32, mlp_hidden=32, dataset=4096),
+    # the paper's: B = 1024, halfcheetah shapes, T = 10, denoisers 2 x 512, actor/critics 3 x 256
+    "paper": Size("paper", batch=1024, hidden=512, mlp_hidden=256, dataset=100_000),
+}
+
+
+def bench_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_size(device: torch.device) -> str:
+    return "paper" if device.type == "cuda" else "small"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def triton_ready(device: torch.device) -> bool:
+    """Triton kernels run here: a CUDA device, or the CPU interpreter (TRITON_INTERPRET=1)."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs")
+
+
+def update_variants(device: torch.device):
+    """(variants that run on this device, {omitted variant: reason})."""
+    omitted = {}
+    if not triton_ready(device):
+        omitted["triton"] = "no CUDA device and TRITON_INTERPRET != 1"
+    if device.type != "cuda":
+        omitted["triton+graphs"] = "CUDA graphs need a CUDA device"
+    return [v for v in UPDATE_VARIANTS if v not in omitted], omitted
+
+
+def config(size: Size, backend: str = "torch") -> TD3SBCConfig:
+    """Default (fixed) TD3-SBC hyper-parameters at this size."""
+    return TD3SBCConfig(steps=size.steps, actor_hidden=(size.mlp_hidden,) * 3, critic_hidden=(size.mlp_hidden,) * 3,
+                        denoiser_hidden=(size.hidden,) * 2, backend=backend)
+
+
+def synthetic_buffer(size: Size, device, seed: int = 0) -> TransitionBuffer:
+    """Random-walk episodes of 1000 steps with halfcheetah shapes, through the real dataset path."""
+    rng = np.random.default_rng(seed)
+    n = size.dataset
+    obs = np.cumsum(rng.normal(0, 0.1, (n, OBS_DIM)), 0).astype(np.float32)
+    raw = {"observations": obs, "actions": rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+           "rewards": rng.normal(size=n).astype(np.float32), "terminals": np.zeros(n, bool),
+           "timeouts": (np.arange(n) % 1000) == 999}
+    return TransitionBuffer(build_transitions(raw, TASK, "synthetic", device), device)
+
+
+def research_buffer(buffer: TransitionBuffer) -> NumpyReplayBuffer:
+    """The same normalised transitions in host arrays, OfflineRL-Kit key names and shapes."""
+    host = lambda x: x.cpu().numpy()  # noqa: E731
+    return NumpyReplayBuffer({
+        "observations": host(buffer.obs), "actions": host(buffer.actions), "next_observations": host(buffer.next_obs),
+        "next_actions": host(buffer.next_actions), "rewards": host(buffer.rewards)[:, None],
+        "terminals": host(buffer.dones)[:, None], "valid_next_actions": host(buffer.valid)}, buffer.obs.device)
+
+
+class UpdateLoop:
+    """One variant's training step; `actor_next`: the next step moves the actor.
+
+    research: ResearchCode.learn on NumpyReplayBuffer batches. torch / triton: the trainer's eager
+    step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
+    device-side metrics). triton+graphs: the same runner replaying its captured CUDA graph; one step
+    is then a pair of updates (steps_per_call = 2), captured here after the runner's warm-up.
+    """
+
+    def __init__(self, variant: str, size: Size, device, seed: int = 0):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        self.variant, self.size, self.device = variant, size, torch.device(device)
+        self.steps_per_call = 2 if variant == "triton+graphs" else 1
+        buffer = synthetic_buffer(size, device, seed)
+        if variant == "research":
+            self.model = ResearchCode(OBS_DIM, ACT_DIM, config(size), device)
+            host_buffer = research_buffer(buffer)
+            self._step = lambda: self.model.learn(host_buffer.sample(size.batch))
+            return
+        if variant not in UPDATE_VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(UPDATE_VARIANTS)}")
+        backend = variant.split("+")[0]
+        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend), device=device)
+        runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=self.steps_per_call == 2)
+        if runner.graphs:
+            runner.run(2 * WARMUP_PAIRS + 2)  # warm-up, capture, one replay
+        self._step = lambda: runner.run(self.steps_per_call)
+
+    @property
+    def actor_next(self) -> bool:
+        """Whether the next call moves the actor (always, for a pair)."""
+        freq = self.model.config.policy_freq
+        if self.variant == "research":
+            return self.model.cnt % freq == 0
+        return self.steps_per_call == 2 or (self.model.num_updates + 1) % freq == 0
+
+    def step(self):
+        return self._step()
+
+
+# --- cost model ------------------------------------------------------------------------------------
+
+def denoiser_params(size: Size, conditional: bool = True) -> int:
+    return sum(p.numel() for p in Denoiser(OBS_DIM, ACT_DIM, conditional, (size.hidden,) * 2).parameters())
+
+
+def denoiser_matmul_flops(size: Size, rows: int, in_dim: int = 2 * OBS_DIM + ACT_DIM + 1) -> int:
+    """2 R (in H + H H + H n): the forward's matmul FLOPs (spec §6)."""
+    h = size.hidden
+    return 2 * rows * (in_dim * h + h * h + h * OBS_DIM)
+
+
+def kernel_cost(kernel: str, size: Size) -> dict:
+    """FLOPs and compulsory bytes (inputs read once, outputs written once, fp32) of one kernel call
+    on size.rows rows; elementwise FLOPs counted per arithmetic operation."""
+    r, n, m, h = size.rows, OBS_DIM, ACT_DIM, size.hidden
+    in_dim = 2 * n + m + 1
+    weights = denoiser_params(size) * FLOAT
+    if kernel == "noising":  # q_sample 3 per element, c(t) 2 per row; t is int64
+        return {"flops": r * (3 * n + 2), "bytes": FLOAT * r * (3 * n + m + in_dim) + 8 * r}
+    if kernel == "denoiser_forward":
+        return {"flops": denoiser_matmul_flops(size, r), "bytes": weights + FLOAT * r * (in_dim + n)}
+    if kernel == "reverse_chain":  # s, a part of layer 1 once, then T levels on x (DDIM)
+        per_level = denoiser_matmul_flops(size, r) - 2 * r * (n + 1 + m) * h
+        return {"flops": 2 * r * (n + m) * h + size.steps * per_level, "bytes": weights + FLOAT * r * (3 * n + m)}
+    if kernel == "td_loss":  # pred (2R', n) with R' = rows / 2; ~12 operations per pred element, fwd + bwd
+        half = r // 2
+        return {"flops": 12 * r * n, "bytes": FLOAT * (half * n * 6 + half)}
+    if kernel == "denoiser_backward":  # weight grads and hidden input grads; saved pre1, pre2 read
+        return {"flops": 2 * denoiser_matmul_flops(size, r) - 2 * r * in_dim * h,
+                "bytes": 2 * weights + FLOAT * r * (in_dim + n + 2 * h)}
+    raise ValueError(kernel)
+
+
+_UPDATE_FLOPS = {}
+
+
+def update_flops(size: Size) -> int:
+    """Matmul FLOPs of one update (mean over the actor period), counted by
+    torch.utils.flop_counter on TD3SBC.update with the torch backend (forward and backward)."""
+    if size.name not in _UPDATE_FLOPS:
+        loop = UpdateLoop("torch", size, "cpu")
+        with FlopCounterMode(display=False) as counter:
+            for _ in range(loop.model.config.policy_freq):
+                loop.step()
+        _UPDATE_FLOPS[size.name] = counter.get_total_flops() // 2
+    return _UPDATE_FLOPS[size.name]
+
+
+def update_bytes(size: Size) -> int:
+    """Compulsory bytes of one update (mean over the actor period): every trained network's
+    parameters read in forward and backward, its gradient written and Adam's 4 reads + 3 writes
+    (10 P per step), each target network read once, the soft update (3 P per target) every second
+    update, and the batch read once."""
+    model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size))
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    critic, actor = count(model.critic), count(model.actor)
+    den, data = count(model.bdm.denoiser), count(model.data_denoiser)
+    freq = model.config.policy_freq
+    every = 10 * (critic + den + data) + actor + critic + den  # targets pi', Q', D' read
+    actor_step = 10 * actor + critic + den + data + 3 * (actor + critic + den)  # Q1, D', E read; soft update
+    batch = size.batch * (2 * OBS_DIM + 2 * ACT_DIM + 3)
+    return FLOAT * (every + actor_step // freq + batch)
