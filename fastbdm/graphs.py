@@ -22,6 +22,7 @@ class UpdateRunner:
         self.agent, self.buffer, self.monitor, self.batch_size = agent, buffer, monitor, batch_size
         self.graphs = graphs
         self.graph = None
+        self.warmup_pairs_left = WARMUP_PAIRS
         if graphs and agent.config.policy_freq != 2:
             raise ValueError("CUDA graphs capture a pair of updates: they need policy_freq == 2")
 
@@ -33,13 +34,17 @@ class UpdateRunner:
         with phase("metrics"):
             self.monitor.record(metrics)
 
-    def _capture(self) -> None:
+    def _warmup_pair(self) -> None:
+        """Two real updates on a side stream: optimizer state and kernels exist before capture."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2 * WARMUP_PAIRS):
-                self.step()
+            self.step()
+            self.step()
         torch.cuda.current_stream().wait_stream(side)
+        self.warmup_pairs_left -= 1
+
+    def _capture(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.step()
@@ -51,18 +56,19 @@ class UpdateRunner:
             for _ in range(n):
                 self.step()
             return
-        while n > 0 and (self.agent.num_updates % 2 != 0 or (self.graph is None and n < 2 * WARMUP_PAIRS + 2)):
-            self.step()
-            n -= 1
-        if n >= 2 * WARMUP_PAIRS + 2 and self.graph is None:
-            self._capture()
-            n -= 2 * WARMUP_PAIRS
-        while n >= 2:
-            self.graph.replay()
-            self.agent.num_updates += 2
-            n -= 2
-        if n:
-            self.step()
+        while n > 0:
+            if n == 1 or self.agent.num_updates % 2:
+                self.step()
+                n -= 1
+            elif self.graph is None and self.warmup_pairs_left:
+                self._warmup_pair()
+                n -= 2
+            else:
+                if self.graph is None:
+                    self._capture()
+                self.graph.replay()
+                self.agent.num_updates += 2
+                n -= 2
 
 
 class GraphedPolicy:

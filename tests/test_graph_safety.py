@@ -2,6 +2,7 @@
 control flow, no allocation from host data inside it. Proven on the CPU."""
 import types
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -98,3 +99,50 @@ def test_runner_without_graphs_is_the_plain_update_loop():
     for p, q in zip(agents[0].parameters(), agents[1].parameters()):
         assert torch.equal(p, q)
     assert monitors[0].read() == monitors[1].read()
+
+
+class ReplayAsEager:
+    """Stands in for a captured CUDA graph on the CPU: replay runs the two captured updates eagerly and,
+    like a real replay, leaves the Python-side update counter to the runner."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.replays = 0
+
+    def replay(self):
+        self.runner.step()
+        self.runner.step()
+        self.runner.agent.num_updates -= 2
+        self.replays += 1
+
+
+@pytest.mark.parametrize("chunks", [[1, 9, 3, 8], [7], [2, 2, 2, 2, 2, 2]])
+def test_graph_runner_bookkeeping(monkeypatch, chunks):
+    """With graphs on, run(n) performs exactly n updates, keeps actor steps on even update numbers
+    (captured pairs start at an even count), and warms up eagerly before the first capture."""
+    agent = small_agent()
+    monitor = UpdateMonitor("cpu")
+    runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), monitor, B, graphs=True)
+    actor_steps = []
+    original = TD3SBC.update
+
+    def counted(self, batch):
+        metrics = original(self, batch)
+        actor_steps.append("actor_loss" in metrics)
+        return metrics
+
+    monkeypatch.setattr(TD3SBC, "update", counted)
+
+    def eager_warmup_pair():
+        runner.step()
+        runner.step()
+        runner.warmup_pairs_left -= 1
+
+    monkeypatch.setattr(runner, "_warmup_pair", eager_warmup_pair)
+    monkeypatch.setattr(runner, "_capture", lambda: setattr(runner, "graph", ReplayAsEager(runner)))
+    for n in chunks:
+        runner.run(n)
+    total = sum(chunks)
+    assert agent.num_updates == total == len(actor_steps) == int(monitor.step)
+    assert actor_steps == [(i + 1) % 2 == 0 for i in range(total)]
+    assert runner.warmup_pairs_left == 0 and runner.graph.replays > 0
