@@ -5,6 +5,7 @@ import torch
 import fastbdm
 from fastbdm import BellmanDiffusion, CompatFlags
 from fastbdm import reference
+from batches import bdm_batch
 
 N, M, B = 5, 3, 13
 
@@ -19,11 +20,7 @@ def make_bdm(prediction="sample", **kw):
 
 
 def batch():
-    s, s_next = torch.randn(B, N), torch.randn(B, N)
-    a, a_next = torch.rand(B, M) * 2 - 1, torch.rand(B, M) * 2 - 1
-    done = torch.zeros(B)
-    done[[1, 4, 7]] = 1
-    return s, a, s_next, a_next, done
+    return bdm_batch(B, N, M, done_rows=(1, 4, 7))
 
 
 def net_out(net, sch, x, s, a, level):

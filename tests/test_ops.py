@@ -11,6 +11,7 @@ import torch
 
 import fastbdm
 from fastbdm import ops, reference
+from batches import bdm_batch
 
 N, M, B, HIDDEN = 11, 3, 37, (64, 64)
 
@@ -28,11 +29,7 @@ def make_pair(prediction="sample", sampler="ddim"):
 
 
 def batch():
-    s, s_next = torch.randn(B, N), torch.randn(B, N)
-    a, a_next = torch.rand(B, M) * 2 - 1, torch.rand(B, M) * 2 - 1
-    done = torch.zeros(B)
-    done[[1, 4, 30]] = 1
-    return s, a, s_next, a_next, done
+    return bdm_batch(B, N, M, done_rows=(1, 4, 30))
 
 
 def test_backend_resolves_to_ops():
