@@ -33,7 +33,8 @@ class TrainingError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastbdm.train", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m fastbdm.train", description="Train TD3-SBC end to end: dataset, updates, MuJoCo evaluation with "
+                                            "the D4RL-normalised score, metrics and checkpoints.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env", default="halfcheetah-medium-replay",
                    help="dataset name ENV-KIND[-v2], ENV in halfcheetah/hopper/walker2d, KIND in random/medium/"
