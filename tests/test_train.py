@@ -118,3 +118,12 @@ def test_existing_run_needs_resume(dataset, tmp_path, capsys):
     assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4") == 0
     assert run(dataset, tmp_path, "--steps", "8", "--eval-every", "4") == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_several_seeds_run_one_after_another(dataset, tmp_path, capsys):
+    assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4", "--seeds", "0", "1") == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("final normalised score: ") and "2 seeds" in out[-1]
+    assert [line.split(":")[0] for line in out if line.startswith("seed ")] == ["seed 0", "seed 1"]
+    metrics = [rows(tmp_path / "halfcheetah-medium-replay" / f"seed{k}") for k in (0, 1)]
+    assert metrics[0][-1]["critic_loss"] != metrics[1][-1]["critic_loss"]
