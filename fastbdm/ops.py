@@ -169,7 +169,7 @@ def _td_loss_setup_context(ctx, inputs, output):
 def _td_loss_backward(ctx, grad_loss, _grad_grad_pred):
     (grad_pred,) = ctx.saved_tensors
     if any(ctx.needs_input_grad[1:3]):
-        raise NotImplementedError("fastbdm::td_loss is differentiable in pred only")
+        raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
     return grad_loss * grad_pred, None, None, None, None
 
 
