@@ -15,8 +15,10 @@ SAMPLERS = ("ddim", "ddpm", "posterior_mean")
 
 
 def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> torch.Tensor:
-    """Denoiser input rows [q(x0, t, eps), s, c(t), a]: x0, eps, s (R, n), t (R,) int64, a (R, m)."""
-    return torch.cat([schedule.q_sample(x0, t, eps), s, schedule.time_input(t), a], dim=-1)
+    """Denoiser input rows [q(x0, t, eps), s, c(t), a]: x0, eps, s (R, n), t (R,) int64, a (R, m);
+    with s = a = None the data denoiser's rows [q(x0, t, eps), c(t)]."""
+    x_t, c = schedule.q_sample(x0, t, eps), schedule.time_input(t)
+    return torch.cat([x_t, c] if s is None else [x_t, s, c, a], dim=-1)
 
 
 def _hidden_and_output(h_pre, weights):

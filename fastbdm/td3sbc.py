@@ -115,7 +115,7 @@ class TD3SBC(nn.Module):
         t = torch.randint(0, sch.steps, (b.obs.shape[0],), device=b.obs.device)
         eps = torch.randn_like(b.obs)
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
-        rows = torch.cat([sch.q_sample(noised, t, eps), sch.time_input(t)], -1)
+        rows = ops.noised_rows(noised, eps, t, None, None, sch)
         out = ops.denoiser_forward(rows, self.data_denoiser.weights())
         target = network_target(self.config.prediction, b.obs, eps, sch.gather("sqrt_ab", t),
                                 sch.gather("sqrt_one_minus_ab", t))
