@@ -1,6 +1,6 @@
-"""Running updates: eagerly, or on CUDA by replaying one captured CUDA graph per pair of updates.
+"""Running updates: eagerly, or on CUDA by replaying a captured CUDA graph of K pairs of updates.
 
-The captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
+Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
 batch sampling, noise, losses, backward passes, the fused capturable Adam steps, the target lerps and
 the device-side metric recording all sit in the graph. The host only replays it.
 """
@@ -15,12 +15,16 @@ WARMUP_PAIRS = 2  # eager pairs on a side stream before capture (optimizer state
 
 
 class UpdateRunner:
-    """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2."""
+    """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2.
+
+    pairs_per_graph: K pairs of updates unrolled in one graph (one replay = 2K updates); updates that
+    do not fill a whole replay run eagerly.
+    """
 
     def __init__(self, agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor, batch_size: int,
-                 graphs: bool = False):
+                 graphs: bool = False, pairs_per_graph: int = 1):
         self.agent, self.buffer, self.monitor, self.batch_size = agent, buffer, monitor, batch_size
-        self.graphs = graphs
+        self.graphs, self.pairs_per_graph = graphs, pairs_per_graph
         self.graph = None
         self.warmup_pairs_left = WARMUP_PAIRS
         if graphs and agent.config.policy_freq != 2:
@@ -47,15 +51,16 @@ class UpdateRunner:
     def _capture(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.step()
-            self.step()
-        self.agent.num_updates -= 2  # capture records the pair without running it
+            for _ in range(2 * self.pairs_per_graph):
+                self.step()
+        self.agent.num_updates -= 2 * self.pairs_per_graph  # capture records the updates without running them
 
     def run(self, n: int) -> None:
         if not self.graphs:
             for _ in range(n):
                 self.step()
             return
+        per_replay = 2 * self.pairs_per_graph
         while n > 0:
             if n == 1 or self.agent.num_updates % 2:
                 self.step()
@@ -63,12 +68,15 @@ class UpdateRunner:
             elif self.graph is None and self.warmup_pairs_left:
                 self._warmup_pair()
                 n -= 2
+            elif n < per_replay:
+                self.step()
+                n -= 1
             else:
                 if self.graph is None:
                     self._capture()
                 self.graph.replay()
-                self.agent.num_updates += 2
-                n -= 2
+                self.agent.num_updates += per_replay
+                n -= per_replay
 
 
 class GraphedPolicy:

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
+    p.add_argument("--graph-pairs", type=int, default=1,
+                   help="pairs of updates unrolled in one CUDA graph (one replay = 2x this many updates)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     p.add_argument("--batch-size", type=int, default=1024, help="transitions per update")
     p.add_argument("--eval-every", type=int, default=5000, help="updates between evaluations")
@@ -93,7 +95,8 @@ def unknown_env_message(name: str) -> str:
 
 
 def check_args(args) -> None:
-    for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "threads"):
+    for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "threads",
+                 "graph_pairs"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -178,7 +181,8 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
         "graphs": bool(args.graphs), "config": dataclasses.asdict(config),
     }, indent=2, default=str))
     log = MetricsLog(run_dir, keep_until=start if args.resume else None)
-    runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs))
+    runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
+                          pairs_per_graph=args.graph_pairs)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {

@@ -110,19 +110,22 @@ class ReplayAsEager:
         self.replays = 0
 
     def replay(self):
-        self.runner.step()
-        self.runner.step()
-        self.runner.agent.num_updates -= 2
+        updates = 2 * self.runner.pairs_per_graph
+        for _ in range(updates):
+            self.runner.step()
+        self.runner.agent.num_updates -= updates
         self.replays += 1
 
 
-@pytest.mark.parametrize("chunks", [[1, 9, 3, 8], [7], [2, 2, 2, 2, 2, 2]])
-def test_graph_runner_bookkeeping(monkeypatch, chunks):
+@pytest.mark.parametrize("chunks,pairs", [([1, 9, 3, 8], 1), ([7], 1), ([2, 2, 2, 2, 2, 2], 1),
+                                          ([5, 12, 3, 9], 3)])
+def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
     """With graphs on, run(n) performs exactly n updates, keeps actor steps on even update numbers
     (captured pairs start at an even count), and warms up eagerly before the first capture."""
     agent = small_agent()
     monitor = UpdateMonitor("cpu")
-    runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), monitor, B, graphs=True)
+    runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), monitor, B, graphs=True,
+                          pairs_per_graph=pairs)
     actor_steps = []
     original = TD3SBC.update
 
