@@ -1,6 +1,8 @@
 """Each BDM kernel, Triton (fastbdm.ops) against its pure-PyTorch reference (fastbdm.reference), on
 size.rows rows: noising, denoiser forward (no grad), reverse chain (DDIM, T levels), TD loss
-(forward + backward) and the denoiser backward (weight gradients, as in the TD update)."""
+(forward + backward) and the denoiser backward (weight gradients, as in the TD update). Variants:
+torch, triton (tf32 dots), triton-bf16 (precision "bf16", CUDA only; the MLP kernels only, as
+noising and the TD loss have no matmul)."""
 import pytest
 import torch
 
@@ -8,15 +10,17 @@ from fastbdm.backends import kernel_ops
 from fastbdm.networks import Denoiser
 from fastbdm.schedule import DiffusionSchedule
 
-from .workloads import ACT_DIM, OBS_DIM, kernel_cost
+from .workloads import ACT_DIM, OBS_DIM, bench_device, kernel_cost, kernel_variants, variant_kernels
 
-BACKENDS = ("torch", "triton")
 KERNELS = ("noising", "denoiser_forward", "reverse_chain", "td_loss", "denoiser_backward")
+MATMUL_KERNELS = ("denoiser_forward", "reverse_chain", "denoiser_backward")
+CASES = [(kernel, variant) for kernel in KERNELS for variant in kernel_variants(bench_device())[0]
+         if kernel in MATMUL_KERNELS or not variant.endswith("-bf16")]
 
 
-def kernel_call(kernel: str, backend: str, size, device):
+def kernel_call(kernel: str, variant: str, size, device):
     """(fn, setup) for one kernel: fn(*setup()) is one call; setup is None when fn takes no args."""
-    ops = kernel_ops(backend)
+    ops = kernel_ops(*variant_kernels(variant))
     r, n, m = size.rows, OBS_DIM, ACT_DIM
     gen = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
@@ -47,8 +51,8 @@ def kernel_call(kernel: str, backend: str, size, device):
     raise ValueError(kernel)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_kernel(kernel, backend, measure, bench_setup):
-    fn, setup = kernel_call(kernel, backend, bench_setup.size, bench_setup.device)
-    measure(fn, setup=setup, component=kernel, variant=backend, backend=backend, **kernel_cost(kernel, bench_setup.size))
+@pytest.mark.parametrize("kernel, variant", CASES)
+def test_kernel(kernel, variant, measure, bench_setup):
+    fn, setup = kernel_call(kernel, variant, bench_setup.size, bench_setup.device)
+    measure(fn, setup=setup, component=kernel, variant=variant, backend=variant_kernels(variant)[0],
+            **kernel_cost(kernel, bench_setup.size))

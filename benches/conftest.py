@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import triton  # noqa: E402
 
-from .workloads import SIZES, Size, bench_device, default_size, sync, update_variants  # noqa: E402
+from .workloads import SIZES, Size, bench_device, default_size, kernel_variants, sync, update_variants  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -65,6 +65,8 @@ class BenchSetup:
                  f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}",
                  f"fastbdm benches: update variants on this device: {', '.join(ran)}"]
         lines += [f"fastbdm benches: update variant {v} not on this device: {why}" for v, why in omitted.items()]
+        lines += [f"fastbdm benches: kernel variant {v} not on this device: {why}"
+                  for v, why in kernel_variants(self.device)[1].items()]
         return lines
 
 

@@ -15,7 +15,7 @@ What it keeps, on purpose, because it is what the fused path removes:
 - the actor loss back-propagates into critic1, the target denoiser and the data denoiser too;
 - target updates one parameter at a time (o.copy_(o * (1 - tau) + n * tau)), including the data
   denoiser's unused target copy.
-Its numerics are the research code's as spec §5 items 1-6 describe them. Networks are fastbdm's (same layers, same
+Its numerics are the research code's as spec §5 items 1-6 and fastbdm.compat item 7 describe them. Networks are fastbdm's (same layers, same
 initialisation), so FLOPs per call match the other variants.
 """
 import copy
@@ -144,7 +144,8 @@ class ResearchCode:
         noised = self.add_noise(pred_obss, noise, diff_steps)
         obs_prediction = self.diffusion_model_old(noised, self.map_i(diff_steps), obss, a)
         data_prediction = self.data_diffusion_model(noised, self.map_i(diff_steps))
-        return cfg.w_rel * cfg.w_actor_bc * (eta.squeeze(-1) * ((data_prediction - obs_prediction) ** 2).sum(-1)).mean()
+        # (2B, 1) weights times (2B,) errors: a (2B, 2B) product, as in the research code (compat item 7)
+        return cfg.w_rel * cfg.w_actor_bc * (eta * ((data_prediction - obs_prediction) ** 2).sum(-1)).mean()
 
     def rand_like(self, x):
         _ = torch.rand(x.shape, device=x.device)

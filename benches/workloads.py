@@ -64,23 +64,45 @@ def triton_ready(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs")
+# Variant names: BACKEND[-PRECISION][+graphs] (PRECISION of the Triton MLP kernels, tf32 unless named).
+UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs", "triton-bf16+graphs")
+KERNEL_VARIANTS = ("torch", "triton", "triton-bf16")
+
+
+def variant_kernels(variant: str):
+    """(backend, precision) of a variant name: "triton-bf16+graphs" -> ("triton", "bf16")."""
+    backend, _, precision = variant.split("+")[0].partition("-")
+    return ("torch" if backend == "research" else backend), precision or "tf32"
+
+
+def _split_by_device(variants, device: torch.device):
+    """(variants that run on this device, {omitted variant: reason})."""
+    omitted = {}
+    for v in variants:
+        backend, precision = variant_kernels(v)
+        if backend == "triton" and not triton_ready(device):
+            omitted[v] = "no CUDA device and TRITON_INTERPRET != 1"
+        elif "+graphs" in v and device.type != "cuda":
+            omitted[v] = "CUDA graphs need a CUDA device"
+        elif precision == "bf16" and device.type != "cuda":
+            omitted[v] = "bf16 kernels need a CUDA device (the CPU interpreter computes bf16 dots wrongly)"
+    return [v for v in variants if v not in omitted], omitted
 
 
 def update_variants(device: torch.device):
-    """(variants that run on this device, {omitted variant: reason})."""
-    omitted = {}
-    if not triton_ready(device):
-        omitted["triton"] = "no CUDA device and TRITON_INTERPRET != 1"
-    if device.type != "cuda":
-        omitted["triton+graphs"] = "CUDA graphs need a CUDA device"
-    return [v for v in UPDATE_VARIANTS if v not in omitted], omitted
+    """(update variants that run on this device, {omitted variant: reason})."""
+    return _split_by_device(UPDATE_VARIANTS, device)
 
 
-def config(size: Size, backend: str = "torch") -> TD3SBCConfig:
+def kernel_variants(device: torch.device):
+    """(kernel variants that run on this device, {omitted variant: reason})."""
+    return _split_by_device(KERNEL_VARIANTS, device)
+
+
+def config(size: Size, backend: str = "torch", precision: str = "tf32") -> TD3SBCConfig:
     """Default (fixed) TD3-SBC hyper-parameters at this size."""
     return TD3SBCConfig(steps=size.steps, actor_hidden=(size.mlp_hidden,) * 3, critic_hidden=(size.mlp_hidden,) * 3,
-                        denoiser_hidden=(size.hidden,) * 2, backend=backend)
+                        denoiser_hidden=(size.hidden,) * 2, backend=backend, precision=precision)
 
 
 def synthetic_buffer(size: Size, device, seed: int = 0) -> TransitionBuffer:
@@ -108,15 +130,16 @@ class UpdateLoop:
 
     research: ResearchCode.learn on NumpyReplayBuffer batches. torch / triton: the trainer's eager
     step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
-    device-side metrics). triton+graphs: the same runner replaying its captured CUDA graph; one step
-    is then a pair of updates (steps_per_call = 2), captured here after the runner's warm-up.
+    device-side metrics). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
+    CUDA graph; one step is then a pair of updates (steps_per_call = 2), captured here after the
+    runner's warm-up.
     """
 
     def __init__(self, variant: str, size: Size, device, seed: int = 0):
         torch.manual_seed(seed)
         np.random.seed(seed)
         self.variant, self.size, self.device = variant, size, torch.device(device)
-        self.steps_per_call = 2 if variant == "triton+graphs" else 1
+        self.steps_per_call = 2 if variant.endswith("+graphs") else 1
         buffer = synthetic_buffer(size, device, seed)
         if variant == "research":
             self.model = ResearchCode(OBS_DIM, ACT_DIM, config(size), device)
@@ -125,8 +148,7 @@ class UpdateLoop:
             return
         if variant not in UPDATE_VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(UPDATE_VARIANTS)}")
-        backend = variant.split("+")[0]
-        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend), device=device)
+        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, *variant_kernels(variant)), device=device)
         runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=self.steps_per_call == 2)
         if runner.graphs:
             runner.run(2 * WARMUP_PAIRS + 2)  # warm-up, capture, one replay

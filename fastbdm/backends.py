@@ -7,7 +7,10 @@ import os
 
 import torch
 
+from .kernels.denoiser_mlp import PRECISIONS  # noqa: F401  (the choices of the Triton MLP kernels)
+
 BACKENDS = ("auto", "torch", "triton")
+TORCH_PRECISIONS = ("tf32", "ieee")
 
 
 def resolve_backend(name: str, device) -> str:
@@ -22,12 +25,17 @@ def resolve_backend(name: str, device) -> str:
     return name
 
 
-def kernel_ops(name: str):
-    """The module implementing the kernel functions for a resolved backend name."""
+def kernel_ops(name: str, precision: str = "tf32"):
+    """The kernel functions for a resolved backend name: fastbdm.reference ("torch"; precision "tf32"
+    or "ieee" leaves torch's matmul settings alone) or fastbdm.ops with the MLP kernels' precision
+    fixed ("triton"; see fastbdm.ops.PRECISIONS)."""
     if name == "triton":
         from . import ops
 
-        return ops
+        return ops.with_precision(precision)
+    if precision not in TORCH_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is for the Triton kernels on CUDA: use backend 'triton' "
+                         f"(or 'auto' on a GPU), or precision {' or '.join(map(repr, TORCH_PRECISIONS))}")
     from . import reference
 
     return reference

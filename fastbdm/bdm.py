@@ -6,7 +6,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from .backends import BACKENDS, kernel_ops, resolve_backend
+from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
 from .compat import CompatFlags
 from .networks import Denoiser
 from .reference import SAMPLERS
@@ -31,6 +31,7 @@ class BellmanDiffusion(nn.Module):
         backend: str = "auto",
         sampler: str = "ddim",
         compat: Union[bool, CompatFlags] = False,
+        precision: str = "tf32",
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -39,8 +40,10 @@ class BellmanDiffusion(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}: choose ddim or ddpm")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.prediction, self.gamma, self.backend = prediction, gamma, backend
+        self.prediction, self.gamma, self.backend, self.precision = prediction, gamma, backend, precision
         self.flags = CompatFlags.resolve(compat)
         self.sampler = "posterior_mean" if self.flags.posterior_mean_sampler else sampler
         assert self.sampler in SAMPLERS
@@ -53,8 +56,8 @@ class BellmanDiffusion(nn.Module):
         return self.schedule.steps
 
     def ops(self, like: torch.Tensor):
-        """Kernel functions (fastbdm.reference or fastbdm.ops) for tensors on like.device."""
-        return kernel_ops(resolve_backend(self.backend, like.device))
+        """Kernel functions (fastbdm.reference, or fastbdm.ops at self.precision) for tensors on like.device."""
+        return kernel_ops(resolve_backend(self.backend, like.device), self.precision)
 
     def _net(self, target: bool) -> Denoiser:
         return self.target_denoiser if target else self.denoiser

@@ -1,11 +1,12 @@
-"""Switches that reproduce the research code's departures from the paper (spec §5)."""
+"""Switches that reproduce the research code's departures from the paper (spec §5, items 1-6, and one
+more found in the authors' ReBRACSOMPolicy.state_bc: item 7)."""
 from dataclasses import dataclass, fields
 from typing import Union
 
 
 @dataclass(frozen=True)
 class CompatFlags:
-    """One flag per item of spec §5; all False is fastbdm's corrected default."""
+    """One flag per departure; all False is fastbdm's corrected default."""
 
     posterior_mean_sampler: bool = False  # 1: noise-free DDPM mean, 9 evaluations, level shift
     shared_noise: bool = False  # 2: sampler start noise z is the re-noising eps
@@ -13,6 +14,7 @@ class CompatFlags:
     mismatched_data_denoiser: bool = False  # 4: E fitted on q(s', t, eps) with target s
     broadcast_critic_penalty: bool = False  # 5: (B,1) - (B,) broadcast: penalty acts as batch mean
     standardised_sbc_half: bool = False  # 6: SBC second half is (s - mean)/std, not random draws
+    broadcast_sbc_weights: bool = False  # 7: eta (2B,1) * errors (2B,) broadcasts: SBC = mean(eta) mean(err)
 
     @classmethod
     def all(cls) -> "CompatFlags":

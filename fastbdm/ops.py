@@ -6,6 +6,8 @@ it; denoiser_forward and td_loss have autograd formulas (register_autograd), the
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
 """
+import functools
+from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 import torch
@@ -15,9 +17,10 @@ from .kernels import denoiser_backward, denoiser_mlp, noising, td_loss as td_los
 from .kernels import reverse_chain as reverse_chain_kernels
 from .schedule import DiffusionSchedule
 
-# tl.dot input precision of the MLP kernels on the GPU ("tf32", "tf32x3" or "ieee"); the CPU
-# interpreter always computes in fp32.
-MATMUL_PRECISION = "tf32"
+# Precision of the MLP kernels' matmuls (fastbdm.kernels.denoiser_mlp.PRECISIONS): "tf32" (default), "tf32x3" or
+# "ieee" tl.dot input precision on fp32 data, or "bf16" (bf16 weights, activations and dot operands,
+# GPU only). The CPU interpreter computes every fp32 tl.dot exactly.
+DEFAULT_PRECISION = "tf32"
 
 
 # --- noised_rows: no grad ----------------------------------------------------------------------
@@ -54,7 +57,8 @@ def _(rows, weights, precision):
 @torch.library.custom_op("fastbdm::denoiser_forward_train", mutates_args=())
 def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(out (R, n), pre1 (R, H1), pre2 (R, H2), stats (4, R) = mean1, rstd1, mean2, rstd2)."""
+    """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
+    mean2, rstd2)."""
     out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
         rows, weights, save_activations=True, precision=precision)
     return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
@@ -62,9 +66,9 @@ def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
 
 @_denoiser_forward_train.register_fake
 def _(rows, weights, precision):
-    R, f32 = rows.shape[0], torch.float32
-    return (rows.new_empty((R, weights[-1].shape[0]), dtype=f32), rows.new_empty((R, weights[0].shape[0]), dtype=f32),
-            rows.new_empty((R, weights[4].shape[0]), dtype=f32), rows.new_empty((4, R), dtype=f32))
+    R, f32, act = rows.shape[0], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
+    return (rows.new_empty((R, weights[-1].shape[0]), dtype=f32), rows.new_empty((R, weights[0].shape[0]), dtype=act),
+            rows.new_empty((R, weights[4].shape[0]), dtype=act), rows.new_empty((4, R), dtype=f32))
 
 
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
@@ -109,13 +113,13 @@ def _forward_backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
 _denoiser_forward_train.register_autograd(_forward_backward, setup_context=_forward_setup_context)
 
 
-def denoiser_forward(rows: Tensor, weights) -> Tensor:
-    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights; activations are
-    saved only when some input requires grad."""
+def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) -> Tensor:
+    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights (gradients fp32,
+    like the weights); activations are saved only when some input requires grad."""
     weights = list(weights)
     if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
-        return _denoiser_forward_train(rows, weights, MATMUL_PRECISION)[0]
-    return _denoiser_forward(rows, weights, MATMUL_PRECISION)
+        return _denoiser_forward_train(rows, weights, precision)[0]
+    return _denoiser_forward(rows, weights, precision)
 
 
 # --- reverse_chain: no grad ---------------------------------------------------------------------
@@ -137,14 +141,15 @@ def _(weights, s, a, z, schedule_buffers, steps, prediction, sampler, noise, pre
     return torch.empty_like(z, dtype=torch.float32)
 
 
-def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None):
+def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None,
+                  precision: str = DEFAULT_PRECISION):
     """The whole reverse sampler of the SSM denoiser (reference.reverse_chain): s (R, n), a (R, m),
     z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n)."""
     if sampler == "ddpm" and noise is None:
         noise = torch.randn((schedule.steps, *z.shape), device=z.device, dtype=z.dtype)
     buffers = [getattr(schedule, name) for name in _SCHEDULE_BUFFERS]
     return _reverse_chain([w.detach() for w in weights], s.detach(), a.detach(), z.detach(), buffers,
-                          schedule.steps, prediction, sampler, noise, MATMUL_PRECISION)
+                          schedule.steps, prediction, sampler, noise, precision)
 
 
 # --- td_loss: differentiable in pred ------------------------------------------------------------
@@ -179,3 +184,13 @@ _td_loss.register_autograd(_td_loss_backward, setup_context=_td_loss_setup_conte
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar."""
     return _td_loss(pred, target1, y2, done, float(gamma))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def with_precision(precision: str) -> SimpleNamespace:
+    """This module's four kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss)
+    with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
+    denoiser_mlp.check_precision(precision)
+    return SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
+                           denoiser_forward=functools.partial(denoiser_forward, precision=precision),
+                           reverse_chain=functools.partial(reverse_chain, precision=precision))

@@ -46,6 +46,7 @@ class TD3SBCConfig:
     critic_hidden: Tuple[int, ...] = (256, 256, 256)
     denoiser_hidden: Tuple[int, ...] = (512, 512)
     backend: str = "auto"
+    precision: str = "tf32"  # Triton MLP kernels: tf32, tf32x3, ieee, or bf16 (GPU only)
     compat: CompatFlags = field(default_factory=CompatFlags)
 
 
@@ -71,7 +72,7 @@ class TD3SBC(nn.Module):
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.bdm = BellmanDiffusion(obs_dim, act_dim, cfg.denoiser_hidden, cfg.steps, cfg.prediction,
-                                    cfg.gamma, cfg.backend, cfg.sampler, cfg.compat)
+                                    cfg.gamma, cfg.backend, cfg.sampler, cfg.compat, cfg.precision)
         self.data_denoiser = Denoiser(obs_dim, conditional=False, hidden=cfg.denoiser_hidden)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
@@ -149,7 +150,11 @@ class TD3SBC(nn.Module):
             c = sch.time_input(t)
             e_out = ops.denoiser_forward(torch.cat([x_t, c], -1), self.data_denoiser.weights())
         d_out = ops.denoiser_forward(torch.cat([x_t, S, c, A], -1), bdm.target_denoiser.weights())
-        sbc = cfg.w_rel * cfg.w_actor_bc * (eta * (e_out - d_out).square().sum(-1)).mean()
+        err = (e_out - d_out).square().sum(-1)
+        # compat: the research code's (2B,1) weights times (2B,) errors is a (2B, 2B) outer product,
+        # whose mean is mean(eta) mean(err): the level weighting is lost (mean(eta) = 1)
+        weighted = eta.mean() * err.mean() if self.flags.broadcast_sbc_weights else (eta * err).mean()
+        sbc = cfg.w_rel * cfg.w_actor_bc * weighted
 
         q1 = self.critic(b.obs, a_pi, members=1)[0]
         lam = 1.0 / q1.abs().mean().detach()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import BACKENDS, resolve_backend
+from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .compat import CompatFlags
 from .monitor import METRICS, UpdateMonitor
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="tf32",
+                   help="matmuls of the Triton MLP kernels: tf32 operands, tf32x3, exact fp32 (ieee), or bf16 "
+                        "weights/activations/operands with fp32 accumulation (GPU only)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
     p.add_argument("--graph-pairs", type=int, default=1,
@@ -79,7 +82,7 @@ def resolve_config(args) -> TD3SBCConfig:
         w_actor_bc=coeffs.w_actor_bc if args.w_actor_bc is None else args.w_actor_bc,
         w_critic_bc=coeffs.w_critic_bc if args.w_critic_bc is None else args.w_critic_bc,
         w_rel=coeffs.w_rel if args.w_rel is None else args.w_rel,
-        prediction=args.prediction, sampler=args.sampler, backend=args.backend,
+        prediction=args.prediction, sampler=args.sampler, backend=args.backend, precision=args.precision,
         compat=CompatFlags.resolve(args.compat),
     )
 
@@ -239,6 +242,16 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     return score
 
 
+def kernel_backend(args, device) -> str:
+    """The backend that runs on `device`; a backend or precision it cannot run as a TrainingError."""
+    try:
+        backend = resolve_backend(args.backend, device)
+        kernel_ops(backend, args.precision)
+    except ValueError as exc:
+        raise TrainingError(f"--backend {args.backend} --precision {args.precision} on {device}: {exc}") from None
+    return backend
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -253,14 +266,14 @@ def main(argv=None) -> int:
         check_args(args)
         resolve_config(args)
         device = pick_device(args.device)
-        resolve_backend(args.backend, device)
+        backend = kernel_backend(args, device)
         if args.graphs is None:
             args.graphs = device.type == "cuda"
         args.graphs = args.graphs and device.type == "cuda"
         torch.set_num_threads(args.threads)
         print(f"preset {args.env}: " + ", ".join(f"{k}={v}" for k, v in
               dataclasses.asdict(preset(args.env)).items()) + f" | device {device}, backend "
-              f"{resolve_backend(args.backend, device)}, graphs {'on' if args.graphs else 'off'}", flush=True)
+              f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}", flush=True)
         generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
         transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
                                        generate_kwargs=generate_kwargs, progress=not args.no_progress)

@@ -1,5 +1,7 @@
 """Backward of the denoiser MLP (reference.denoiser_forward): hidden layers Linear -> ReLU -> LayerNorm,
-output Linear. Weights (W1, b1, g1, beta1, ..., W_out, b_out), Linear layout (out, in), all fp32.
+output Linear. Weights (W1, b1, g1, beta1, ..., W_out, b_out), Linear layout (out, in), fp32 (the
+matrices may be bf16); saved activations pre_k fp32 or bf16 (mlp_forward stores them in W1's dtype),
+read as fp32. Gradients are fp32.
 
 Per hidden layer k, from the gradient dY (R, K) of the next Linear's output and its weight W (K, H_k),
 one fused kernel computes, per BLOCK_R rows:
@@ -23,6 +25,8 @@ sm_90 with Triton 3.9 and tf32 it has no local-memory spills (mma.sync); block_r
 import torch
 import triton
 import triton.language as tl
+
+from .denoiser_mlp import _mma, check_precision
 
 
 @triton.jit
@@ -65,9 +69,9 @@ def _ln_relu_bwd_kernel(
                          mask=mask_r[:, None] & mask_k[None, :], other=0.0)
             w = tl.load(w_ptr + offs_k[:, None] * stride_w + offs_h[None, :],
                         mask=mask_k[:, None] & mask_h[None, :], other=0.0)
-            dh = tl.dot(dy, w, dh, input_precision=PRECISION)
+            dh = _mma(dh, dy, w, PRECISION)
         idx = offs_r[:, None] * H + offs_h[None, :]
-        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0)
+        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
         g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
         gdh = dh * g[None, :]
@@ -90,7 +94,7 @@ def _ln_relu_bwd_kernel(
         mask = mask_r[:, None] & mask_h[None, :]
         idx = offs_r[:, None] * H + offs_h[None, :]
         dh = tl.load(dz_ptr + idx, mask=mask, other=0.0)
-        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0)
+        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
         g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
         dpre = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
@@ -124,9 +128,11 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     grad_out (R, n), rows (R, D), weights (W1, b1, g1, beta1, ..., W_out, b_out),
     acts (pre1, mean1, rstd1, pre2, mean2, rstd2, ...) from mlp_forward(save_activations=True):
     pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k), mean_k, rstd_k (R,) its LayerNorm statistics.
-    need_weight_grads: bool, or one bool per weight. precision: tl.dot input precision
-    ("tf32", "tf32x3", "ieee"). Returns (grad_rows (R, D) or None, tuple of weight grads, None where
+    need_weight_grads: bool, or one bool per weight. precision: denoiser_mlp.PRECISIONS, for the fused
+    kernels' dY @ W ("bf16": bf16 operands, rounded as in the forward); the weight- and input-gradient
+    matmuls are torch's, in fp32 (tf32 where torch allows it). Returns (grad_rows (R, D) or None, tuple of weight grads, None where
     not wanted)."""
+    check_precision(precision)
     layers = len(acts) // 3
     assert len(weights) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
     wanted = _wanted(need_weight_grads, len(weights))
@@ -169,7 +175,7 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
 
     if wanted[0]:
         grads[0] = dy.t() @ rows
-    grad_rows = dy @ weights[0] if need_input_grad else None
+    grad_rows = dy @ weights[0].to(dy.dtype) if need_input_grad else None
     if any_weight:
         sums = torch.empty((cols,), device=device, dtype=torch.float32)
         block_c = 128

@@ -16,12 +16,32 @@ Shared memory per program (fp32, num_stages=2, H100 defaults BLOCK_M=64, BLOCK_N
 num_warps=4): 2 * (64*32 + 32*64) * 4 B = 32 KB for the pipelined operand tiles, independent of the
 hidden width (512 or more): weights are streamed, never held whole. Checked by compiling for sm_90
 offline (triton 3.9): 32 KB shared, wgmma, no register spills (widths are run-time arguments).
+
+Precision "bf16" (GPU only): the wrapper casts W1, W2, W_out to bf16, the hidden activations pre_k are
+stored in bf16 (half the scratch traffic; their LayerNorm statistics are those of the stored values),
+and every tl.dot takes bf16 operands with fp32 accumulation; biases, LayerNorm parameters and
+statistics, the input rows and the output stay fp32. sm_90 offline (triton 3.9): 12.5 KB shared,
+wgmma, 166 registers, no spills.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 LAYER_NORM_EPS = 1e-5
+PRECISIONS = ("tf32", "tf32x3", "ieee", "bf16")
+
+
+@triton.jit
+def _mma(acc, a, b, PRECISION: tl.constexpr):
+    """acc += a @ b with fp32 accumulation. PRECISION "bf16": bf16 operands (tensor cores at twice
+    the tf32 rate); otherwise fp32 operands with that tl.dot input_precision ("tf32", "tf32x3", "ieee")."""
+    if PRECISION == "bf16":  # a constexpr branch: only the taken one is compiled
+        acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -35,7 +55,7 @@ def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_co
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_ptr + offs_n[None, :] * w_stride + (w_col0 + offs_k)[:, None],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        acc = _mma(acc, x, w, PRECISION)
     return acc
 
 
@@ -47,25 +67,27 @@ def _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
         beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
         h = (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
         h = tl.where(mask_k[None, :], h, 0.0)
         w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+        acc = _mma(acc, h, w, PRECISION)
     return acc
 
 
 @triton.jit
 def _bias_relu_store(acc, b_ptr, out_ptr, offs_m, mask_m, N, offs_n, mask_n, n0, mean, m2):
-    """ReLU(acc + b) -> out[offs_m, offs_n] (row stride N, chunk of columns n0..); returns the per-row
-    mean and sum of squared deviations over columns [0, n0 + chunk), merged with the chunk's (Chan et al.)."""
+    """ReLU(acc + b) -> out[offs_m, offs_n] (row stride N, chunk of columns n0.., stored in out's dtype);
+    returns the per-row mean and sum of squared deviations of the stored values over columns
+    [0, n0 + chunk), merged with the chunk's (Chan et al.)."""
     b = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
     y = tl.maximum(acc + b[None, :], 0.0)
-    y = tl.where(mask_n[None, :], y, 0.0)
+    y = tl.where(mask_n[None, :], y, 0.0).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+    y = y.to(tl.float32)  # statistics of what the next layer reads back (bf16 activations: rounded)
     count = n0 * 1.0
     chunk_count = tl.sum(mask_n.to(tl.float32), axis=0)
     chunk_mean = tl.sum(y, axis=1) / chunk_count
@@ -159,11 +181,30 @@ def _mlp_forward_kernel(
         tl.store(rstd2_ptr + offs_m, rstd2, mask=mask_m)
 
 
-def check_weights(weights):
-    """Contiguous fp32 (W1, b1, g1, beta1, W2, b2, g2, beta2, W_out, b_out) of a two-hidden-layer Denoiser."""
+def check_precision(precision):
+    """precision in PRECISIONS; "bf16" only compiled (the CPU interpreter computes bf16 dots wrongly)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("precision 'bf16' needs a CUDA GPU: Triton's CPU interpreter computes bf16 dot "
+                         "products wrongly; use 'tf32' or 'ieee' there")
+
+
+def matrix_dtype(precision, matrix):
+    """Storage dtype of a weight matrix in the kernels, and of the hidden activations (W1's):
+    bf16 for precision "bf16", the matrix's own dtype (fp32 or bf16) otherwise."""
+    return torch.bfloat16 if precision == "bf16" else matrix.dtype
+
+
+def check_weights(weights, precision="tf32"):
+    """Contiguous (W1, b1, g1, beta1, W2, b2, g2, beta2, W_out, b_out) of a two-hidden-layer Denoiser.
+    Vectors fp32; the matrices W1, W2, W_out fp32 or bf16, cast to bf16 for precision "bf16". The
+    kernels store hidden activations in W1's dtype."""
+    check_precision(precision)
     if len(weights) != 10:
         raise ValueError(f"the fused kernels take exactly two hidden layers (10 tensors), got {len(weights)}")
-    return tuple(w.detach().contiguous() for w in weights)
+    return tuple(w.detach().to(matrix_dtype(precision, w) if i in (0, 4, 8) else torch.float32).contiguous()
+                 for i, w in enumerate(weights))
 
 
 def output_block(n_out):
@@ -174,19 +215,20 @@ def output_block(n_out):
 def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None,
                 block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
     """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
-    -> out (R, n), or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
-    pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k), mean_k, rstd_k (R,) its LayerNorm statistics.
-    precision: tl.dot input_precision ("tf32" on GPU, "ieee" for exact fp32). `out` (optional) receives out."""
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights)
+    -> out (R, n) fp32, or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
+    pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k) in W1's storage dtype (bf16 for precision "bf16"),
+    mean_k, rstd_k (R,) its LayerNorm statistics. precision: one of PRECISIONS ("tf32" on GPU, "ieee"
+    for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional) receives out."""
+    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights, precision)
     rows = rows.contiguous()
     R, d_in = rows.shape
     h1, h2, n_out = w1.shape[0], w2.shape[0], wo.shape[0]
     dev = rows.device
-    pre1 = torch.empty((R, h1), device=dev, dtype=torch.float32)
-    pre2 = torch.empty((R, h2), device=dev, dtype=torch.float32)
-    stats = torch.empty((4, R), device=dev, dtype=torch.float32) if save_activations else pre1
+    pre1 = torch.empty((R, h1), device=dev, dtype=w1.dtype)
+    pre2 = torch.empty((R, h2), device=dev, dtype=w1.dtype)
     if out is None:
         out = torch.empty((R, n_out), device=dev, dtype=torch.float32)
+    stats = torch.empty((4, R), device=dev, dtype=torch.float32) if save_activations else out
     grid = (triton.cdiv(R, block_m),)
     _mlp_forward_kernel[grid](
         rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,

@@ -13,7 +13,8 @@ mma.sync, no register spills. BLOCK_M sets the parallelism (R / BLOCK_M programs
 block each): 16 or 32 for R ~ 1024-2048 rows on 132 SMs; BLOCK_M=64 (wgmma) wants num_warps=8.
 Triton 3.6 for sm_90 (cuobjdump resource usage, hidden 512): BLOCK_M=32 244-246 registers, no stack;
 BLOCK_M=16 168 registers but a 40-48 B stack frame (spills); BLOCK_M=64, num_warps=8 248 registers,
-no stack. Hidden widths that are not multiples of 16 lose the divisibility hints and spill at both
+no stack. Precision "bf16" (bf16 weights and pre1/pre2, triton 3.9, BLOCK_M=32): 8.4 KB shared,
+188 registers, no stack. Hidden widths that are not multiples of 16 lose the divisibility hints and spill at both
 BLOCK_M=16 and 32 (184-560 B stack): keep H1, H2 multiples of 16.
 """
 import torch
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .denoiser_mlp import (
-    LAYER_NORM_EPS, _accum_linear, _bias_relu_store, _ln_hidden_layer, _ln_output_layer, _row_stats,
+    LAYER_NORM_EPS, _accum_linear, _bias_relu_store, _ln_hidden_layer, _ln_output_layer, _mma, _row_stats,
     check_weights, output_block,
 )
 
@@ -57,11 +58,11 @@ def _chain_first_layer(x, c, base_ptr, w1_ptr, b1_ptr, pre1_ptr, offs_m, mask_m,
         mask_n = offs_n < H1
         acc = tl.load(base_ptr + offs_m[:, None] * H1 + offs_n[None, :],
                       mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-        w_c = tl.load(w1_ptr + offs_n * D_IN + 2 * n, mask=mask_n, other=0.0)
+        w_c = tl.load(w1_ptr + offs_n * D_IN + 2 * n, mask=mask_n, other=0.0).to(tl.float32)
         acc += c * w_c[None, :]
         w_x = tl.load(w1_ptr + offs_n[None, :] * D_IN + offs_o[:, None],
                       mask=mask_o[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(x, w_x, acc, input_precision=PRECISION)
+        acc = _mma(acc, x, w_x, PRECISION)
         run_mean, run_m2 = _bias_relu_store(acc, b1_ptr, pre1_ptr, offs_m, mask_m, H1, offs_n, mask_n,
                                             n0, run_mean, run_m2)
     return _row_stats(run_mean, run_m2, H1, eps)
@@ -139,12 +140,14 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
     s (R, n), a (R, m) from start noise z (R, n). Schedule buffers (steps,) as in DiffusionSchedule:
     sqrt_ab, sqrt_one_minus_ab, sqrt_ab_prev, sqrt_one_minus_ab_prev, coef_x0, coef_xt, posterior_std.
     noise (steps, R, n): the DDPM per-level noise (drawn when None). prediction in PREDICTIONS,
-    sampler in SAMPLERS. precision: tl.dot input_precision. `out` (optional) receives the samples."""
+    sampler in SAMPLERS. precision: as in denoiser_mlp.mlp_forward ("bf16": bf16 weights, hidden
+    activations and dot operands; the chain state and the s, a part of layer 1 stay fp32).
+    `out` (optional) receives the samples."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights)
+    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights, precision)
     s, a, z = s.contiguous(), a.contiguous(), z.contiguous()
     sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std = (
         b.contiguous() for b in (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std))
@@ -159,8 +162,8 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
     else:
         noise = z
     base = torch.empty((R, h1), device=dev, dtype=torch.float32)
-    pre1 = torch.empty((R, h1), device=dev, dtype=torch.float32)
-    pre2 = torch.empty((R, h2), device=dev, dtype=torch.float32)
+    pre1 = torch.empty((R, h1), device=dev, dtype=w1.dtype)
+    pre2 = torch.empty((R, h2), device=dev, dtype=w1.dtype)
     if out is None:
         out = torch.empty((R, n), device=dev, dtype=torch.float32)
     n_levels = steps - 1 if sampler == "posterior_mean" else steps

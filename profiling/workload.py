@@ -3,7 +3,7 @@
 NVTX range "kernel/<name>"). Used by nsys_update.sh, ncu_kernels.sh and torch_profile.py.
 
     python profiling/workload.py updates --variant triton --size paper --updates 20
-    python profiling/workload.py kernels --size paper --calls 1
+    python profiling/workload.py kernels --size paper --calls 1 [--variant triton-bf16]
 """
 import argparse
 import os
@@ -15,8 +15,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit runs
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benches.bench_kernels import KERNELS, kernel_call  # noqa: E402
-from benches.workloads import SIZES, UPDATE_VARIANTS, UpdateLoop, bench_device, default_size, sync  # noqa: E402
+from benches.bench_kernels import CASES, kernel_call  # noqa: E402
+from benches.workloads import (  # noqa: E402
+    KERNEL_VARIANTS, SIZES, UPDATE_VARIANTS, UpdateLoop, bench_device, default_size, sync,
+)
 from fastbdm.nvtx_ranges import phase  # noqa: E402
 
 
@@ -30,9 +32,13 @@ def run_updates(loop: UpdateLoop, count: int) -> None:
     sync(loop.device)
 
 
-def run_kernels(size, device, calls: int) -> None:
-    for kernel in KERNELS:
-        fn, setup = kernel_call(kernel, "triton", size, device)
+def run_kernels(size, device, calls: int, variant: str = "triton") -> None:
+    """Each kernel of benches/bench_kernels.py that has this variant, `calls` times."""
+    kernels = [k for k, v in CASES if v == variant]
+    if not kernels:
+        raise SystemExit(f"kernel variant {variant} does not run on {device} (see the header of pytest benches/)")
+    for kernel in kernels:
+        fn, setup = kernel_call(kernel, variant, size, device)
         for _ in range(calls):
             args = setup() if setup else ()
             with phase(f"kernel/{kernel}"):
@@ -61,6 +67,7 @@ def main():
     common_args(up)
     ker = sub.add_parser("kernels")
     ker.add_argument("--calls", type=int, default=1)
+    ker.add_argument("--variant", choices=KERNEL_VARIANTS, default="triton")
     common_args(ker)
     args = parser.parse_args()
     size, device = setup_from(args)
@@ -70,7 +77,7 @@ def main():
         with phase("measured"):
             run_updates(loop, args.updates)
     else:
-        run_kernels(size, device, args.calls)
+        run_kernels(size, device, args.calls, args.variant)
     print(f"done: {args.what} on {device}, size {size.name}")
 
 

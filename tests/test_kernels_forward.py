@@ -203,13 +203,14 @@ FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
 # What the JIT sees at R = 1024, hidden 512 (backward: the inner layer, K = H = 512): divisibility-16 hints.
 DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
 
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE):
+def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=()):
+    # bf16: pointer arguments that point to bf16 data (precision "bf16"); the other pointers fp32
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*i64" if name == "t_ptr" else "*fp32"
+            sig[name] = "*i64" if name == "t_ptr" else "*bf16" if name in bf16 else "*fp32"
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
@@ -231,12 +232,19 @@ compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(b
 compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **bwd))
 compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **bwd))
 compile_sm90(_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), divisible=set())
+# precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
+bf16 = {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr"}
+compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **dict(mlp, PRECISION="bf16")), bf16=bf16)
+compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32, PRECISION="bf16")),
+             bf16=bf16)
+compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(bwd, PRECISION="bf16")),
+             bf16={"pre_ptr"})
 """
 
 
 def test_kernels_compile_for_sm90():
-    """Each kernel, forward and backward, at its H100 defaults compiles for sm_90 (tf32 tl.dot, shared
-    memory < 200 KB), offline: a subprocess without TRITON_INTERPRET, as the interpreter replaces the
+    """Each kernel, forward and backward, at its H100 defaults compiles for sm_90 (tf32 tl.dot, and the
+    MLP kernels also with precision "bf16"; shared memory < 200 KB), offline: a subprocess without TRITON_INTERPRET, as the interpreter replaces the
     @triton.jit functions."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -32,9 +32,23 @@ def batch():
     return bdm_batch(B, N, M, done_rows=(1, 4, 30))
 
 
-def test_backend_resolves_to_ops():
-    triton_bdm, _ = make_pair()
-    assert triton_bdm.ops(torch.zeros(1)) is ops
+def test_backend_resolves_to_ops_at_its_precision():
+    triton_bdm, torch_bdm = make_pair()
+    bound = triton_bdm.ops(torch.zeros(1))
+    assert bound.td_loss is ops.td_loss and bound.noised_rows is ops.noised_rows
+    for fn in (bound.denoiser_forward, bound.reverse_chain):
+        assert fn.keywords == {"precision": "tf32"}
+    assert bound.denoiser_forward.func is ops.denoiser_forward and bound.reverse_chain.func is ops.reverse_chain
+    assert torch_bdm.ops(torch.zeros(1)) is reference
+
+
+def test_bad_precisions_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, precision="fp16")
+    for backend, message in (("triton", "needs a CUDA GPU"), ("torch", "use backend 'triton'")):
+        bdm = fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, backend=backend, precision="bf16")
+        with pytest.raises(ValueError, match=message):
+            bdm.sample(*batch()[:2])
 
 
 @pytest.mark.parametrize("prediction", ["sample", "epsilon"])

@@ -125,9 +125,35 @@ def test_compat_standardised_sbc_half():
     torch.testing.assert_close(S[B:].mean(0), s.mean(0), atol=2.5, rtol=0)
 
 
+def test_compat_sbc_weights_broadcast_to_an_unweighted_mean():
+    """Research code: eta (2B, 1) times the (2B,) errors -> a (2B, 2B) product whose mean drops the
+    per-row weights. With the flag the SBC term is that product's mean; without it, the weighted mean."""
+    agent, b = make_agent(compat=CompatFlags(broadcast_sbc_weights=True)), make_batch()
+    torch.manual_seed(5)
+    sbc = agent.actor_loss(b)[1]["sbc"]
+    torch.manual_seed(5)  # the same draws, in actor_loss's order: SBC states, levels, eps, z
+    sch, cfg = agent.bdm.schedule, agent.config
+    S = agent.sbc_states(b.obs)
+    A = agent.actor(S)
+    t = torch.randint(0, sch.steps, (2 * B,))
+    eps, z = torch.randn(2 * B, N), torch.randn(2 * B, N)
+    eta = sch.eta[t] / sch.eta[t].mean()
+    x_t = sch.q_sample(agent.bdm.sample(S, A, z), t, eps)
+    c = sch.time_input(t)
+    err = (agent.data_denoiser(x_t, c) - agent.bdm.target_denoiser(x_t, c, S, A)).square().sum(-1)
+    outer = eta[:, None] * err[None, :]
+    torch.testing.assert_close(sbc, cfg.w_rel * cfg.w_actor_bc * outer.mean())
+    fixed = make_agent()
+    fixed.load_state_dict(agent.state_dict())
+    torch.manual_seed(5)
+    sbc_fixed = fixed.actor_loss(b)[1]["sbc"]
+    torch.testing.assert_close(sbc_fixed, cfg.w_rel * cfg.w_actor_bc * (eta * err).mean())
+    assert not torch.allclose(sbc, sbc_fixed, rtol=1e-3)
+
+
 def test_compat_all_turns_every_flag_on():
     flags = CompatFlags.resolve(True)
-    assert len(flags.enabled()) == 6 and CompatFlags.resolve(False).enabled() == []
+    assert len(flags.enabled()) == 7 and CompatFlags.resolve(False).enabled() == []
     agent = make_agent(compat=flags)
     assert agent.bdm.sampler == "posterior_mean"
     agent.update(make_batch())

@@ -104,6 +104,7 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     (["--env", "halfcheetah-medium-replays"], "halfcheetah-medium-replay"),
     (["--steps", "0"], "--steps"),
     (["--device", "cuda"], "CUDA"),
+    (["--backend", "torch", "--precision", "bf16"], "use backend 'triton'"),
 ])
 def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
