@@ -12,12 +12,15 @@ ulp: at most 2^-7 of its magnitude. Downstream, such one-ulp differences in some
 activations of a row move the next layer's LayerNorm output and the network output by ~2^-8 of their
 scale, compounded over the chain's 10 levels: 2e-2 of the output's scale (measured <= 8e-3 on 3 seeds).
 """
+import os
+
 import pytest
 import torch
 
 from fastbdm import reference as ref
 from fastbdm.kernels.denoiser_backward import mlp_backward
 from fastbdm.kernels.denoiser_mlp import mlp_forward
+from fastbdm.kernels.reverse_chain import reverse_chain
 from fastbdm.schedule import DiffusionSchedule
 from test_kernels_forward import BLOCKS, assert_close_scaled, denoiser_weights, nan_like, run_chain
 
@@ -99,3 +102,38 @@ def test_backward_reads_bf16_activations():
                           (grad_rows, *grads), want):
         assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
         assert (g - w).norm() <= 5e-2 * w.norm(), name
+
+
+COMPILED_ONLY = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="bf16 dot products run compiled on a CUDA GPU only (FASTBDM_TEST_DEVICE=cuda, see conftest.py); "
+           "the storage path above runs everywhere")
+
+
+@COMPILED_ONLY
+def test_bf16_precision_matches_the_rounded_reference():
+    """precision "bf16" end to end on the GPU: also the dot operands (inputs, LayerNorm outputs, chain
+    state) are rounded to bf16, a further 2^-9 relative per operand: 3e-2 of the output's scale
+    (the reference under torch's CPU bf16 autocast is off by <= 5e-3 forward, <= 9e-3 after the chain)."""
+    n, m, rows = 17, 6, 300
+    _, exact = bf16_weights(n, m, (512, 512))
+    inputs = torch.randn(rows, exact[0].shape[1])
+    got, acts = mlp_forward(inputs, exact, save_activations=True, precision="bf16")
+    assert acts[0].dtype == torch.bfloat16
+    assert_close_scaled(got, rounded_forward(inputs, exact)[0], rtol=3e-2)
+
+    sched = DiffusionSchedule(10)
+    s, z = torch.randn(2, rows, n)
+    a = torch.randn(rows, m)
+    chain = reverse_chain(exact, s, a, z, sched.sqrt_ab, sched.sqrt_one_minus_ab, sched.sqrt_ab_prev,
+                          sched.sqrt_one_minus_ab_prev, sched.coef_x0, sched.coef_xt, sched.posterior_std,
+                          sched.steps, precision="bf16")
+    assert_close_scaled(chain, ref.reverse_chain(exact, s, a, z, sched), rtol=3e-2)
+
+    grad_out = torch.randn(rows, n)
+    grad_rows, grads = mlp_backward(grad_out, inputs, exact, acts, precision="bf16")
+    params = [w.clone().requires_grad_(True) for w in exact]
+    x = inputs.clone().requires_grad_(True)
+    want = torch.autograd.grad(rounded_forward(x, params)[0], [x, *params], grad_out)
+    for g, w in zip((grad_rows, *grads), want):
+        assert (g - w).norm() <= 5e-2 * w.norm()

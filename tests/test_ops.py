@@ -1,11 +1,14 @@
-"""fastbdm.ops (the Triton backend's custom ops) against fastbdm.reference, in the CPU interpreter.
+"""fastbdm.ops (the Triton backend's custom ops) against fastbdm.reference, in the CPU interpreter
+(or compiled on a GPU, see conftest.py).
 
-Two BellmanDiffusion models with identical weights, backend "triton" and "torch", on injected
-t / eps / z. Both compute in fp32 (the interpreter's tl.dot is exact fp32), so the differences are
+Two BellmanDiffusion models with identical weights, backend "triton" (precision "ieee") and "torch",
+on injected t / eps / z. Both compute in fp32 (the interpreter's tl.dot is exact fp32), so the differences are
 summation-order rounding: 1e-5 relative + 1e-5 absolute on O(0.1..1) losses, gradients and samples
 (observed ~1e-7); the sampler chains 10 levels whose top level divides by sqrt(abar) ~ 5e-3 in
 epsilon mode, so samples get 1e-4.
 """
+import os
+
 import pytest
 import torch
 
@@ -18,7 +21,7 @@ N, M, B, HIDDEN = 11, 3, 37, (64, 64)
 
 def make_pair(prediction="sample", sampler="ddim"):
     triton_bdm = fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, prediction=prediction, sampler=sampler,
-                                          backend="triton")
+                                          backend="triton", precision="ieee")
     with torch.no_grad():  # online != target, LayerNorm gains/biases away from 1/0
         for p in triton_bdm.denoiser.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -37,7 +40,7 @@ def test_backend_resolves_to_ops_at_its_precision():
     bound = triton_bdm.ops(torch.zeros(1))
     assert bound.td_loss is ops.td_loss and bound.noised_rows is ops.noised_rows
     for fn in (bound.denoiser_forward, bound.reverse_chain):
-        assert fn.keywords == {"precision": "tf32"}
+        assert fn.keywords == {"precision": "ieee"}
     assert bound.denoiser_forward.func is ops.denoiser_forward and bound.reverse_chain.func is ops.reverse_chain
     assert torch_bdm.ops(torch.zeros(1)) is reference
 
@@ -45,10 +48,15 @@ def test_backend_resolves_to_ops_at_its_precision():
 def test_bad_precisions_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, precision="fp16")
-    for backend, message in (("triton", "needs a CUDA GPU"), ("torch", "use backend 'triton'")):
-        bdm = fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, backend=backend, precision="bf16")
-        with pytest.raises(ValueError, match=message):
-            bdm.sample(*batch()[:2])
+    s, a = batch()[:2]
+    with pytest.raises(ValueError, match="use backend 'triton'"):
+        fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, backend="torch", precision="bf16").sample(s, a)
+    triton_bf16 = fastbdm.BellmanDiffusion(N, M, hidden=HIDDEN, backend="triton", precision="bf16")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            triton_bf16.sample(s, a)
+    else:  # compiled on a GPU: it runs
+        assert torch.isfinite(triton_bf16.sample(s, a)).all()
 
 
 @pytest.mark.parametrize("prediction", ["sample", "epsilon"])
@@ -94,7 +102,7 @@ def test_sbc_action_gradient_through_target_denoiser(monkeypatch):
     A = (torch.rand(B, M) * 2 - 1).requires_grad_(True)
     w = torch.randn(B, N)
     grads = []
-    for backend in (ops, reference):
+    for backend in (triton_bdm.ops(x_t), reference):
         rows = torch.cat([x_t, S, sch.time_input(t), A], -1)
         out = backend.denoiser_forward(rows, weights)
         grads.append(torch.autograd.grad((w * out).sum(), A)[0])
@@ -109,7 +117,7 @@ def test_noised_rows_and_no_grad_forward_match_reference():
     rows = ops.noised_rows(s_next, eps, t, s, a, sch)
     torch.testing.assert_close(rows, reference.noised_rows(s_next, eps, t, s, a, sch))
     with torch.no_grad():
-        out = ops.denoiser_forward(rows, triton_bdm.denoiser.weights())
+        out = ops.denoiser_forward(rows, triton_bdm.denoiser.weights(), precision="ieee")
     assert not out.requires_grad
     torch.testing.assert_close(out, reference.denoiser_forward(rows, triton_bdm.denoiser.weights()).detach(),
                                rtol=1e-5, atol=1e-5)
@@ -173,8 +181,9 @@ def test_opcheck():
 def test_td3sbc_actor_loss_matches_reference():
     """The whole actor loss (SBC sampler + target-denoiser action gradient) and its actor gradients."""
     nets = dict(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=HIDDEN)
-    models = [fastbdm.TD3SBC(N, M, config=fastbdm.TD3SBCConfig(backend=backend, w_actor_bc=1.0, w_rel=1.0, **nets))
-              for backend in ("triton", "torch")]
+    config = dict(w_actor_bc=1.0, w_rel=1.0, precision="ieee", **nets)
+    models = [fastbdm.TD3SBC(N, M, config=fastbdm.TD3SBCConfig(backend=backend, **config),
+                             device=torch.get_default_device()) for backend in ("triton", "torch")]
     models[1].load_state_dict(models[0].state_dict())
     s, a, s_next, a_next, done = batch()
     b = fastbdm.Batch(s, a, torch.randn(B), s_next, a_next, done, torch.ones(B))
