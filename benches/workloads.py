@@ -131,15 +131,15 @@ class UpdateLoop:
     research: ResearchCode.learn on NumpyReplayBuffer batches. torch / triton: the trainer's eager
     step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
     device-side metrics). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
-    CUDA graph; one step is then a pair of updates (steps_per_call = 2), captured here after the
-    runner's warm-up.
+    CUDA graph; one step is then pairs_per_graph pairs of updates (steps_per_call = 2 pairs_per_graph),
+    captured here after the runner's warm-up.
     """
 
-    def __init__(self, variant: str, size: Size, device, seed: int = 0):
+    def __init__(self, variant: str, size: Size, device, seed: int = 0, pairs_per_graph: int = 1):
         torch.manual_seed(seed)
         np.random.seed(seed)
         self.variant, self.size, self.device = variant, size, torch.device(device)
-        self.steps_per_call = 2 if variant.endswith("+graphs") else 1
+        self.steps_per_call = 2 * pairs_per_graph if variant.endswith("+graphs") else 1
         buffer = synthetic_buffer(size, device, seed)
         if variant == "research":
             self.model = ResearchCode(OBS_DIM, ACT_DIM, config(size), device)
@@ -149,18 +149,20 @@ class UpdateLoop:
         if variant not in UPDATE_VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(UPDATE_VARIANTS)}")
         self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, *variant_kernels(variant)), device=device)
-        runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=self.steps_per_call == 2)
-        if runner.graphs:
-            runner.run(2 * WARMUP_PAIRS + 2)  # warm-up, capture, one replay
+        graphs = variant.endswith("+graphs")
+        runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=graphs,
+                              pairs_per_graph=pairs_per_graph)
+        if graphs:
+            runner.run(2 * WARMUP_PAIRS + self.steps_per_call)  # warm-up, capture, one replay
         self._step = lambda: runner.run(self.steps_per_call)
 
     @property
     def actor_next(self) -> bool:
-        """Whether the next call moves the actor (always, for a pair)."""
+        """Whether the next call moves the actor (always, for pairs)."""
         freq = self.model.config.policy_freq
         if self.variant == "research":
             return self.model.cnt % freq == 0
-        return self.steps_per_call == 2 or (self.model.num_updates + 1) % freq == 0
+        return self.steps_per_call > 1 or (self.model.num_updates + 1) % freq == 0
 
     def step(self):
         return self._step()

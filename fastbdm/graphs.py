@@ -91,12 +91,13 @@ class GraphedPolicy:
         self.static_obs = torch.zeros(rows, agent.obs_mean.shape[0], device=device)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            agent.act(self.static_obs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_actions = agent.act(self.static_obs)
+        with torch.no_grad():  # forward kernels only: no autograd record in the captured call
+            with torch.cuda.stream(side):
+                agent.act(self.static_obs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_actions = agent.act(self.static_obs)
 
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         self.static_obs.copy_(obs)

@@ -26,7 +26,7 @@ def run_updates(loop: UpdateLoop, count: int) -> None:
     """count calls of loop.step() (a pair of updates with CUDA graphs), each in a phase named by its
     kind, device synchronised at the end."""
     for _ in range(count):
-        kind = "pair" if loop.steps_per_call == 2 else "actor" if loop.actor_next else "critic"
+        kind = "pair" if loop.steps_per_call > 1 else "actor" if loop.actor_next else "critic"
         with phase(f"update/{kind}"):
             loop.step()
     sync(loop.device)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, prepared for one call of the device machine (torch + triton there):
+#   bash profiling/gpu_checks.sh [STAGE ...]        default: env kernels graphs benches
+# Stages (each under its own time limit; exit status and seconds in the log's summary lines):
+#   env      nvidia-smi, versions
+#   kernels  the kernel and op tests compiled on the GPU (FASTBDM_TEST_DEVICE=cuda, tests/conftest.py)
+#   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
+#   benches  pytest benches/ --benchmark-only (paper size) and the Markdown table
+#   train:N  python -m fastbdm.train on halfcheetah-medium-replay, N updates, evaluation every 5k
+# Results go to $OUT (else profiling/out/gpu), at most 6 files: log.txt (every stage's output),
+# graph_checks.md/.json, bench.json, bench_table.md, train_metrics.csv. Needs .gpu/ from
+# profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
+# itself is installed editable without dependencies.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-profiling/out/gpu}
+mkdir -p "$out"
+log="$out/log.txt"
+export PYTHONUNBUFFERED=1
+if compgen -G ".gpu/whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fastbdm-deps .gpu/whl/*.whl
+    export PYTHONPATH=/tmp/fastbdm-deps
+fi
+[ -d .gpu/datasets ] && export MINARI_DATASETS_PATH="$PWD/.gpu/datasets"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "fastbdm install failed"; exit 1; }
+
+run_stage() {  # name, seconds, command...
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    echo "=== $name (limit ${limit} s): $*" | tee -a "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
+    rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(env kernels graphs benches)
+for stage in "${stages[@]}"; do
+    case $stage in
+    env)
+        run_stage env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton, numpy; print(torch.__version__,
+            triton.__version__, numpy.__version__, torch.cuda.get_device_name())"' ;;
+    kernels)
+        run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
+            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py tests/test_ops.py ;;
+    graphs)
+        run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
+    benches)
+        run_stage benches 300 python3 -m pytest benches/ --benchmark-only -q -p no:cacheprovider \
+            --benchmark-json="$out/bench.json"
+        python3 benches/table.py "$out/bench.json" > "$out/bench_table.md" 2>> "$log"
+        cat "$out/bench_table.md" >> "$log" ;;
+    train:*)
+        run_stage train 590 python3 -m fastbdm.train --env halfcheetah-medium-replay --steps "${stage#train:}" \
+            --eval-every 5000 --out /tmp/fastbdm-runs --no-progress
+        cp /tmp/fastbdm-runs/halfcheetah-medium-replay/seed0/metrics.csv "$out/train_metrics.csv" ;;
+    *)
+        echo "unknown stage $stage: env, kernels, graphs, benches or train:N" | tee -a "$log" ;;
+    esac
+done
+grep "^=== .*: exit" "$log"

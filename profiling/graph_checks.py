@@ -1,0 +1,126 @@
+"""Shows, on a CUDA device, what the CUDA-graph trainer changes (paper size: B=1024, halfcheetah shapes):
+1. eager vs graphed: the same seed, N updates of the triton backend run eagerly and by replaying the
+   captured pair; the largest parameter difference (relative to the largest parameter) and whether
+   the CUDA generator ended in the same state (same random draws);
+2. the evaluation policy's graph against TD3SBC.act;
+3. time per update for torch eager, triton eager, triton+graphs with K = 1, 2, 4, 8 pairs per graph
+   and triton-bf16+graphs, and the implied wall time of 1M updates.
+Prints a Markdown report and writes it, with the numbers as JSON, to --out.
+
+    python profiling/graph_checks.py --out profiling/out --updates 100 --timed 400
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from workload import SIZES, UpdateLoop, sync  # noqa: E402
+from fastbdm.graphs import GraphedPolicy  # noqa: E402
+
+TIMED_VARIANTS = [("torch", 1), ("triton", 1), ("triton+graphs", 1), ("triton+graphs", 2), ("triton+graphs", 4),
+                  ("triton+graphs", 8), ("triton-bf16+graphs", 1)]
+
+
+def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter and buffer of the agent (online and target networks), as one vector."""
+    return torch.cat([t.detach().float().flatten() for t in (*model.parameters(), *model.buffers())])
+
+
+def eager_vs_graphed(size, device, updates: int) -> dict:
+    """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included)."""
+    eager = UpdateLoop("triton", size, device, seed=0)
+    for _ in range(updates):
+        eager.step()
+    sync(device)
+    eager_params, eager_rng = flat_parameters(eager.model), torch.cuda.get_rng_state(device)
+    graphed = UpdateLoop("triton+graphs", size, device, seed=0)  # runs its warm-up and one replay
+    left = updates - graphed.model.num_updates
+    if left < 0 or left % graphed.steps_per_call:
+        raise SystemExit(f"--updates {updates}: needs at least {graphed.model.num_updates} and an even count")
+    for _ in range(left // graphed.steps_per_call):
+        graphed.step()
+    sync(device)
+    graphed_params = flat_parameters(graphed.model)
+    scale = eager_params.abs().max().item()
+    return {"updates": updates, "eager_num_updates": eager.model.num_updates,
+            "graphed_num_updates": graphed.model.num_updates,
+            "max_abs_diff": (eager_params - graphed_params).abs().max().item(), "param_scale": scale,
+            "max_rel_diff": (eager_params - graphed_params).abs().max().item() / scale,
+            "same_rng_state": bool(torch.equal(eager_rng, torch.cuda.get_rng_state(device)))}
+
+
+def policy_graph(size, device) -> dict:
+    loop = UpdateLoop("triton", size, device, seed=1)
+    obs = torch.randn(10, loop.model.obs_mean.shape[0], device=device)
+    graphed = GraphedPolicy(loop.model, rows=10)
+    with torch.no_grad():
+        eager = loop.model.act(obs).cpu()
+    return {"policy_graph_max_abs_diff": (graphed(obs) - eager).abs().max().item()}
+
+
+def time_per_update(variant: str, pairs: int, size, device, timed: int) -> dict:
+    """Wall seconds per update over `timed` updates (device synchronised at both ends)."""
+    loop = UpdateLoop(variant, size, device, seed=0, pairs_per_graph=pairs)
+    calls = max(1, timed // loop.steps_per_call)
+    for _ in range(max(1, 8 // loop.steps_per_call)):
+        loop.step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        loop.step()
+    sync(device)
+    per_update = (time.perf_counter() - start) / (calls * loop.steps_per_call)
+    return {"variant": variant, "pairs_per_graph": pairs, "updates": calls * loop.steps_per_call,
+            "ms_per_update": per_update * 1e3, "updates_per_s": 1.0 / per_update,
+            "minutes_per_1M_updates": per_update * 1e6 / 60}
+
+
+def report(results: dict) -> str:
+    eq = results["eager_vs_graphed"]
+    lines = [f"# CUDA-graph checks on {results['device_name']} (torch {results['torch']}, "
+             f"triton {results['triton']}, size {results['size']})", "",
+             f"Eager vs graphed after {eq['updates']} updates (same seed): max |difference| "
+             f"{eq['max_abs_diff']:.3g} (relative to the largest parameter {eq['max_rel_diff']:.3g}); "
+             f"CUDA generator state equal afterwards: {eq['same_rng_state']}.",
+             f"Evaluation policy graph vs TD3SBC.act: max |difference| {results['policy']['policy_graph_max_abs_diff']:.3g}.",
+             "", "| variant | pairs per graph | updates timed | ms / update | updates / s | min / 1M updates |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results["timing"]:
+        lines.append(f"| {r['variant']} | {r['pairs_per_graph']} | {r['updates']} | {r['ms_per_update']:.3f} | "
+                     f"{r['updates_per_s']:.0f} | {r['minutes_per_1M_updates']:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="profiling/out", help="directory for graph_checks.md / .json")
+    parser.add_argument("--size", choices=list(SIZES), default="paper")
+    parser.add_argument("--updates", type=int, default=100, help="updates of the eager-vs-graphed comparison")
+    parser.add_argument("--timed", type=int, default=400, help="updates timed per variant")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("graph_checks.py needs a CUDA device (CUDA graphs); nothing to check on the CPU")
+    device, size = torch.device("cuda"), SIZES[args.size]
+    results = {"device_name": torch.cuda.get_device_name(device), "torch": torch.__version__,
+               "triton": __import__("triton").__version__, "size": size.name,
+               "eager_vs_graphed": eager_vs_graphed(size, device, args.updates),
+               "policy": policy_graph(size, device), "timing": []}
+    for variant, pairs in TIMED_VARIANTS:
+        results["timing"].append(time_per_update(variant, pairs, size, device, args.timed))
+        print(results["timing"][-1], flush=True)
+    text = report(results)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "graph_checks.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "graph_checks.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
