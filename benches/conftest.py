@@ -1,4 +1,4 @@
-"""Benchmark settings: `pytest benches/ --benchmark-only [--bench-size small|paper] [--bench-threads N]
+"""Benchmark settings: `pytest benches/ --benchmark-only [--bench-size small|paper|paper2048] [--bench-threads N]
 [--bench-rounds N] [--benchmark-json=out.json]`, then `python benches/table.py out.json`.
 
 Collects benches/bench_*.py. Without CUDA, Triton runs in its CPU interpreter: TRITON_INTERPRET=1 is
@@ -24,7 +24,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("fastbdm benches")
     group.addoption("--bench-size", choices=["auto", *SIZES], default="auto",
                     help="problem size: small (CPU default: tiny, for interpreter-mode Triton) or paper "
-                         "(B=1024, halfcheetah shapes, T=10, hidden 512; CUDA default)")
+                         "(B=1024, halfcheetah shapes, T=10, hidden 512; CUDA default) or paper2048 (B=2048)")
     group.addoption("--bench-threads", type=int, default=1, help="torch CPU threads (default 1)")
     group.addoption("--bench-rounds", type=int, default=0,
                     help="timed rounds per benchmark (default: by device and backend)")

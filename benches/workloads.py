@@ -43,6 +43,8 @@ SIZES = {
     "small": Size("small", batch=32, hidden=32, mlp_hidden=32, dataset=4096),
     # the paper's: B = 1024, halfcheetah shapes, T = 10, denoisers 2 x 512, actor/critics 3 x 256
     "paper": Size("paper", batch=1024, hidden=512, mlp_hidden=256, dataset=100_000),
+    # the same networks at B = 2048 (kernels on 4096 rows)
+    "paper2048": Size("paper2048", batch=2048, hidden=512, mlp_hidden=256, dataset=100_000),
 }
 
 

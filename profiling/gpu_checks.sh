@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, prepared for one call of the device machine (torch + triton there):
-#   bash profiling/gpu_checks.sh [STAGE ...]        default: env kernels graphs benches
+#   bash profiling/gpu_checks.sh [STAGE ...]        default: env kernels graphs benches tune
 # Stages (each under its own time limit; exit status and seconds in the log's summary lines):
 #   env      nvidia-smi, versions
 #   kernels  the kernel and op tests compiled on the GPU (FASTBDM_TEST_DEVICE=cuda, tests/conftest.py)
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
-#   benches  pytest benches/ --benchmark-only (paper size) and the Markdown table
+#   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
+#   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay, N updates, evaluation every 5k
-# Results go to $OUT (else profiling/out/gpu), at most 6 files: log.txt (every stage's output),
-# graph_checks.md/.json, bench.json, bench_table.md, train_metrics.csv. Needs .gpu/ from
+# Results go to $OUT (else profiling/out/gpu), at most 7 files: log.txt (every stage's output),
+# graph_checks.json, bench.json, bench_table.md, bench2048.json, bench2048_table.md, train_metrics.csv. Needs .gpu/ from
 # profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
 # itself is installed editable without dependencies.
 set -uo pipefail
@@ -34,7 +35,7 @@ run_stage() {  # name, seconds, command...
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env kernels graphs benches)
+[ ${#stages[@]} -eq 0 ] && stages=(env kernels graphs benches tune)
 for stage in "${stages[@]}"; do
     case $stage in
     env)
@@ -48,14 +49,20 @@ for stage in "${stages[@]}"; do
     benches)
         run_stage benches 300 python3 -m pytest benches/ --benchmark-only -q -p no:cacheprovider \
             --benchmark-json="$out/bench.json"
-        python3 benches/table.py "$out/bench.json" > "$out/bench_table.md" 2>> "$log"
-        cat "$out/bench_table.md" >> "$log" ;;
+        run_stage benches2048 200 python3 -m pytest benches/bench_kernels.py benches/bench_roofline.py \
+            --benchmark-only -q -p no:cacheprovider --bench-size paper2048 --benchmark-json="$out/bench2048.json"
+        for name in bench bench2048; do
+            python3 benches/table.py "$out/$name.json" > "$out/${name}_table.md" 2>> "$log"
+            cat "$out/${name}_table.md" >> "$log"
+        done ;;
+    tune)
+        run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
     train:*)
         run_stage train 590 python3 -m fastbdm.train --env halfcheetah-medium-replay --steps "${stage#train:}" \
             --eval-every 5000 --out /tmp/fastbdm-runs --no-progress
         cp /tmp/fastbdm-runs/halfcheetah-medium-replay/seed0/metrics.csv "$out/train_metrics.csv" ;;
     *)
-        echo "unknown stage $stage: env, kernels, graphs, benches or train:N" | tee -a "$log" ;;
+        echo "unknown stage $stage: env, kernels, graphs, benches, tune or train:N" | tee -a "$log" ;;
     esac
 done
 grep "^=== .*: exit" "$log"

@@ -5,7 +5,7 @@
 2. the evaluation policy's graph against TD3SBC.act;
 3. time per update for torch eager, triton eager, triton+graphs with K = 1, 2, 4, 8 pairs per graph
    and triton-bf16+graphs, and the implied wall time of 1M updates.
-Prints a Markdown report and writes it, with the numbers as JSON, to --out.
+Prints a Markdown report; writes the numbers to OUT/graph_checks.json.
 
     python profiling/graph_checks.py --out profiling/out --updates 100 --timed 400
 """
@@ -98,7 +98,7 @@ def report(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="profiling/out", help="directory for graph_checks.md / .json")
+    parser.add_argument("--out", default="profiling/out", help="directory for graph_checks.json")
     parser.add_argument("--size", choices=list(SIZES), default="paper")
     parser.add_argument("--updates", type=int, default=100, help="updates of the eager-vs-graphed comparison")
     parser.add_argument("--timed", type=int, default=400, help="updates timed per variant")
@@ -116,8 +116,6 @@ def main():
     text = report(results)
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "graph_checks.md"), "w") as f:
-        f.write(text + "\n")
     with open(os.path.join(args.out, "graph_checks.json"), "w") as f:
         json.dump(results, f, indent=1)
 
