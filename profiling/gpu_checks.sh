@@ -7,7 +7,8 @@
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
-#   train:N  python -m fastbdm.train on halfcheetah-medium-replay, N updates, evaluation every 5k
+#   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
+#            (resumes the run a previous call on the same machine left, from its last checkpoint)
 # Results go to $OUT (else profiling/out/gpu), at most 7 files: log.txt (every stage's output),
 # graph_checks.json, bench.json, bench_table.md, bench2048.json, bench2048_table.md, train_metrics.csv. Needs .gpu/ from
 # profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
@@ -29,7 +30,7 @@ run_stage() {  # name, seconds, command...
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
     echo "=== $name (limit ${limit} s): $*" | tee -a "$log"
-    timeout "$limit" "$@" >> "$log" 2>&1
+    timeout -s INT -k 15 "$limit" "$@" >> "$log" 2>&1
     rc=$?
     echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
 }
@@ -57,10 +58,13 @@ for stage in "${stages[@]}"; do
         done ;;
     tune)
         run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
-    train:*)
+    train:*)  # a later call on the same warm machine continues from the last checkpoint
+        run=/tmp/fastbdm-runs/halfcheetah-medium-replay/seed0
+        resume=()
+        [ -f "$run/checkpoint.pt" ] && resume=(--resume)
         run_stage train 590 python3 -m fastbdm.train --env halfcheetah-medium-replay --steps "${stage#train:}" \
-            --eval-every 5000 --out /tmp/fastbdm-runs --no-progress
-        cp /tmp/fastbdm-runs/halfcheetah-medium-replay/seed0/metrics.csv "$out/train_metrics.csv" ;;
+            --eval-every 5000 --checkpoint-every 50000 --out /tmp/fastbdm-runs --no-progress "${resume[@]}"
+        cp "$run/metrics.csv" "$out/train_metrics.csv" ;;
     *)
         echo "unknown stage $stage: env, kernels, graphs, benches, tune or train:N" | tee -a "$log" ;;
     esac
