@@ -9,6 +9,9 @@
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
+# The limits are caps (they sum to ~21 min, over one device call's 10): stages run in order of
+# importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
+# name the missing ones in the next call.
 # Results go to $OUT (else profiling/out/gpu), at most 7 files: log.txt (every stage's output),
 # graph_checks.json, bench.json, bench_table.md, bench2048.json, bench2048_table.md, train_metrics.csv. Needs .gpu/ from
 # profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
