@@ -14,7 +14,9 @@ block each): 16 or 32 for R ~ 1024-2048 rows on 132 SMs; BLOCK_M=64 (wgmma) want
 Triton 3.6 for sm_90 (cuobjdump resource usage, hidden 512): BLOCK_M=32 244-246 registers, no stack;
 BLOCK_M=16 168 registers but a 40-48 B stack frame (spills); BLOCK_M=64, num_warps=8 248 registers,
 no stack. Precision "bf16" (bf16 weights and pre1/pre2, BLOCK_M=32): 8.4 KB shared, mma.sync,
-no stack; 188 registers with triton 3.9, 222 with triton 3.6. Hidden widths that are not multiples of 16 lose the divisibility hints and spill at both
+no stack; 188 registers with triton 3.9, 222 with triton 3.6. Triton 3.9, bf16, other blocks: BLOCK_M=16
+124 registers, no stack (twice the programs of 32); BLOCK_M=64 wgmma, num_warps=8 175 registers, no
+stack; num_warps=4 spills (56 B). tf32 at BLOCK_M=64, num_warps=4 spills too (40 B). Hidden widths that are not multiples of 16 lose the divisibility hints and spill at both
 BLOCK_M=16 and 32 (184-560 B stack): keep H1, H2 multiples of 16.
 """
 import torch
