@@ -14,6 +14,15 @@ from .td3sbc import TD3SBC
 WARMUP_PAIRS = 2  # eager pairs on a side stream before capture (optimizer state, kernel compilation)
 
 
+class GraphCaptureError(RuntimeError):
+    """Capturing a CUDA graph failed; the message is one line and names the eager fallback."""
+
+    @classmethod
+    def of(cls, what: str, error: Exception) -> "GraphCaptureError":
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return cls(f"CUDA graph capture of {what} failed ({first_line}); train eagerly with --no-graphs")
+
+
 class UpdateRunner:
     """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2.
 
@@ -49,11 +58,17 @@ class UpdateRunner:
         self.warmup_pairs_left -= 1
 
     def _capture(self) -> None:
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            for _ in range(2 * self.pairs_per_graph):
-                self.step()
-        self.agent.num_updates -= 2 * self.pairs_per_graph  # capture records the updates without running them
+        """Records 2K updates into self.graph without running them; on failure the runner is unchanged."""
+        graph, updates_before = torch.cuda.CUDAGraph(), self.agent.num_updates
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(2 * self.pairs_per_graph):
+                    self.step()
+        except RuntimeError as error:
+            raise GraphCaptureError.of("the update", error) from error
+        finally:
+            self.agent.num_updates = updates_before
+        self.graph = graph
 
     def run(self, n: int) -> None:
         if not self.graphs:
@@ -96,10 +111,16 @@ class GraphedPolicy:
                 agent.act(self.static_obs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_actions = agent.act(self.static_obs)
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.static_actions = agent.act(self.static_obs)
+            except RuntimeError as error:
+                raise GraphCaptureError.of("the evaluation policy", error) from error
 
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if obs.shape != self.static_obs.shape:
+            raise ValueError(f"GraphedPolicy was captured for observations of shape {tuple(self.static_obs.shape)}, "
+                             f"got {tuple(obs.shape)}: build one per number of parallel episodes")
         self.static_obs.copy_(obs)
         self.graph.replay()
         return self.static_actions.cpu()

@@ -17,6 +17,7 @@ import torch
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .compat import CompatFlags
+from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner
 from .monitor import METRICS, UpdateMonitor
 from .presets import preset, split_name
 from .replay import TransitionBuffer
@@ -148,7 +149,6 @@ class MetricsLog:
 def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     """One training run; returns the final evaluation's mean normalised score."""
     from .evaluation import evaluate
-    from .graphs import GraphedPolicy, UpdateRunner
 
     config = resolve_config(args)
     env_name, _ = split_name(args.env)
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         for seed in args.seeds or [args.seed]:
             scores.append(run_seed(args, seed, device, transitions))
             print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
-    except (TrainingError, DatasetError) as exc:
+    except (TrainingError, DatasetError, GraphCaptureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,10 +2,10 @@
 1. eager vs graphed: the same seed, N updates of the triton backend run eagerly and by replaying the
    captured pair; the largest parameter difference (relative to the largest parameter) and whether
    the CUDA generator ended in the same state (same random draws);
-2. the evaluation policy's graph against TD3SBC.act;
+2. the evaluation policy's graph against TD3SBC.act, also after the actor's parameters change in place;
 3. time per update for torch eager, triton eager, triton+graphs with K = 1, 2, 4, 8 pairs per graph
    and triton-bf16+graphs, and the implied wall time of 1M updates.
-Prints a Markdown report; writes the numbers to OUT/graph_checks.json.
+Prints a Markdown report; writes the numbers to OUT/graph_checks.json; exits 1 if 1 or 2 fails.
 
     python profiling/graph_checks.py --out profiling/out --updates 100 --timed 400
 """
@@ -55,12 +55,32 @@ def eager_vs_graphed(size, device, updates: int) -> dict:
 
 
 def policy_graph(size, device) -> dict:
+    """The policy graph against TD3SBC.act, at capture and after the actor's parameters move in place
+    (the graph must read them, not a copy)."""
     loop = UpdateLoop("triton", size, device, seed=1)
     obs = torch.randn(10, loop.model.obs_mean.shape[0], device=device)
     graphed = GraphedPolicy(loop.model, rows=10)
+    diffs = {"policy_graph_max_abs_diff": (graphed(obs) - loop.model.act(obs).cpu()).abs().max().item()}
     with torch.no_grad():
-        eager = loop.model.act(obs).cpu()
-    return {"policy_graph_max_abs_diff": (graphed(obs) - eager).abs().max().item()}
+        for p in loop.model.actor.parameters():
+            p.mul_(1.1).add_(0.01)
+    diffs["policy_graph_after_update_max_abs_diff"] = (graphed(obs) - loop.model.act(obs).cpu()).abs().max().item()
+    return diffs
+
+
+def failed_checks(results: dict) -> list:
+    """What the run shows is wrong. Expected exactly equal (same kernels, same random stream); the
+    tolerances leave room for a different cuBLAS algorithm under capture."""
+    eq, policy = results["eager_vs_graphed"], results["policy"]
+    failures = []
+    if not eq["same_rng_state"]:
+        failures.append("the CUDA generator state differs after eager and graphed updates")
+    if eq["max_rel_diff"] > 1e-3:
+        failures.append(f"eager and graphed parameters differ by {eq['max_rel_diff']:.3g} (relative) > 1e-3")
+    for key, diff in policy.items():
+        if diff > 1e-5:
+            failures.append(f"{key} = {diff:.3g} > 1e-5")
+    return failures
 
 
 def time_per_update(variant: str, pairs: int, size, device, timed: int) -> dict:
@@ -87,7 +107,9 @@ def report(results: dict) -> str:
              f"Eager vs graphed after {eq['updates']} updates (same seed): max |difference| "
              f"{eq['max_abs_diff']:.3g} (relative to the largest parameter {eq['max_rel_diff']:.3g}); "
              f"CUDA generator state equal afterwards: {eq['same_rng_state']}.",
-             f"Evaluation policy graph vs TD3SBC.act: max |difference| {results['policy']['policy_graph_max_abs_diff']:.3g}.",
+             f"Evaluation policy graph vs TD3SBC.act: max |difference| {results['policy']['policy_graph_max_abs_diff']:.3g} "
+             f"at capture, {results['policy']['policy_graph_after_update_max_abs_diff']:.3g} after the actor's "
+             "parameters changed in place.",
              "", "| variant | pairs per graph | updates timed | ms / update | updates / s | min / 1M updates |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["timing"]:
@@ -116,8 +138,12 @@ def main():
     text = report(results)
     print(text)
     os.makedirs(args.out, exist_ok=True)
+    results["failed_checks"] = failed_checks(results)
     with open(os.path.join(args.out, "graph_checks.json"), "w") as f:
         json.dump(results, f, indent=1)
+    if results["failed_checks"]:
+        raise SystemExit("FAILED: " + "; ".join(results["failed_checks"]))
+    print("all graph checks passed")
 
 
 if __name__ == "__main__":

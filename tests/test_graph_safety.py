@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastbdm import Batch, TD3SBC, TD3SBCConfig
-from fastbdm.graphs import UpdateRunner
+from fastbdm.graphs import GraphCaptureError, UpdateRunner
 from fastbdm.monitor import UpdateMonitor
 from fastbdm.replay import TransitionBuffer
 
@@ -16,6 +16,9 @@ aten = torch.ops.aten
 # ops that read tensor values on the host or whose output shape depends on tensor values
 SYNCING = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.unique_consecutive,
            aten._unique2, aten.repeat_interleave}
+# tensors made from host data (torch.tensor, as_tensor, from_numpy): on a GPU a pageable
+# host-to-device copy, which fails during capture
+FROM_HOST_DATA = {aten.lift_fresh, aten.lift_fresh_copy}
 
 
 class HostSyncDetector(TorchDispatchMode):
@@ -27,14 +30,17 @@ class HostSyncDetector(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.overloadpacket in SYNCING:
             self.found.append(str(func))
+        if func.overloadpacket in FROM_HOST_DATA:
+            self.found.append("tensor from host data")
         if func.overloadpacket is aten.index and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None):
             self.found.append("boolean-mask indexing")
         return func(*args, **kwargs)
 
 
-def small_agent():
-    cfg = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=3)
+def small_agent(backend="auto"):
+    cfg = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=3,
+                       backend=backend, precision="ieee")
     return TD3SBC(N, M, config=cfg)
 
 
@@ -51,23 +57,30 @@ def batch():
                  (torch.rand(B) < 0.2).float(), torch.ones(B))
 
 
-def test_update_and_batch_sampling_never_sync_with_the_host():
-    agent = small_agent()
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_update_and_batch_sampling_never_sync_with_the_host(backend):
+    """With "triton" the custom ops are opaque to the detector: it checks the autograd and wrapper
+    code around them (kernels/ launchers take only tensors, shapes and constant floats)."""
+    agent = small_agent(backend)
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B)
-    runner.step()  # the first call builds the monitor's index tensors, as the warm-up does on a GPU
+    runner.step()  # the first pair builds the monitor's index tensors, as the warm-up pairs do on a GPU
+    runner.step()
     with HostSyncDetector() as detector:
         runner.step()
         runner.step()
-    assert agent.num_updates == 3
+    assert agent.num_updates == 4
     assert detector.found == []
 
 
-def test_detector_catches_a_host_sync():
+def test_detector_catches_host_syncs_and_host_data():
     with HostSyncDetector() as detector:
-        x = torch.randn(4)
+        x = torch.arange(4.0) - 1
         if x.sum() > 0:
             x = x[x > 0]
-    assert detector.found
+    assert detector.found == ["aten._local_scalar_dense.default", "boolean-mask indexing"]
+    with HostSyncDetector() as detector:
+        torch.randn(4) * torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert detector.found == ["tensor from host data"]
 
 
 def test_all_losses_compile_as_one_graph():
@@ -149,3 +162,30 @@ def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
     assert agent.num_updates == total == len(actor_steps) == int(monitor.step)
     assert actor_steps == [(i + 1) % 2 == 0 for i in range(total)]
     assert runner.warmup_pairs_left == 0 and runner.graph.replays > 0
+
+
+def test_failed_capture_leaves_the_runner_unchanged_and_says_no_graphs(monkeypatch):
+    """A capture that CUDA rejects (here: ended with a multi-line error, as cudaStreamEndCapture does)
+    restores the update count, keeps no graph, and raises one line naming --no-graphs."""
+    class RejectedCapture:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", RejectedCapture)
+    agent = small_agent()
+    runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B, graphs=True,
+                          pairs_per_graph=2)
+    runner.warmup_pairs_left = 0
+    runner.run(2)
+    with pytest.raises(GraphCaptureError) as failure:
+        runner.run(4)
+    assert str(failure.value) == ("CUDA graph capture of the update failed (CUDA error: operation not permitted "
+                                  "when stream is capturing); train eagerly with --no-graphs")
+    assert agent.num_updates == 2 and runner.graph is None
