@@ -1,4 +1,7 @@
 """Policy evaluation in gymnasium vector environments with D4RL-normalised scores."""
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,29 +29,81 @@ class EvalResult:
         return float(self.scores.mean())
 
 
-def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_name: str, episodes: int = 10,
-             seed: int = 0) -> EvalResult:
-    """Run `episodes` episodes at once, one per environment of a SyncVectorEnv (env i seeded seed + i).
+class Evaluator:
+    """Evaluation episodes in one SyncVectorEnv, made once and reused (the MuJoCo models compile once).
 
+    evaluator(policy, seed) runs `episodes` episodes at once, environment i seeded seed + i; a reset
+    with a seed restores every environment fully, so reuse gives the same returns as fresh environments.
     policy maps RAW observations (N, obs_dim) float32 -> actions (N, act_dim) (tensor or array; clipped
     to the action bounds); it is called under torch.no_grad(). Each environment contributes its first
     episode only: after that episode ends its rewards are ignored while the others finish.
     env_name: 'halfcheetah' or a dataset name such as 'halfcheetah-medium-replay'.
     """
-    env = env_name if env_name in ENV_IDS else parse_name(env_name)[0]
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_IDS[env]) for _ in range(episodes)])
-    low, high = envs.single_action_space.low, envs.single_action_space.high
-    returns = np.zeros(episodes)
-    finished = np.zeros(episodes, dtype=bool)
-    try:
-        obs, _ = envs.reset(seed=seed)
+
+    def __init__(self, env_name: str, episodes: int = 10):
+        self.env = env_name if env_name in ENV_IDS else parse_name(env_name)[0]
+        self.episodes = episodes
+        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_IDS[self.env]) for _ in range(episodes)])
+
+    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> EvalResult:
+        low, high = self.envs.single_action_space.low, self.envs.single_action_space.high
+        returns = np.zeros(self.episodes)
+        finished = np.zeros(self.episodes, dtype=bool)
+        obs, _ = self.envs.reset(seed=seed)
         while not finished.all():
             with torch.no_grad():
                 actions = policy(torch.as_tensor(obs, dtype=torch.float32))
             actions = actions.detach().cpu().numpy() if torch.is_tensor(actions) else np.asarray(actions)
-            obs, rewards, terminated, truncated, _ = envs.step(np.clip(actions, low, high))
+            obs, rewards, terminated, truncated, _ = self.envs.step(np.clip(actions, low, high))
             returns += np.where(finished, 0.0, rewards)
             finished |= terminated | truncated
+        return EvalResult(returns=returns, scores=np.asarray(normalized_score(self.env, returns)))
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_name: str, episodes: int = 10,
+             seed: int = 0) -> EvalResult:
+    """One evaluation in fresh environments (see Evaluator)."""
+    evaluator = Evaluator(env_name, episodes)
+    try:
+        return evaluator(policy, seed)
     finally:
-        envs.close()
-    return EvalResult(returns=returns, scores=np.asarray(normalized_score(env, returns)))
+        evaluator.close()
+
+
+class BackgroundEvaluator:
+    """Evaluations in one worker process, in submission order, while training goes on.
+
+    submit(policy, seed) returns a Future of the EvalResult at once; the policy must be a picklable CPU
+    snapshot that training does not change (TD3SBC.cpu_policy). A process rather than a thread: the
+    environments' Python work would contend with the update loop for the GIL. The worker (spawned, so
+    safe beside CUDA) keeps its own Evaluator, runs torch on one thread and ignores Ctrl-C, which the
+    trainer handles.
+    """
+
+    def __init__(self, env_name: str, episodes: int):
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker, initargs=(env_name, episodes))
+
+    def submit(self, policy: Callable[[torch.Tensor], torch.Tensor], seed: int) -> Future:
+        return self.pool.submit(_evaluate_in_worker, policy, seed)
+
+    def close(self) -> None:
+        """Cancels the evaluations not started and waits for the running one."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_evaluator = None  # the worker process's Evaluator
+
+
+def _start_worker(env_name: str, episodes: int) -> None:
+    global _worker_evaluator
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    _worker_evaluator = Evaluator(env_name, episodes)
+
+
+def _evaluate_in_worker(policy: Callable[[torch.Tensor], torch.Tensor], seed: int) -> EvalResult:
+    return _worker_evaluator(policy, seed)

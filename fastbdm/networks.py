@@ -32,6 +32,19 @@ class Actor(nn.Module):
         return self.max_action * torch.tanh(self.net(s))
 
 
+class NormalizedPolicy(nn.Module):
+    """The deterministic policy on raw observations: actor(normalize_states(obs)); (N, n) -> (N, m)."""
+
+    def __init__(self, actor: Actor, obs_mean: torch.Tensor, obs_std: torch.Tensor):
+        super().__init__()
+        self.actor = actor
+        self.register_buffer("obs_mean", obs_mean)
+        self.register_buffer("obs_std", obs_std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(normalize_states(obs, self.obs_mean, self.obs_std))
+
+
 class EnsembleLinear(nn.Module):
     """`members` independent Linear layers applied in one batched matmul: (E, B, in) -> (E, B, out).
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from .bdm import BellmanDiffusion
 from .compat import CompatFlags
-from .networks import Actor, Denoiser, TwinCritic, normalize_states
+from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
 from .nvtx_ranges import phase
 from .schedule import network_target
 
@@ -214,3 +214,9 @@ class TD3SBC(nn.Module):
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for raw (unnormalised) observations (N, n) -> (N, m)."""
         return self.actor(normalize_states(obs, self.obs_mean, self.obs_std))
+
+    def cpu_policy(self) -> NormalizedPolicy:
+        """`act` as a snapshot on the CPU that later updates do not change (a copy of the actor: on a GPU,
+        one host sync); picklable, so it can be evaluated in another process."""
+        actor = copy.deepcopy(self.actor).cpu().requires_grad_(False)
+        return NormalizedPolicy(actor, self.obs_mean.to("cpu", copy=True), self.obs_std.to("cpu", copy=True))

@@ -8,8 +8,11 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024, help="transitions per update")
     p.add_argument("--eval-every", type=int, default=5000, help="updates between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    p.add_argument("--async-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate a CPU snapshot of the policy in a worker process while training goes on "
+                        "(default: on, except on the CPU when --threads takes every core)")
     p.add_argument("--log-every", type=int, default=1000, help="updates between metric rows")
     p.add_argument("--checkpoint-every", type=int, default=50_000, help="updates between checkpoints")
     p.add_argument("--out", default="runs", help="base directory; a run writes to OUT/ENV/seedSEED")
@@ -148,7 +154,7 @@ class MetricsLog:
 
 def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     """One training run; returns the final evaluation's mean normalised score."""
-    from .evaluation import evaluate
+    from .evaluation import BackgroundEvaluator, Evaluator
 
     config = resolve_config(args)
     env_name, _ = split_name(args.env)
@@ -181,7 +187,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     (run_dir / "config.json").write_text(json.dumps({
         "env": args.env, "seed": seed, "dataset": transitions.source, "transitions": len(transitions),
         "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
-        "graphs": bool(args.graphs), "config": dataclasses.asdict(config),
+        "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
     }, indent=2, default=str))
     log = MetricsLog(run_dir, keep_until=start if args.resume else None)
     runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
@@ -197,8 +203,30 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     def policy(obs):
         return agent.act(obs.to(device)).cpu()
 
-    if args.graphs:
+    if args.graphs and not args.async_eval:
         policy = GraphedPolicy(agent, args.eval_episodes)
+    background = BackgroundEvaluator(env_name, args.eval_episodes) if args.async_eval else None
+    evaluator = None if args.async_eval else Evaluator(env_name, args.eval_episodes)
+
+    def submit_evaluation(step: int) -> Future:
+        seed_of_step = seed * 1_000_003 + step
+        if background is not None:
+            return background.submit(agent.cpu_policy(), seed_of_step)
+        done = Future()
+        done.set_result(evaluator(policy, seed_of_step))
+        return done
+
+    pending = deque()  # (row, Future of its evaluation or None): rows are written in step order
+
+    def write_rows(wait: bool) -> None:
+        nonlocal score, last_score
+        while pending and (wait or pending[0][1] is None or pending[0][1].done()):
+            row, evaluation = pending.popleft()
+            if evaluation is not None:
+                result = evaluation.result()
+                row["eval_return"], row["eval_score"] = result.mean_return, result.mean_score
+                score = last_score = result.mean_score
+            log.write(row)
 
     progress = None
     if not args.no_progress:
@@ -223,12 +251,11 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
                                     "or BC weights)")
             now = time.perf_counter()
             row["updates_per_s"] = n / (now - t_log)
-            if step % args.eval_every == 0 or step == args.steps:
-                result = evaluate(policy, env_name, episodes=args.eval_episodes, seed=seed * 1_000_003 + step)
-                row["eval_return"], row["eval_score"] = result.mean_return, result.mean_score
-                score = last_score = result.mean_score
-            log.write(row)
-            if step % args.checkpoint_every == 0 or step == args.steps:
+            evaluates = step % args.eval_every == 0 or step == args.steps
+            pending.append((row, submit_evaluation(step) if evaluates else None))
+            checkpoints = step % args.checkpoint_every == 0 or step == args.steps
+            write_rows(wait=checkpoints)  # a checkpoint comes after every row up to its step
+            if checkpoints:
                 checkpoint(step)
             if progress is not None:
                 progress.update(n)
@@ -236,6 +263,10 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
                                      score="-" if last_score is None else f"{last_score:.1f}")
             t_log = time.perf_counter()
     finally:
+        if background is not None:
+            background.close()
+        if evaluator is not None:
+            evaluator.close()
         log.close()
         if progress is not None:
             progress.close()
@@ -270,10 +301,13 @@ def main(argv=None) -> int:
         if args.graphs is None:
             args.graphs = device.type == "cuda"
         args.graphs = args.graphs and device.type == "cuda"
+        if args.async_eval is None:  # the evaluation process needs a core the update loop leaves free
+            args.async_eval = device.type == "cuda" or args.threads < (os.cpu_count() or 1)
         torch.set_num_threads(args.threads)
         print(f"preset {args.env}: " + ", ".join(f"{k}={v}" for k, v in
               dataclasses.asdict(preset(args.env)).items()) + f" | device {device}, backend "
-              f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}", flush=True)
+              f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}, evaluation "
+              f"{'in the background' if args.async_eval else 'inline'}", flush=True)
         generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
         transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
                                        generate_kwargs=generate_kwargs, progress=not args.no_progress)

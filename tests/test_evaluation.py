@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from fastbdm.data import make_env
-from fastbdm.evaluation import evaluate
+from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.evaluation import BackgroundEvaluator, Evaluator, evaluate
 from fastbdm.presets import normalized_score
 
 
@@ -40,3 +41,34 @@ def test_episodes_of_different_lengths_count_once():
     assert len(set(np.round(expected, 3))) > 1
     again = evaluate(lambda obs: policy(obs).numpy(), "hopper", episodes=4, seed=7)  # numpy output works too
     np.testing.assert_array_equal(again.returns, result.returns)
+
+
+def test_reused_environments_give_the_returns_of_fresh_ones():
+    policy = lambda obs: 0.5 * torch.tanh(obs[:, :3] * 3.0)  # noqa: E731
+    evaluator = Evaluator("hopper", episodes=3)
+    try:
+        reused = [evaluator(policy, seed).returns for seed in (7, 8, 7)]
+    finally:
+        evaluator.close()
+    np.testing.assert_array_equal(reused[0], evaluate(policy, "hopper", episodes=3, seed=7).returns)
+    np.testing.assert_array_equal(reused[1], evaluate(policy, "hopper", episodes=3, seed=8).returns)
+    np.testing.assert_array_equal(reused[2], reused[0])
+
+
+def test_background_evaluation_uses_the_snapshot_taken_at_submission():
+    torch.manual_seed(0)
+    agent = TD3SBC(17, 6, config=TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32),
+                                              denoiser_hidden=(32, 32), steps=2))
+    expected = evaluate(agent.act, "halfcheetah", episodes=2, seed=5).returns
+    background = BackgroundEvaluator("halfcheetah", episodes=2)
+    try:
+        before = background.submit(agent.cpu_policy(), seed=5)
+        with torch.no_grad():  # training goes on while the evaluation runs
+            for p in agent.actor.parameters():
+                p.mul_(-1.0)
+        after = background.submit(agent.cpu_policy(), seed=5)
+        np.testing.assert_array_equal(before.result().returns, expected)
+        np.testing.assert_array_equal(after.result().returns, evaluate(agent.act, "halfcheetah", 2, 5).returns)
+        assert not np.array_equal(after.result().returns, expected)
+    finally:
+        background.close()

@@ -11,7 +11,8 @@ from fastbdm import TD3SBC
 from fastbdm import train as train_cli
 
 OBS, ACT = 17, 6
-FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
+FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu",
+        "--no-async-eval"]  # one test runs the evaluation worker process
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,16 @@ def test_several_seeds_run_one_after_another(dataset, tmp_path, capsys):
     assert [line.split(":")[0] for line in out if line.startswith("seed ")] == ["seed 0", "seed 1"]
     metrics = [rows(tmp_path / "halfcheetah-medium-replay" / f"seed{k}") for k in (0, 1)]
     assert metrics[0][-1]["critic_loss"] != metrics[1][-1]["critic_loss"]
+
+
+def test_background_evaluation_writes_the_same_run_as_inline(dataset, tmp_path):
+    """Evaluating CPU snapshots in a worker thread while updates go on changes neither the evaluations nor
+    the rows' order; the checkpoint waits for every row up to its step."""
+    common = ["--steps", "40", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "20", "--seed", "2"]
+    assert run(dataset, tmp_path / "inline", "--no-async-eval", *common) == 0
+    assert run(dataset, tmp_path / "background", "--async-eval", *common) == 0
+    inline = rows(tmp_path / "inline" / "halfcheetah-medium-replay" / "seed2")
+    background = rows(tmp_path / "background" / "halfcheetah-medium-replay" / "seed2")
+    assert [r["step"] for r in background] == list(range(5, 45, 5))
+    assert [r["step"] for r in background if "eval_score" in r] == [10, 20, 30, 40]
+    assert background == inline
