@@ -1,6 +1,9 @@
 """Policy evaluation in gymnasium vector environments with D4RL-normalised scores."""
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -79,8 +82,8 @@ class BackgroundEvaluator:
     submit(policy, seed) returns a Future of the EvalResult at once; the policy must be a picklable CPU
     snapshot that training does not change (TD3SBC.cpu_policy). A process rather than a thread: the
     environments' Python work would contend with the update loop for the GIL. The worker (spawned, so
-    safe beside CUDA) keeps its own Evaluator, runs torch on one thread and ignores Ctrl-C, which the
-    trainer handles.
+    safe beside CUDA) keeps its own Evaluator, runs torch on one thread, ignores Ctrl-C, which the
+    trainer handles, and exits when the trainer is gone (killed without closing it).
     """
 
     def __init__(self, env_name: str, episodes: int):
@@ -98,9 +101,16 @@ class BackgroundEvaluator:
 _worker_evaluator = None  # the worker process's Evaluator
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _start_worker(env_name: str, episodes: int) -> None:
     global _worker_evaluator
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(1)
     _worker_evaluator = Evaluator(env_name, episodes)
 

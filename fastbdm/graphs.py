@@ -14,13 +14,20 @@ from .td3sbc import TD3SBC
 WARMUP_PAIRS = 2  # eager pairs on a side stream before capture (optimizer state, kernel compilation)
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (CUDA errors run to several)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class GraphCaptureError(RuntimeError):
     """Capturing a CUDA graph failed; the message is one line and names the eager fallback."""
 
     @classmethod
     def of(cls, what: str, error: Exception) -> "GraphCaptureError":
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return cls(f"CUDA graph capture of {what} failed ({first_line}); train eagerly with --no-graphs")
+        """Quotes the first error of the capture: ending a failed capture raises a second one on top."""
+        while isinstance(error.__context__, RuntimeError):
+            error = error.__context__
+        return cls(f"CUDA graph capture of {what} failed ({first_line(error)}); train eagerly with --no-graphs")
 
 
 class UpdateRunner:

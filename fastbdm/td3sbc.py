@@ -1,6 +1,5 @@
 """TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC (spec §4)."""
 import copy
-import warnings
 from dataclasses import dataclass, field
 from typing import Dict, NamedTuple, Tuple
 
@@ -49,11 +48,6 @@ class TD3SBCConfig:
     backend: str = "auto"
     precision: str = "tf32"  # Triton MLP kernels: tf32, tf32x3, ieee, or bf16 (GPU only)
     compat: CompatFlags = field(default_factory=CompatFlags)
-
-
-# Fused Adam ignores `capturable` outside a capture (its kernel reads the step count on the device
-# either way), so the warning that eager steps of a capturable optimizer may be slower does not apply.
-warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
 
 
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:

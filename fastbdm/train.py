@@ -4,10 +4,12 @@ Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation w
 normalised score, metrics (CSV, JSONL, TensorBoard when installed), atomic checkpoints, exact resume.
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ import torch
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .compat import CompatFlags
-from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner
+from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
 from .monitor import METRICS, UpdateMonitor
 from .presets import preset, split_name
 from .replay import TransitionBuffer
@@ -189,7 +191,6 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
         "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
         "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
     }, indent=2, default=str))
-    log = MetricsLog(run_dir, keep_until=start if args.resume else None)
     runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
                           pairs_per_graph=args.graph_pairs)
 
@@ -203,39 +204,53 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     def policy(obs):
         return agent.act(obs.to(device)).cpu()
 
-    if args.graphs and not args.async_eval:
-        policy = GraphedPolicy(agent, args.eval_episodes)
-    background = BackgroundEvaluator(env_name, args.eval_episodes) if args.async_eval else None
-    evaluator = None if args.async_eval else Evaluator(env_name, args.eval_episodes)
-
-    def submit_evaluation(step: int) -> Future:
-        seed_of_step = seed * 1_000_003 + step
-        if background is not None:
-            return background.submit(agent.cpu_policy(), seed_of_step)
-        done = Future()
-        done.set_result(evaluator(policy, seed_of_step))
-        return done
-
     pending = deque()  # (row, Future of its evaluation or None): rows are written in step order
+    score, last_score, step = math.nan, None, start
 
-    def write_rows(wait: bool) -> None:
+    def write_rows(wait: bool = False, abandon: bool = False) -> None:
+        """Writes the waiting rows in step order: those whose evaluations have finished, or every one
+        after its evaluation (wait), or every one now with what has finished (abandon: the run ends)."""
         nonlocal score, last_score
-        while pending and (wait or pending[0][1] is None or pending[0][1].done()):
+        while pending and (wait or abandon or pending[0][1] is None or pending[0][1].done()):
             row, evaluation = pending.popleft()
-            if evaluation is not None:
-                result = evaluation.result()
+            if evaluation is not None and (not abandon or finished(evaluation)):
+                try:
+                    result = evaluation.result()
+                except Exception as exc:
+                    raise TrainingError(f"the evaluation at update {row['step']} failed in the worker process "
+                                        f"({first_line(exc)}); --no-async-eval runs it inline") from exc
                 row["eval_return"], row["eval_score"] = result.mean_return, result.mean_score
                 score = last_score = result.mean_score
             log.write(row)
 
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
+    with contextlib.ExitStack() as cleanup:
+        log = MetricsLog(run_dir, keep_until=start if args.resume else None)
+        cleanup.callback(log.close)
+        if args.async_eval:
+            background = BackgroundEvaluator(env_name, args.eval_episodes)
+            cleanup.callback(background.close)
+        else:
+            evaluator = Evaluator(env_name, args.eval_episodes)
+            cleanup.callback(evaluator.close)
+            if args.graphs:
+                policy = GraphedPolicy(agent, args.eval_episodes)
+        cleanup.callback(write_rows, abandon=True)  # runs first: an error keeps the rows before it
 
-        progress = tqdm(total=args.steps, initial=start, desc=f"{args.env} seed {seed}", unit="upd",
-                        dynamic_ncols=True)
-    score, last_score, step, t_log = math.nan, None, start, time.perf_counter()
-    try:
+        def submit_evaluation(step: int) -> Future:
+            seed_of_step = seed * 1_000_003 + step
+            if args.async_eval:
+                return background.submit(agent.cpu_policy(), seed_of_step)
+            done = Future()
+            done.set_result(evaluator(policy, seed_of_step))
+            return done
+
+        progress = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            progress = cleanup.enter_context(tqdm(total=args.steps, initial=start, desc=f"{args.env} seed {seed}",
+                                                  unit="upd", dynamic_ncols=True))
+        t_log = time.perf_counter()
         while step < args.steps:
             boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in
                                         (args.log_every, args.eval_every, args.checkpoint_every))]
@@ -262,15 +277,13 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
                 progress.set_postfix(upd_s=f"{row['updates_per_s']:.1f}",
                                      score="-" if last_score is None else f"{last_score:.1f}")
             t_log = time.perf_counter()
-    finally:
-        if background is not None:
-            background.close()
-        if evaluator is not None:
-            evaluator.close()
-        log.close()
-        if progress is not None:
-            progress.close()
     return score
+
+
+def finished(evaluation: Future) -> bool:
+    """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
+    return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None
+
 
 
 def kernel_backend(args, device) -> str:
@@ -290,6 +303,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def main(argv=None) -> int:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit("fastbdm.train.main was called while the evaluation worker process imported your script: "
+                         "put the call under `if __name__ == '__main__':` (or pass --no-async-eval)")
     args = build_parser().parse_args(argv)
     from .data import DatasetError, load_transitions
 
@@ -302,7 +318,7 @@ def main(argv=None) -> int:
             args.graphs = device.type == "cuda"
         args.graphs = args.graphs and device.type == "cuda"
         if args.async_eval is None:  # the evaluation process needs a core the update loop leaves free
-            args.async_eval = device.type == "cuda" or args.threads < (os.cpu_count() or 1)
+            args.async_eval = device.type == "cuda" or args.threads < len(os.sched_getaffinity(0))
         torch.set_num_threads(args.threads)
         print(f"preset {args.env}: " + ", ".join(f"{k}={v}" for k, v in
               dataclasses.asdict(preset(args.env)).items()) + f" | device {device}, backend "

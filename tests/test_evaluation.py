@@ -1,9 +1,15 @@
-"""Vectorised evaluation: seeded, first episode per environment, D4RL-normalised scores."""
+"""Vectorised evaluation: seeded, first episode per environment, D4RL-normalised scores; environments
+reused across evaluations; evaluation in a worker process."""
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import torch
 
-from fastbdm.data import make_env
 from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.data import make_env
 from fastbdm.evaluation import BackgroundEvaluator, Evaluator, evaluate
 from fastbdm.presets import normalized_score
 
@@ -72,3 +78,39 @@ def test_background_evaluation_uses_the_snapshot_taken_at_submission():
         assert not np.array_equal(after.result().returns, expected)
     finally:
         background.close()
+
+
+ORPHAN_SCRIPT = """
+import sys, time, torch
+from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.evaluation import BackgroundEvaluator
+if __name__ == "__main__":
+    agent = TD3SBC(17, 6, config=TD3SBCConfig(actor_hidden=(8,), critic_hidden=(8,), denoiser_hidden=(8,), steps=2))
+    background = BackgroundEvaluator("halfcheetah", episodes=1)
+    background.submit(agent.cpu_policy(), seed=0).result()
+    print(*background.pool._processes, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_worker_exits_when_the_trainer_is_killed(tmp_path):
+    """SIGKILL (or SIGTERM) skips the trainer's cleanup; the worker notices and exits by itself."""
+    script = tmp_path / "trainer.py"
+    script.write_text(ORPHAN_SCRIPT)
+    trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(trainer.stdout.readline())
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{worker}") and "Z" not in status(worker):
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{worker}") or "Z" in status(worker)
+
+
+def status(pid: int) -> str:
+    try:
+        return next(line for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+    except (FileNotFoundError, StopIteration):
+        return "Z"

@@ -165,23 +165,35 @@ def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
 
 
 def test_failed_capture_leaves_the_runner_unchanged_and_says_no_graphs(monkeypatch):
-    """A capture that CUDA rejects (here: ended with a multi-line error, as cudaStreamEndCapture does)
-    restores the update count, keeps no graph, and raises one line naming --no-graphs."""
+    """An op CUDA refuses during capture raises; ending the capture then raises a second error on top.
+    The runner restores its update count, keeps no graph, and raises one line that quotes the first
+    error and names --no-graphs."""
+    capturing = []
+
     class RejectedCapture:
         def __init__(self, graph):
             pass
 
         def __enter__(self):
-            return self
+            capturing.append(True)
 
         def __exit__(self, *exc):
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+            capturing.clear()
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
     monkeypatch.setattr(torch.cuda, "graph", RejectedCapture)
     agent = small_agent()
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B, graphs=True,
                           pairs_per_graph=2)
+    eager_step = runner.step
+
+    def step():
+        if capturing and agent.num_updates == 3:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+        eager_step()
+
+    monkeypatch.setattr(runner, "step", step)
     runner.warmup_pairs_left = 0
     runner.run(2)
     with pytest.raises(GraphCaptureError) as failure:

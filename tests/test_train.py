@@ -1,5 +1,7 @@
 """End to end through the training command on a tiny halfcheetah-shaped npz dataset."""
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -131,9 +133,17 @@ def test_several_seeds_run_one_after_another(dataset, tmp_path, capsys):
     assert metrics[0][-1]["critic_loss"] != metrics[1][-1]["critic_loss"]
 
 
-def test_background_evaluation_writes_the_same_run_as_inline(dataset, tmp_path):
-    """Evaluating CPU snapshots in a worker thread while updates go on changes neither the evaluations nor
-    the rows' order; the checkpoint waits for every row up to its step."""
+def test_background_evaluation_writes_the_same_run_as_inline(dataset, tmp_path, monkeypatch):
+    """Evaluating CPU snapshots in a worker process while updates go on changes neither the evaluations
+    nor the rows' order, and every checkpoint comes after the rows up to its step."""
+    written_before_checkpoint = []
+    save = train_cli.save_checkpoint
+
+    def save_after_rows(path, state):
+        written_before_checkpoint.append((state["step"], rows(path.parent)[-1]["step"]))
+        save(path, state)
+
+    monkeypatch.setattr(train_cli, "save_checkpoint", save_after_rows)
     common = ["--steps", "40", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "20", "--seed", "2"]
     assert run(dataset, tmp_path / "inline", "--no-async-eval", *common) == 0
     assert run(dataset, tmp_path / "background", "--async-eval", *common) == 0
@@ -142,3 +152,52 @@ def test_background_evaluation_writes_the_same_run_as_inline(dataset, tmp_path):
     assert [r["step"] for r in background] == list(range(5, 45, 5))
     assert [r["step"] for r in background if "eval_score" in r] == [10, 20, 30, 40]
     assert background == inline
+    assert written_before_checkpoint == [(20, 20), (40, 40)] * 2
+
+
+class FailingPolicy:
+    """Stands in for a policy snapshot whose evaluation fails in the worker process."""
+
+    def __call__(self, obs):
+        raise FloatingPointError("simulation unstable\nMuJoCo warning ...")
+
+
+def test_errors_keep_the_rows_before_them_and_worker_failures_are_one_line(dataset, tmp_path, monkeypatch, capsys):
+    original = TD3SBC.update
+
+    def update_with_nan(self, batch):
+        metrics = original(self, batch)
+        if self.num_updates == 27:
+            metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
+        return metrics
+
+    monkeypatch.setattr(TD3SBC, "update", update_with_nan)
+    args = ["--steps", "60", "--log-every", "10", "--eval-every", "10", "--checkpoint-every", "1000", "--async-eval"]
+    assert run(dataset, tmp_path / "nan", *args) == 2
+    assert "update 27" in capsys.readouterr().err
+    assert [r["step"] for r in rows(tmp_path / "nan" / "halfcheetah-medium-replay" / "seed0")] == [10, 20]
+
+    monkeypatch.setattr(TD3SBC, "update", original)
+    monkeypatch.setattr(TD3SBC, "cpu_policy", lambda self: FailingPolicy())
+    assert run(dataset, tmp_path / "worker", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the evaluation at update 10 failed in the worker process (simulation unstable); "
+                   "--no-async-eval runs it inline"]
+
+
+def test_background_evaluation_is_the_default_while_a_core_is_free(dataset, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    for threads in (1, cores):
+        out = tmp_path / f"threads{threads}"
+        assert train_cli.main(["--env", "halfcheetah-medium-replay", "--dataset", str(dataset), "--out", str(out),
+                               "--steps", "2", "--eval-every", "2", "--batch-size", "8", "--eval-episodes", "1",
+                               "--threads", str(threads), "--no-progress", "--device", "cpu"]) == 0
+        config = json.loads((out / "halfcheetah-medium-replay" / "seed0" / "config.json").read_text())
+        assert config["async_eval"] == (threads < cores)
+
+
+def test_main_refuses_to_run_inside_the_evaluation_worker_bootstrap(monkeypatch):
+    """An unguarded user script re-imported by the spawned worker must not train a second time."""
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(SystemExit, match="if __name__ == '__main__'"):
+        train_cli.main(["--steps", "1"])
