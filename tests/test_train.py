@@ -84,7 +84,7 @@ def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
     assert split == whole
 
 
-def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+def nan_bdm_loss_at_update_27(monkeypatch):
     original = TD3SBC.update
 
     def update_with_nan(self, batch):
@@ -94,6 +94,10 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
         return metrics
 
     monkeypatch.setattr(TD3SBC, "update", update_with_nan)
+
+
+def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    nan_bdm_loss_at_update_27(monkeypatch)
     code = run(dataset, tmp_path, "--steps", "60", "--log-every", "10", "--checkpoint-every", "20",
                "--eval-every", "1000")
     err = capsys.readouterr().err.strip().splitlines()
@@ -163,21 +167,13 @@ class FailingPolicy:
 
 
 def test_errors_keep_the_rows_before_them_and_worker_failures_are_one_line(dataset, tmp_path, monkeypatch, capsys):
-    original = TD3SBC.update
-
-    def update_with_nan(self, batch):
-        metrics = original(self, batch)
-        if self.num_updates == 27:
-            metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
-        return metrics
-
-    monkeypatch.setattr(TD3SBC, "update", update_with_nan)
+    nan_bdm_loss_at_update_27(monkeypatch)
     args = ["--steps", "60", "--log-every", "10", "--eval-every", "10", "--checkpoint-every", "1000", "--async-eval"]
     assert run(dataset, tmp_path / "nan", *args) == 2
     assert "update 27" in capsys.readouterr().err
     assert [r["step"] for r in rows(tmp_path / "nan" / "halfcheetah-medium-replay" / "seed0")] == [10, 20]
 
-    monkeypatch.setattr(TD3SBC, "update", original)
+    monkeypatch.undo()
     monkeypatch.setattr(TD3SBC, "cpu_policy", lambda self: FailingPolicy())
     assert run(dataset, tmp_path / "worker", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
