@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .data.names import ENV_IDS, parse_name
+from .data.names import ENV_IDS, make_env, parse_name
 from .presets import normalized_score
 
 
@@ -46,7 +46,7 @@ class Evaluator:
     def __init__(self, env_name: str, episodes: int = 10):
         self.env = env_name if env_name in ENV_IDS else parse_name(env_name)[0]
         self.episodes = episodes
-        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_IDS[self.env]) for _ in range(episodes)])
+        self.envs = gym.vector.SyncVectorEnv([lambda: make_env(self.env) for _ in range(episodes)])
 
     def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> EvalResult:
         low, high = self.envs.single_action_space.low, self.envs.single_action_space.high

@@ -1,7 +1,9 @@
 """Dataset loading: every reader, the transition conventions, source priority and bad input."""
 import time
+import warnings
 
 import h5py
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,19 @@ def test_bad_files_and_names(isolated):
         load_transitions("halfcheeta-medium-replay")
     with pytest.raises(DatasetError, match="did you mean hopper-medium-expert"):
         load_transitions("hopper-medium_expert")
+
+
+def test_mujoco_warnings_become_python_warnings_without_the_asset_deprecation(capfd):
+    """Compiling gymnasium's half_cheetah.xml makes MuJoCo warn about a deprecated attribute (printed at
+    every compile by default); that one is dropped, and a real warning arrives as a RuntimeWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = make_env("halfcheetah")
+        env.reset(seed=0)
+        env.unwrapped.data.qvel[:] = float("nan")
+        mujoco.mj_step(env.unwrapped.model, env.unwrapped.data)
+        env.close()
+    printed = capfd.readouterr()
+    assert "settotalmass" not in printed.out + printed.err
+    assert [(w.category, str(w.message)[:38]) for w in caught if "MuJoCo" in str(w.message)] == [
+        (RuntimeWarning, "MuJoCo: Nan, Inf or huge value in QVEL")]

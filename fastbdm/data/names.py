@@ -5,10 +5,12 @@ Minari dataset ids (remote `mujoco/...` ids and the ids this project generates u
 """
 import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
 import gymnasium as gym
+import mujoco
 
 from ..presets import ENVS, KINDS, split_name
 from .errors import DatasetError
@@ -43,8 +45,21 @@ def env_id(env_name: str) -> str:
     return ENV_IDS[env]
 
 
+# gymnasium's MuJoCo assets use attributes that newer MuJoCo deprecates; MuJoCo prints that warning
+# (and appends it to ./MUJOCO_LOG.TXT) at every model compile, though it says nothing about a run
+GYMNASIUM_ASSET_DEPRECATIONS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+def mujoco_warning(message: str) -> None:
+    """MuJoCo's warning hook: Python RuntimeWarnings instead of prints, the asset deprecations dropped."""
+    if not message.startswith(GYMNASIUM_ASSET_DEPRECATIONS):
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
 def make_env(env_name: str, **kwargs) -> gym.Env:
-    """gymnasium.make for one of our environment (or dataset) names; kwargs go to gymnasium.make."""
+    """gymnasium.make for one of our environment (or dataset) names; kwargs go to gymnasium.make.
+    Installs mujoco_warning as MuJoCo's (process-wide) warning hook."""
+    mujoco.set_mju_user_warning(mujoco_warning)
     return gym.make(env_id(env_name), **kwargs)
 
 
