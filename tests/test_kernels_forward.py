@@ -138,14 +138,18 @@ def run_chain(weights, s, a, z, sched, prediction, sampler, noise, **blocks):
     return got
 
 
+def chain_inputs(n, m, rows):
+    """Denoiser weights (hidden 64, 64), the schedule, states s and z (rows, n), actions a (rows, m)."""
+    weights = denoiser_weights(n, m, (64, 64))
+    s, z = torch.randn(2, rows, n)
+    return weights, DiffusionSchedule(STEPS), s, z, torch.randn(rows, m)
+
+
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v"])
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "posterior_mean"])
 @pytest.mark.parametrize("n, m, rows, block_k", [(11, 3, 37, 64), (17, 6, 100, 16)])
 def test_reverse_chain(prediction, sampler, n, m, rows, block_k):
-    weights = denoiser_weights(n, m, (64, 64))
-    sched = DiffusionSchedule(STEPS)
-    s, z = torch.randn(2, rows, n)
-    a = torch.randn(rows, m)
+    weights, sched, s, z, a = chain_inputs(n, m, rows)
     noise = torch.randn(STEPS, rows, n)
     got = run_chain(weights, s, a, z, sched, prediction, sampler, noise, **dict(BLOCKS, block_k=block_k))
     assert_close_scaled(got, ref.reverse_chain(weights, s, a, z, sched, prediction, sampler, noise=noise))
@@ -154,10 +158,7 @@ def test_reverse_chain(prediction, sampler, n, m, rows, block_k):
 def test_reverse_chain_ddpm_draws_noise():
     """noise=None: the launcher draws (steps, R, n) normals like the reference does."""
     n, m, rows = 11, 3, 37
-    weights = denoiser_weights(n, m, (64, 64))
-    sched = DiffusionSchedule(STEPS)
-    s, z = torch.randn(2, rows, n)
-    a = torch.randn(rows, m)
+    weights, sched, s, z, a = chain_inputs(n, m, rows)
     torch.manual_seed(1)
     got = run_chain(weights, s, a, z, sched, "sample", "ddpm", None, **BLOCKS)
     torch.manual_seed(1)
@@ -167,10 +168,7 @@ def test_reverse_chain_ddpm_draws_noise():
 def test_reverse_chain_ddpm_ignores_level0_noise():
     """The last DDPM level adds no noise (std 0): a NaN in noise[0] must not reach the samples (0 * NaN)."""
     n, m, rows = 11, 3, 37
-    weights = denoiser_weights(n, m, (64, 64))
-    sched = DiffusionSchedule(STEPS)
-    s, z = torch.randn(2, rows, n)
-    a = torch.randn(rows, m)
+    weights, sched, s, z, a = chain_inputs(n, m, rows)
     noise = torch.randn(STEPS, rows, n)
     noise[0] = float("nan")
     got = run_chain(weights, s, a, z, sched, "sample", "ddpm", noise, **BLOCKS)
