@@ -1,4 +1,4 @@
-"""Re-creation of the research code's update structure (spec §5; ReBRACSOMPolicy.learn of the
+"""Re-creation of the research code's update structure (docs/ALGORITHM.md#departures-of-the-research-code; ReBRACSOMPolicy.learn of the
 authors' OfflineRL-Kit fork and that kit's ReplayBuffer.sample): the "research" benchmark variant.
 
 What it keeps, on purpose, because it is what the fused path removes:
@@ -15,7 +15,7 @@ What it keeps, on purpose, because it is what the fused path removes:
 - the actor loss back-propagates into critic1, the target denoiser and the data denoiser too;
 - target updates one parameter at a time (o.copy_(o * (1 - tau) + n * tau)), including the data
   denoiser's unused target copy.
-Its numerics are the research code's as spec §5 items 1-6 and fastbdm.compat item 7 describe them. Networks are fastbdm's (same layers, same
+Its numerics are the research code's as docs/ALGORITHM.md#departures-of-the-research-code describes them (items 1-7). Networks are fastbdm's (same layers, same
 initialisation), so FLOPs per call match the other variants.
 """
 import copy

@@ -177,7 +177,7 @@ def denoiser_params(size: Size, conditional: bool = True) -> int:
 
 
 def denoiser_matmul_flops(size: Size, rows: int, in_dim: int = 2 * OBS_DIM + ACT_DIM + 1) -> int:
-    """2 R (in H + H H + H n): the forward's matmul FLOPs (spec §6)."""
+    """2 R (in H + H H + H n): the forward's matmul FLOPs (docs/ALGORITHM.md#cost-of-one-update)."""
     h = size.hidden
     return 2 * rows * (in_dim * h + h * h + h * OBS_DIM)
 

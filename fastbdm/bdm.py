@@ -1,5 +1,5 @@
 """Bellman Diffusion: a conditional diffusion model of the successor state measure d(x | s, a),
-trained by temporal differences on the denoiser's output (spec §1, §2, §4.3)."""
+trained by temporal differences on the denoiser's output (docs/ALGORITHM.md#the-successor-state-measure)."""
 import copy
 from typing import Sequence, Union
 
@@ -81,7 +81,7 @@ class BellmanDiffusion(nn.Module):
         )
 
     def td_loss(self, s, a, s_next, a_next, done, t=None, eps=None, z=None) -> torch.Tensor:
-        """Scalar BDM TD loss (spec §4.3); gradients reach self.denoiser only."""
+        """Scalar BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss); gradients reach self.denoiser only."""
         ops, sch = self.ops(s), self.schedule
         if t is None:
             t = torch.randint(0, self.steps, (s.shape[0],), device=s.device)

@@ -1,5 +1,5 @@
-"""Switches that reproduce the research code's departures from the paper (spec §5, items 1-6, and one
-more found in the authors' ReBRACSOMPolicy.state_bc: item 7)."""
+"""Switches that reproduce the research code's departures from the paper (docs/ALGORITHM.md#departures-of-the-research-code,
+items 1-7)."""
 from dataclasses import dataclass, fields
 from typing import Union
 

@@ -1,4 +1,4 @@
-"""The four networks of spec §3: actor, twin critics, SSM denoiser D and data denoiser E."""
+"""The four networks of docs/ALGORITHM.md#networks: actor, twin critics, SSM denoiser D and data denoiser E."""
 import math
 from typing import Sequence
 
@@ -11,7 +11,7 @@ STATE_NORM_EPS = 1e-3
 
 
 def normalize_states(obs, mean, std):
-    """s_norm = (s - mean) / (std + 1e-3), statistics over the dataset's observations (spec §3)."""
+    """s_norm = (s - mean) / (std + 1e-3), statistics over the dataset's observations (docs/ALGORITHM.md#networks)."""
     return (obs - mean) / (std + STATE_NORM_EPS)
 
 

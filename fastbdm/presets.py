@@ -1,4 +1,4 @@
-"""Per-task TD3-SBC coefficients (spec §4 table) and the D4RL reference returns."""
+"""Per-task TD3-SBC coefficients (docs/ALGORITHM.md#per-task-coefficients) and the D4RL reference returns."""
 from dataclasses import dataclass
 
 ENVS = ("halfcheetah", "hopper", "walker2d")

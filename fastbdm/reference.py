@@ -40,11 +40,11 @@ def denoiser_forward(rows: torch.Tensor, weights) -> torch.Tensor:
 
 @torch.no_grad()
 def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None):
-    """The whole reverse-diffusion sampler of the (target) SSM denoiser, spec §2.
+    """The whole reverse-diffusion sampler of the (target) SSM denoiser, docs/ALGORITHM.md#samplers.
 
     s (R, n), a (R, m), z (R, n) start noise at level steps-1; noise (steps, R, n) is the DDPM
     per-level noise (drawn when None). Returns x0 samples (R, n).
-    sampler: "ddim" (eta = 0), "ddpm" (ancestral), "posterior_mean" (research code, spec §5.1:
+    sampler: "ddim" (eta = 0), "ddpm" (ancestral), "posterior_mean" (research code, docs/ALGORITHM.md#departures-of-the-research-code item 1:
     levels steps-1..1, the network told level i, every scheduler coefficient taken at level i-1).
     The first layer's s, a and bias part is computed once per chain; per level only x and c change.
     """
@@ -74,7 +74,7 @@ def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sam
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> torch.Tensor:
-    """BDM TD loss, spec §4.3. pred (2R, n) = online outputs on [x1 rows; x2 rows];
+    """BDM TD loss, docs/ALGORITHM.md#the-bdm-td-loss. pred (2R, n) = online outputs on [x1 rows; x2 rows];
     target1 (R, n) the first term's target; y2 (R, n) the target network's output on x2;
     done (R,) bool/float: on done rows the second term's target is target1 (absorbing terminal).
     Returns mean over rows and dims of (1-gamma)(p1 - target1)^2 + gamma (p2 - y2)^2."""

@@ -1,4 +1,4 @@
-"""Discrete cosine diffusion schedule (spec §2) and the three output parameterisations.
+"""Discrete cosine diffusion schedule (docs/ALGORITHM.md#diffusion-schedule) and the three output parameterisations.
 
 All tensors are float32 buffers of shape (steps,), indexed by the level i in [0, steps).
 """

@@ -1,4 +1,4 @@
-"""TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC (spec §4)."""
+"""TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC (docs/ALGORITHM.md#one-td3-sbc-update)."""
 import copy
 from dataclasses import dataclass, field
 from typing import Dict, NamedTuple, Tuple
@@ -28,7 +28,7 @@ class Batch(NamedTuple):
 
 @dataclass
 class TD3SBCConfig:
-    """Hyper-parameters of spec §3-4; the BC weights default to halfcheetah-medium-replay."""
+    """Hyper-parameters of docs/ALGORITHM.md#networks and docs/ALGORITHM.md#one-td3-sbc-update; the BC weights default to halfcheetah-medium-replay."""
 
     gamma: float = 0.99
     tau: float = 0.005
@@ -95,7 +95,7 @@ class TD3SBC(nn.Module):
         return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
 
     def critic_loss(self, b: Batch, next_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ReBRAC critic loss summed over the two critics (spec §4.2), and Q(s, a) (2, B)."""
+        """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and Q(s, a) (2, B)."""
         cfg = self.config
         with torch.no_grad():
             q_next = self.critic_target(b.next_obs, next_action).min(0).values

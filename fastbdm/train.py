@@ -38,20 +38,31 @@ class TrainingError(Exception):
     """A run cannot go on; the message is one line for the user."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" once: not where the help already says its default, nor for a None default
+    (whose help says what happens without the option)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastbdm.train", description="Train TD3-SBC end to end: dataset, updates, MuJoCo evaluation with "
-                                            "the D4RL-normalised score, metrics and checkpoints.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "the D4RL-normalised score, metrics and checkpoints. The algorithm: "
+                                            "docs/ALGORITHM.md.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--env", default="halfcheetah-medium-replay",
                    help="dataset name ENV-KIND[-v2], ENV in halfcheetah/hopper/walker2d, KIND in random/medium/"
                         "medium-replay/medium-expert/expert/full-replay; sets the preset coefficients")
-    p.add_argument("--dataset", default=None, help="explicit dataset: D4RL hdf5 file, Minari dataset dir or .npz")
+    p.add_argument("--dataset", default=None, help="explicit dataset: D4RL hdf5 file, Minari dataset dir or .npz (default: found by --env)")
     p.add_argument("--download", action="store_true", help="allow Minari's download where a remote id exists")
     p.add_argument("--generate-steps", type=int, default=None,
                    help="cap on environment steps when the dataset has to be generated locally (default: D4RL size)")
     p.add_argument("--steps", type=int, default=1_000_000, help="number of TD3-SBC updates")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another (instead of --seed)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
     p.add_argument("--precision", choices=PRECISIONS, default="tf32",
@@ -72,12 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=50_000, help="updates between checkpoints")
     p.add_argument("--out", default="runs", help="base directory; a run writes to OUT/ENV/seedSEED")
     p.add_argument("--resume", action="store_true", help="continue the run found in the run directory")
-    p.add_argument("--compat", action="store_true", help="reproduce the research code's numerics (spec §5)")
+    p.add_argument("--compat", action="store_true", help="reproduce the research code's numerics: its seven departures from the paper, docs/ALGORITHM.md#departures-of-the-research-code")
     p.add_argument("--prediction", choices=PREDICTIONS, default="sample", help="denoiser output parameterisation")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (fixed mode)")
-    p.add_argument("--w-actor-bc", type=float, default=None, help="override the preset actor BC weight w_a")
-    p.add_argument("--w-critic-bc", type=float, default=None, help="override the preset critic BC weight w_c")
-    p.add_argument("--w-rel", type=float, default=None, help="override the preset relative state-BC weight")
+    p.add_argument("--w-actor-bc", type=float, default=None, help="actor BC weight w_a (default: the preset's)")
+    p.add_argument("--w-critic-bc", type=float, default=None, help="critic BC weight w_c (default: the preset's)")
+    p.add_argument("--w-rel", type=float, default=None, help="relative state-BC weight w_rel (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -94,6 +105,16 @@ def resolve_config(args) -> TD3SBCConfig:
         prediction=args.prediction, sampler=args.sampler, backend=args.backend, precision=args.precision,
         compat=CompatFlags.resolve(args.compat),
     )
+
+
+def preset_line(args, config: TD3SBCConfig) -> str:
+    """'preset ENV: w_actor_bc=.., w_critic_bc=.., w_rel=..' with the values the run uses; a value set on
+    the command line is marked with the preset's, e.g. 'w_rel=0.0 (preset 0.1)'."""
+    values = []
+    for name, preset_value in dataclasses.asdict(preset(args.env)).items():
+        used = getattr(config, name)
+        values.append(f"{name}={used}" + ("" if used == preset_value else f" (preset {preset_value})"))
+    return f"preset {args.env}: " + ", ".join(values)
 
 
 def unknown_env_message(name: str) -> str:
@@ -320,8 +341,7 @@ def main(argv=None) -> int:
         if args.async_eval is None:  # the evaluation process needs a core the update loop leaves free
             args.async_eval = device.type == "cuda" or args.threads < len(os.sched_getaffinity(0))
         torch.set_num_threads(args.threads)
-        print(f"preset {args.env}: " + ", ".join(f"{k}={v}" for k, v in
-              dataclasses.asdict(preset(args.env)).items()) + f" | device {device}, backend "
+        print(preset_line(args, resolve_config(args)) + f" | device {device}, backend "
               f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}, evaluation "
               f"{'in the background' if args.async_eval else 'inline'}", flush=True)
         generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}

@@ -1,4 +1,4 @@
-"""Fused denoiser MLP forward (spec §3, reference.denoiser_forward), one launch for the whole network.
+"""Fused denoiser MLP forward (docs/ALGORITHM.md#networks, reference.denoiser_forward), one launch for the whole network.
 
 Network: h_k = LayerNorm(ReLU(W_k h_{k-1} + b_k)) * g_k + beta_k for k = 1, 2; out = W_out h_2 + b_out.
 Weights in nn.Linear layout (out, in), contiguous fp32; exactly two hidden layers.

@@ -1,4 +1,4 @@
-"""Forward noising and denoiser input assembly in one launch (spec §2, reference.noised_rows).
+"""Forward noising and denoiser input assembly in one launch (docs/ALGORITHM.md#diffusion-schedule, reference.noised_rows).
 
 Row layout: [x_t (n), s (n), c(t) (1), a (m)] (SSM denoiser) or [x_t (n), c(t) (1)] (data denoiser),
 x_t = sqrt_ab[t] x0 + sqrt_1m_ab[t] eps, c(t) = -1 + 2 t / steps.

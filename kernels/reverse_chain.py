@@ -1,4 +1,4 @@
-"""The whole reverse-diffusion sampler of the SSM denoiser in one launch (spec §2, reference.reverse_chain).
+"""The whole reverse-diffusion sampler of the SSM denoiser in one launch (docs/ALGORITHM.md#samplers, reference.reverse_chain).
 
 A program owns BLOCK_M rows and loops over the levels; per level it runs the fused MLP
 (denoiser_mlp helpers) and the posterior update. The first layer's s, a part (s W_s^T + a W_a^T)

@@ -1,4 +1,4 @@
-"""BDM TD loss and its gradient w.r.t. the online predictions in one pass (spec §4.3, reference.td_loss).
+"""BDM TD loss and its gradient w.r.t. the online predictions in one pass (docs/ALGORITHM.md#the-bdm-td-loss, reference.td_loss).
 
 loss = mean_{rows, dims} (1-gamma) (p1 - target1)^2 + gamma (p2 - y2')^2, y2' = target1 on done rows.
 Deterministic reduction: each program writes one partial sum, the launcher sums them with torch.

@@ -1,4 +1,5 @@
-"""BellmanDiffusion against the equations of spec §2 and §4.3 written out here, on injected noise."""
+"""BellmanDiffusion against the equations of docs/ALGORITHM.md#samplers and docs/ALGORITHM.md#the-bdm-td-loss
+written out here, on injected noise."""
 import pytest
 import torch
 
@@ -194,7 +195,7 @@ def test_compat_posterior_mean_sampler(monkeypatch):
     assert len(calls) == sch.steps - 1
     spread = bdm.sample(s[:1].expand(500, -1), a[:1].expand(500, -1)).std(0).mean()
     ddim_spread = make_bdm().sample(s[:1].expand(500, -1), a[:1].expand(500, -1)).std(0).mean()
-    assert spread < 0.1 * ddim_spread  # the collapse spec §2 describes
+    assert spread < 0.1 * ddim_spread  # the collapse of docs/ALGORITHM.md#departures-of-the-research-code
 
 
 def test_bad_arguments_are_rejected():

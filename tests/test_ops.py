@@ -85,7 +85,7 @@ def test_sample_matches_reference(prediction, sampler):
 
 
 def test_sbc_action_gradient_through_target_denoiser(monkeypatch):
-    """d/dA of sum(w * D'(x_t, S, c, A)) with D' frozen: the actor's state-BC path (spec §4.5);
+    """d/dA of sum(w * D'(x_t, S, c, A)) with D' frozen: the actor's state-BC path (docs/ALGORITHM.md#state-behaviour-cloning);
     the backward computes the input gradient only."""
     calls = []
     original = ops.denoiser_backward.mlp_backward

@@ -1,4 +1,4 @@
-"""The TD3-SBC update (spec §4): who moves when, the SBC gradient path, the compat quirks."""
+"""The TD3-SBC update (docs/ALGORITHM.md#one-td3-sbc-update): who moves when, the SBC gradient path, the compat quirks."""
 import pytest
 import torch
 

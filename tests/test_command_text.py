@@ -1,0 +1,59 @@
+"""What the training command prints about itself is true: the preset line and --help."""
+import re
+
+import pytest
+
+from fastbdm import train as train_cli
+
+
+def parsed(*argv):
+    return train_cli.build_parser().parse_args(list(argv))
+
+
+def test_preset_line_prints_the_values_the_run_uses_and_marks_overrides():
+    args = parsed("--env", "hopper-medium-replay", "--w-rel", "0", "--w-actor-bc", "0.2")
+    line = train_cli.preset_line(args, train_cli.resolve_config(args))
+    assert line.startswith("preset hopper-medium-replay: ")
+    assert "w_actor_bc=0.2 (preset 0.05)" in line
+    assert "w_rel=0.0 (preset 1.0)" in line
+    assert re.search(r"w_critic_bc=0\.5(,|$)", line)  # not overridden: the preset's value, unmarked
+
+
+def test_preset_line_without_overrides_has_no_marks():
+    args = parsed("--env", "walker2d-medium")
+    line = train_cli.preset_line(args, train_cli.resolve_config(args))
+    assert line == "preset walker2d-medium: w_actor_bc=0.05, w_critic_bc=0.1, w_rel=0.1"
+
+
+def test_the_command_prints_the_overridden_value(tmp_path, capsys):
+    """End to end: the line the run prints before loading its data (the dataset is absent: exit 2)."""
+    code = train_cli.main(["--env", "halfcheetah-medium-replay", "--w-rel", "0", "--device", "cpu",
+                           "--dataset", str(tmp_path / "absent.npz"), "--no-progress"])
+    assert code == 2
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "w_rel=0.0 (preset 0.1)" in first and "w_actor_bc=0.01," in first
+
+
+def help_entries(monkeypatch) -> dict:
+    """--help, one entry per option: {'--flag': its help text on one line}."""
+    monkeypatch.setenv("COLUMNS", "400")  # one line per help text
+    text = train_cli.build_parser().format_help().split("options:\n", 1)[1]
+    entries = {}
+    for block in re.split(r"\n(?=  -)", text):  # an entry: "  --flag ARG  help", the help maybe on the next line
+        flag, _, rest = block.strip().partition(" ")
+        entries[flag.rstrip(",")] = " ".join(rest.split())
+    return entries
+
+
+def test_help_shows_each_default_at_most_once(monkeypatch):
+    entries = help_entries(monkeypatch)
+    assert len(entries) > 25, entries  # every option was parsed out of the help text
+    doubled = {flag: text for flag, text in entries.items() if text.count("default") > 1}
+    assert not doubled, doubled
+    assert "(default: None)" not in "".join(entries.values())
+
+
+@pytest.mark.parametrize("flag,shown", [("--steps", "(default: 1000000)"), ("--w-rel", "(default: the preset's)"),
+                                        ("--graphs", "(default: on with CUDA; ignored on CPU)")])
+def test_help_still_shows_defaults(monkeypatch, flag, shown):
+    assert help_entries(monkeypatch)[flag].endswith(shown)
