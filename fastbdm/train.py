@@ -28,6 +28,7 @@ from .presets import preset, split_name
 from .replay import TransitionBuffer
 from .schedule import PREDICTIONS
 from .td3sbc import TD3SBC, TD3SBCConfig
+from .wandb_log import WandbMirror
 
 EVAL_COLUMNS = ("eval_return", "eval_score")
 COLUMNS = ("step", "updates_per_s", *METRICS, *EVAL_COLUMNS)
@@ -48,8 +49,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastbdm.train", description="Train TD3-SBC end to end: dataset, updates, MuJoCo evaluation with "
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="python -m fastbdm.train", description="Train TD3-SBC end to end: dataset, updates, MuJoCo evaluation with "
                                             "the D4RL-normalised score, metrics and checkpoints. The algorithm: "
                                             "docs/ALGORITHM.md.",
                                 formatter_class=HelpFormatter)
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-critic-bc", type=float, default=None, help="critic BC weight w_c (default: the preset's)")
     p.add_argument("--w-rel", type=float, default=None, help="relative state-BC weight w_rel (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log metrics and config to this Weights & Biases project (WANDB_MODE=offline: no network)")
+    p.add_argument("--wandb-group", default=None, help="wandb group of the run (fastbdm.sweep sets its variant)")
     return p
 
 
@@ -132,6 +136,11 @@ def check_args(args) -> None:
                  "graph_pairs"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise TrainingError("--wandb needs the wandb package: pip install -e '.[sweep]'") from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
 
@@ -246,6 +255,9 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
 
     with contextlib.ExitStack() as cleanup:
         log = MetricsLog(run_dir, keep_until=start if args.resume else None)
+        if args.wandb:
+            log = WandbMirror(log, args.wandb, run_dir, json.loads((run_dir / "config.json").read_text()),
+                              args.wandb_group)
         cleanup.callback(log.close)
         if args.async_eval:
             background = BackgroundEvaluator(env_name, args.eval_episodes)
