@@ -8,27 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import write_tiny_npz
 
 from fastbdm import report, sweep
 from fastbdm import train as train_cli
 
-OBS, ACT = 17, 6
 ENV = "halfcheetah-medium-replay"
 TINY = ["--batch-size", "16", "--eval-episodes", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    rows = 300
-    obs = rng.normal(size=(rows + 1, OBS)).astype(np.float32)
-    timeouts = np.zeros(rows, bool)
-    timeouts[99::100] = True
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, observations=obs[:-1], next_observations=obs[1:],
-             actions=rng.uniform(-1, 1, (rows, ACT)).astype(np.float32),
-             rewards=rng.normal(size=rows).astype(np.float32), terminals=np.zeros(rows, bool), timeouts=timeouts)
-    return path
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz", rows=300)
 
 
 def metric_rows(run_dir):

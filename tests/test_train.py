@@ -8,27 +8,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from datasets import ACT, OBS, write_tiny_npz
 
 from fastbdm import TD3SBC
 from fastbdm import train as train_cli
 
-OBS, ACT = 17, 6
 FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu",
         "--no-async-eval"]  # one test runs the evaluation worker process
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    rows, episode = 400, 100
-    obs = rng.normal(size=(rows + 1, OBS)).astype(np.float32)
-    timeouts = np.zeros(rows, bool)
-    timeouts[episode - 1::episode] = True
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, observations=obs[:-1], next_observations=obs[1:],
-             actions=rng.uniform(-1, 1, (rows, ACT)).astype(np.float32),
-             rewards=rng.normal(size=rows).astype(np.float32), terminals=np.zeros(rows, bool), timeouts=timeouts)
-    return path
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz", rows=400)
 
 
 def rows(run_dir):
