@@ -11,6 +11,7 @@ import torch
 
 from fastbdm import TD3SBC
 from fastbdm import train as train_cli
+from fastbdm.checkpoint import load_checkpoint
 
 OBS, ACT = 17, 6
 FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu",
@@ -67,7 +68,7 @@ def test_cli_trains_evaluates_and_writes_a_run(dataset, tmp_path):
     assert config["config"]["w_actor_bc"] == 0.01 and config["steps"] == 60
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"step", "critic_loss", "bdm_loss", "sbc", "bc", "q_mean", "eval_score", "updates_per_s"} <= set(header)
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoint.pt", "cpu")
     assert state["step"] == 60
     agent = TD3SBC(OBS, ACT)
     agent.load_state_dict(state["agent"])
@@ -103,7 +104,7 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "bdm_loss" in err[0] and "update 27" in err[0] and "checkpoint" in err[0]
-    state = torch.load(tmp_path / "halfcheetah-medium-replay" / "seed0" / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "halfcheetah-medium-replay" / "seed0" / "checkpoint.pt", "cpu")
     assert state["step"] == 20
 
 
