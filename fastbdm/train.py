@@ -1,7 +1,7 @@
 """`python -m fastbdm.train --env halfcheetah-medium-replay`: train TD3-SBC end to end.
 
 Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation with the D4RL
-normalised score, metrics (CSV, JSONL, TensorBoard when installed), atomic checkpoints, exact resume.
+normalised score, metrics (CSV, JSONL, TensorBoard when installed), durable checkpoints, exact resume.
 """
 import argparse
 import contextlib
@@ -9,10 +9,10 @@ import csv
 import dataclasses
 import io
 import json
-import shutil
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections import deque

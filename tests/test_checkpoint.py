@@ -91,6 +91,16 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     assert random.random() == expected[2]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU check (pending until a GPU machine runs it)")
+def test_a_checkpoint_loaded_onto_the_gpu_restores_the_cpu_and_cuda_rngs(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint.pt", state_at(1))
+    expected = torch.rand(3), torch.rand(3, device="cuda")
+    state = load_checkpoint(tmp_path / "checkpoint.pt", "cuda")
+    assert state["weights"].is_cuda
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(torch.rand(3, device="cuda"), expected[1])
+
+
 @pytest.mark.parametrize("damage", ["half", "flipped byte"])
 def test_a_damaged_latest_is_reported_and_the_previous_one_used(tmp_path, damage):
     path = tmp_path / "checkpoint.pt"
