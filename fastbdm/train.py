@@ -1,16 +1,18 @@
 """`python -m fastbdm.train --env halfcheetah-medium-replay`: train TD3-SBC end to end.
 
 Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation with the D4RL
-normalised score, metrics (CSV, JSONL, TensorBoard when installed), atomic checkpoints, exact resume.
+normalised score, metrics (CSV, JSONL, TensorBoard when installed), durable checkpoints, exact resume.
 """
 import argparse
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -20,8 +22,10 @@ from pathlib import Path
 import torch
 
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, estimated_size, has_checkpoint, load_latest, rng_state, save_checkpoint,
+                         set_rng_state, space_needed)
 from .compat import CompatFlags
+from .durable import DurableWriteError, megabytes, sync_file, write_durable, write_error
 from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
 from .monitor import METRICS, UpdateMonitor
 from .presets import preset, split_name
@@ -146,18 +150,22 @@ def check_args(args) -> None:
 
 
 class MetricsLog:
-    """metrics.csv and metrics.jsonl (one row per log step), TensorBoard events when available."""
+    """metrics.csv and metrics.jsonl (one row per log step), TensorBoard events when available.
+
+    keep_until (resume): the rows up to that update are kept, rewritten durably; a line that does not
+    parse (cut short by a crash; rows up to a checkpoint are synced before it) is dropped with a note."""
 
     def __init__(self, run_dir: Path, keep_until: int = None):
         self.csv_path, self.jsonl_path = run_dir / "metrics.csv", run_dir / "metrics.jsonl"
         rows = []
         if keep_until is not None and self.jsonl_path.exists():
-            rows = [r for r in map(json.loads, self.jsonl_path.read_text().splitlines()) if r["step"] <= keep_until]
-        with self.csv_path.open("w", newline="") as f:
-            csv.DictWriter(f, COLUMNS).writeheader()
-        self.jsonl_path.write_text("")
-        for row in rows:
-            self._append(row)
+            rows = [r for r in self._read_rows() if r["step"] <= keep_until]
+        csv_text = io.StringIO(newline="")
+        writer = csv.DictWriter(csv_text, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_durable(self.csv_path, csv_text.getvalue().encode())
+        write_durable(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in rows).encode())
         self.tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -166,11 +174,29 @@ class MetricsLog:
         except ImportError:
             pass
 
+    def _read_rows(self) -> list:
+        rows = []
+        for number, line in enumerate(self.jsonl_path.read_text().splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"note: {self.jsonl_path} line {number} was cut short by a crash and is dropped", file=sys.stderr)
+        return rows
+
     def _append(self, row: dict) -> None:
-        with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, COLUMNS).writerow(row)
-        with self.jsonl_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.csv_path.open("a", newline="") as f:
+                csv.DictWriter(f, COLUMNS).writerow(row)
+            with self.jsonl_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise TrainingError(str(write_error(self.csv_path.parent, f"cannot append the row of update {row['step']}",
+                                                len(json.dumps(row)), exc))) from None
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before a checkpoint that counts on them)."""
+        sync_file(self.csv_path)
+        sync_file(self.jsonl_path)
 
     def write(self, row: dict) -> None:
         self._append(row)
@@ -192,9 +218,9 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     env_name, _ = split_name(args.env)
     run_dir = Path(args.out) / args.env / f"seed{seed}"
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists() and not args.resume:
+    if has_checkpoint(ckpt_path) and not args.resume:
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
-    if args.resume and not ckpt_path.exists():
+    if args.resume and not has_checkpoint(ckpt_path):
         raise TrainingError(f"--resume: no checkpoint in {run_dir}; run without --resume to start it")
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -204,32 +230,40 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     agent.obs_mean.copy_(buffer.obs_mean)
     agent.obs_std.copy_(buffer.obs_std)
     monitor = UpdateMonitor(device)
+    check_free_space(ckpt_path, estimated_size(agent, agent.optimizers.values()))
     start = 0
     if args.resume:
         try:
-            state = load_checkpoint(ckpt_path, device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
+            state, note = load_latest(ckpt_path, device)
+        except CheckpointError as exc:
+            raise TrainingError(f"{exc}; start a new run or point --out at another run") from None
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
         agent.load_state_dict(state["agent"])
         for name, opt in agent.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         agent.num_updates = start = state["step"]
         monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])
-    (run_dir / "config.json").write_text(json.dumps({
+    write_durable(run_dir / "config.json", json.dumps({
         "env": args.env, "seed": seed, "dataset": transitions.source, "transitions": len(transitions),
         "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
         "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
-    }, indent=2, default=str))
+    }, indent=2, default=str).encode())
     runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
                           pairs_per_graph=args.graph_pairs)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "step": step, "agent": agent.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in agent.optimizers.items()},
-            "monitor": monitor.state_dict(), "rng": rng_state(), "env": args.env, "seed": seed,
-        })
+        log.sync()  # the rows up to `step` are on disk before the checkpoint that counts on them
+        try:
+            save_checkpoint(ckpt_path, {
+                "step": step, "agent": agent.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in agent.optimizers.items()},
+                "monitor": monitor.state_dict(), "rng": rng_state(), "env": args.env, "seed": seed,
+            })
+        except DurableWriteError as exc:
+            kept = "the previous checkpoint and every metric row are" if has_checkpoint(ckpt_path) else "every metric row is"
+            raise TrainingError(f"{exc}; {kept} kept") from None
 
     def policy(obs):
         return agent.act(obs.to(device)).cpu()
@@ -313,6 +347,15 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     return score
 
 
+def check_free_space(ckpt_path: Path, size: int) -> None:
+    """TrainingError unless the run directory has room for the run's checkpoints of `size` bytes."""
+    needed, free = space_needed(ckpt_path, size), shutil.disk_usage(ckpt_path.parent).free
+    if free < needed:
+        raise TrainingError(f"{ckpt_path.parent} has {megabytes(free)} free but the run's checkpoints need "
+                            f"{megabytes(needed)} there ({megabytes(size)} each: the latest, the previous and one "
+                            "being written); free some space or pass --out elsewhere")
+
+
 def finished(evaluation: Future) -> bool:
     """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
     return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None
@@ -364,7 +407,7 @@ def main(argv=None) -> int:
         for seed in args.seeds or [args.seed]:
             scores.append(run_seed(args, seed, device, transitions))
             print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
-    except (TrainingError, DatasetError, GraphCaptureError) as exc:
+    except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,6 +24,10 @@ class WandbMirror:
         self.log.write(row)
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
+    def sync(self) -> None:
+        """The metrics files on disk (wandb keeps its own record)."""
+        self.log.sync()
+
     def close(self) -> None:
         self.log.close()
         self.run.finish()

@@ -1,5 +1,7 @@
 """Local generation on tiny budgets: Minari output, metadata, stopping rules, atomicity, the CLI."""
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -77,6 +79,36 @@ def test_interrupted_generation_leaves_nothing(root, monkeypatch):
     assert not list(root.glob(".staging-*"))
     with pytest.raises(DatasetError, match="no hopper-random dataset found"):
         load_transitions("hopper-random", generate=False)
+
+
+def test_a_generated_dataset_is_on_disk_before_it_appears(root, monkeypatch):
+    final = root / "fastbdm" / "hopper" / "random-v0"
+    synced = []  # (path, whether the dataset had appeared)
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), final.exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    gen.generate_dataset("hopper-random", size=50, progress=False)
+    before = {os.path.basename(path) for path, appeared in synced if not appeared}
+    after = {path for path, appeared in synced if appeared}
+    assert {"main_data.hdf5", "metadata.json", "namespace_metadata.json.tmp"} <= before
+    assert {str(root / "fastbdm" / "hopper"), str(root / "fastbdm"), str(root)} <= after
+
+
+def test_a_full_disk_while_writing_a_dataset_is_one_line(root, monkeypatch):
+    def full_disk(storage, episodes):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(HDF5Storage, "update_episodes", full_disk)
+    with pytest.raises(DatasetError) as failed:
+        gen.generate_dataset("hopper-random", size=50, progress=False)
+    message = str(failed.value)
+    assert "\n" not in message and f"cannot write dataset fastbdm/hopper/random-v0 in {root}" in message
+    assert "No space left on device; it needs" in message and "MB free there" in message
+    assert not (root / "fastbdm" / "hopper" / "random-v0").exists() and not list(root.glob(".staging-*"))
 
 
 def test_cli_and_existing_dataset(root, capsys):

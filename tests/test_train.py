@@ -12,6 +12,7 @@ from datasets import ACT, OBS, write_tiny_npz
 
 from fastbdm import TD3SBC
 from fastbdm import train as train_cli
+from fastbdm.checkpoint import load_checkpoint
 
 FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu",
         "--no-async-eval"]  # one test runs the evaluation worker process
@@ -58,7 +59,7 @@ def test_cli_trains_evaluates_and_writes_a_run(dataset, tmp_path):
     assert config["config"]["w_actor_bc"] == 0.01 and config["steps"] == 60
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"step", "critic_loss", "bdm_loss", "sbc", "bc", "q_mean", "eval_score", "updates_per_s"} <= set(header)
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoint.pt", "cpu")
     assert state["step"] == 60
     agent = TD3SBC(OBS, ACT)
     agent.load_state_dict(state["agent"])
@@ -94,7 +95,7 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "bdm_loss" in err[0] and "update 27" in err[0] and "checkpoint" in err[0]
-    state = torch.load(tmp_path / "halfcheetah-medium-replay" / "seed0" / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "halfcheetah-medium-replay" / "seed0" / "checkpoint.pt", "cpu")
     assert state["step"] == 20
 
 
@@ -188,3 +189,94 @@ def test_main_refuses_to_run_inside_the_evaluation_worker_bootstrap(monkeypatch)
     monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
     with pytest.raises(SystemExit, match="if __name__ == '__main__'"):
         train_cli.main(["--steps", "1"])
+
+
+RESUME = ["--eval-every", "20", "--log-every", "10", "--checkpoint-every", "20", "--seed", "3"]
+
+
+def test_resume_from_a_half_checkpoint_continues_from_the_previous_one(dataset, tmp_path, capsys):
+    """A power cut left checkpoint.pt (update 40) cut to half its size and a torn last metrics line."""
+    assert run(dataset, tmp_path / "direct", "--steps", "20", *RESUME) == 0
+    assert run(dataset, tmp_path / "direct", "--steps", "60", "--resume", *RESUME) == 0
+    assert run(dataset, tmp_path / "cut", "--steps", "40", *RESUME) == 0
+    run_dir = tmp_path / "cut" / "halfcheetah-medium-replay" / "seed3"
+    latest = run_dir / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:latest.stat().st_size // 2])
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 50, "updates_per')
+    capsys.readouterr()
+    assert run(dataset, tmp_path / "cut", "--steps", "60", "--resume", *RESUME) == 0
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and "truncated" in notes[0] and "checkpoint.prev.pt at update 20" in notes[0]
+    assert "metrics.jsonl line 5 was cut short" in notes[1]
+    assert rows(run_dir) == rows(tmp_path / "direct" / "halfcheetah-medium-replay" / "seed3")
+    assert [r["step"] for r in rows(run_dir)] == [10, 20, 30, 40, 50, 60]
+
+
+def test_resume_from_a_format_1_checkpoint(dataset, tmp_path):
+    """A checkpoint as fastbdm wrote it up to commit 6ed2166 (plain torch.save, numpy RNG state as a tuple)."""
+    from test_checkpoint import format_1
+
+    assert run(dataset, tmp_path / "whole", "--steps", "40", *RESUME) == 0
+    assert run(dataset, tmp_path / "old", "--steps", "20", *RESUME) == 0
+    path = tmp_path / "old" / "halfcheetah-medium-replay" / "seed3" / "checkpoint.pt"
+    torch.save(format_1(load_checkpoint(path, "cpu")), path)
+    assert run(dataset, tmp_path / "old", "--steps", "40", "--resume", *RESUME) == 0
+    assert rows(tmp_path / "old" / "halfcheetah-medium-replay" / "seed3") == rows(
+        tmp_path / "whole" / "halfcheetah-medium-replay" / "seed3")
+
+
+def test_resume_refuses_a_checkpoint_that_would_create_a_file(dataset, tmp_path, capsys):
+    from test_checkpoint import CreatesFile
+
+    run_dir = tmp_path / "halfcheetah-medium-replay" / "seed0"
+    run_dir.mkdir(parents=True)
+    torch.save({"step": 1, "agent": CreatesFile(tmp_path / "created"), "rng": {}}, run_dir / "checkpoint.pt")
+    assert run(dataset, tmp_path, "--steps", "4", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused" in err[0] and "open" in err[0]
+    assert not (tmp_path / "created").exists()
+
+
+def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_rows_and_previous_checkpoint(dataset, tmp_path,
+                                                                                        monkeypatch, capsys):
+    from test_checkpoint import fail_writes_to
+
+    save = train_cli.save_checkpoint
+
+    def second_save_hits_a_full_disk(path, state):
+        if state["step"] == 40:
+            fail_writes_to("checkpoint.pt.tmp", monkeypatch)
+        save(path, state)
+
+    monkeypatch.setattr(train_cli, "save_checkpoint", second_save_hits_a_full_disk)
+    assert run(dataset, tmp_path, "--steps", "60", *RESUME) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    run_dir = tmp_path / "halfcheetah-medium-replay" / "seed3"
+    assert len(err) == 1 and f"cannot write checkpoint.pt in {run_dir}: No space left on device" in err[0]
+    assert "MB free there" in err[0] and "previous checkpoint and every metric row are kept" in err[0]
+    assert not (run_dir / "checkpoint.pt.tmp").exists()
+    assert load_checkpoint(run_dir / "checkpoint.pt", "cpu")["step"] == 20
+    assert [r["step"] for r in rows(run_dir)] == [10, 20, 30, 40]
+
+
+def test_a_disk_without_room_for_the_checkpoints_stops_the_run_at_start(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_cli.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10_000_000})())
+    assert run(dataset, tmp_path, "--steps", "4") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 10.0 MB free but the run's checkpoints need" in err[0]
+    assert not (tmp_path / "halfcheetah-medium-replay" / "seed0" / "metrics.jsonl").exists()
+
+
+def test_metric_rows_are_on_disk_before_the_checkpoint_that_counts_on_them(dataset, tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4") == 0
+    checkpoint = synced.index("checkpoint.pt.tmp")
+    assert {"metrics.csv", "metrics.jsonl"} <= set(synced[checkpoint - 2:checkpoint])

@@ -1,8 +1,10 @@
 """Writing a generated dataset into the local Minari root, all or nothing.
 
 The dataset is first written under a hidden staging root inside the Minari root (hidden directories
-are invisible to Minari and to our loaders), then moved to its id with one rename; an interruption
-or error removes the staging directory, so a half-written dataset can never load as complete.
+are invisible to Minari and to our loaders), fsynced, then moved to its id with one rename and the
+rename fsynced; an interruption or error removes the staging directory, so a half-written dataset can
+never load as complete, not even after a power cut. A failed write (disk full, permission, quota) is
+a one-line DatasetError naming the directory and the space needed.
 """
 import os
 import shutil
@@ -14,6 +16,7 @@ from typing import List
 import minari
 from minari.data_collector import EpisodeBuffer
 
+from ..durable import DurableWriteError, sync_file, sync_tree, write_durable, write_error
 from .errors import DatasetError
 from .names import minari_root
 
@@ -57,13 +60,22 @@ def write_minari(dataset_id: str, episodes: List[EpisodeBuffer], env_id: str, re
                 ref_min_score=float(ref_scores[0]), ref_max_score=float(ref_scores[1]),
                 description=description)
             dataset.storage.update_metadata({"fastbdm": extra_metadata})
+        sync_tree(staging / dataset_id)
         for namespace_file in staging.rglob("namespace_metadata.json"):  # Minari's namespace records
             target = root / namespace_file.relative_to(staging)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(namespace_file, target)
+                write_durable(target, namespace_file.read_bytes())
         final = dataset_dir(dataset_id)
         os.rename(staging / dataset_id, final)
+        for directory in final.relative_to(root).parents:  # the rename and new namespace directories
+            sync_file(root / directory)
         return final
+    except DurableWriteError as exc:
+        raise DatasetError(str(exc)) from None
+    except OSError as exc:
+        size = sum(ep.observations.nbytes + ep.actions.nbytes + 3 * 8 * len(ep.rewards) for ep in episodes)
+        raise DatasetError(f"{write_error(root, f'cannot write dataset {dataset_id}', size, exc)}; "
+                           "nothing of it is kept") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
