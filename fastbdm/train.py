@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .compat import CompatFlags
 from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
 from .monitor import METRICS, UpdateMonitor
-from .presets import ALGO_DEFAULTS, ALGOS, preset, split_name
+from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset, split_name
 from .replay import TransitionBuffer
 from .schedule import PREDICTIONS
 from .td3sbc import TD3SBC, TD3SBCConfig
@@ -122,7 +122,8 @@ def resolve_batch_size(args) -> str:
 
 def algo_line(args, batch: str) -> str:
     """The algorithm's own defaults, printed like a preset."""
-    own = [f"{k}={v}" for k, v in ALGO_DEFAULTS[args.algo].model.items() if k not in ("w_actor_bc", "w_critic_bc", "w_rel")]
+    weights = {f.name for f in dataclasses.fields(Preset)}  # on the preset line
+    own = [f"{k}={v}" for k, v in ALGO_DEFAULTS[args.algo].model.items() if k not in weights]
     return f"algo {args.algo}: " + ", ".join([batch, *own])
 
 
