@@ -92,7 +92,8 @@ def resolve_config(args) -> TD3SBCConfig:
     except ValueError:
         raise TrainingError(unknown_env_message(args.env)) from None
     if args.algo != "td3sbc" and args.w_rel:
-        raise TrainingError(f"--w-rel {args.w_rel}: {args.algo} has no state-BC term; drop --w-rel or use --algo td3sbc")
+        raise TrainingError(f"--w-rel {args.w_rel}: {args.algo} has no state-BC term; "
+                            "drop --w-rel or use --algo td3sbc")
     return TD3SBCConfig.for_algo(
         args.algo, w_actor_bc=coeffs.w_actor_bc if args.w_actor_bc is None else args.w_actor_bc,
         w_critic_bc=coeffs.w_critic_bc if args.w_critic_bc is None else args.w_critic_bc,

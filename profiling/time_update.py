@@ -54,7 +54,8 @@ def main():
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ms = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     every = [t for ts in times.values() for t in ts]
-    line = (f"{args.algo} {args.variant} size={size.name} B={size.batch} device={device} threads={torch.get_num_threads()} "
+    line = (f"{args.algo} {args.variant} size={size.name} B={size.batch} device={device} "
+            f"threads={torch.get_num_threads()} "
             f"updates={len(every)}: median {ms(every):.1f} ms/update (mean {statistics.mean(every) * 1e3:.1f})"
             f"; process CPU / wall {cpu / wall:.2f} (threads x 1.0 when no other process competed)")
     if times["actor"] and times["other"]:
