@@ -1,23 +1,28 @@
-"""The whole TD3-SBC update, sampling included, per variant this device supports (see the header
-line "update variants on this device"): research (benches/research_code.py), torch and triton
-(TD3SBC.update with that backend), triton+graphs and triton-bf16+graphs (CUDA only). One round = policy_freq updates, so
-every round holds one actor step; extra_info carries the per-round cost and updates_per_round."""
+"""The whole update, sampling included, per algorithm and variant this device supports (see the header
+line "update variants on this device"). TD3-SBC: research (benches/research_code.py), torch and triton
+(TD3SBC.update with that backend), triton+graphs and triton-bf16+graphs (CUDA only). The baselines
+rebrac and td3bc (no denoiser kernels): torch (eager) and torch+graphs (CUDA only), labelled
+"ALGO VARIANT"; every algorithm at the size's batch. One round = policy_freq updates, so every round
+holds one actor step; extra_info carries the per-round cost and updates_per_round."""
 import pytest
 
-from .workloads import UpdateLoop, bench_device, update_bytes, update_flops, update_variants, variant_kernels
+from .workloads import (BASELINES, UpdateLoop, baseline_variants, bench_device, update_bytes, update_flops,
+                        update_variants, variant_kernels)
 
-VARIANTS, _ = update_variants(bench_device())
+CASES = [("td3sbc", v) for v in update_variants(bench_device())[0]]
+CASES += [(algo, v) for algo in BASELINES for v in baseline_variants(bench_device())[0]]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_update(variant, measure, bench_setup):
+@pytest.mark.parametrize("algo,variant", CASES)
+def test_update(algo, variant, measure, bench_setup):
     size = bench_setup.size
-    loop = UpdateLoop(variant, size, bench_setup.device)
+    loop = UpdateLoop(variant, size, bench_setup.device, algo=algo)
     freq = loop.model.config.policy_freq
 
     def round_():
         for _ in range(freq // loop.steps_per_call):
             loop.step()
 
-    measure(round_, component="update", variant=variant, backend=variant_kernels(variant)[0], updates=freq,
-            flops=freq * update_flops(size), bytes=freq * update_bytes(size))
+    measure(round_, component="update", variant=variant if algo == "td3sbc" else f"{algo} {variant}",
+            backend=variant_kernels(variant)[0], updates=freq, flops=freq * update_flops(size, algo),
+            bytes=freq * update_bytes(size, algo))

@@ -17,7 +17,8 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import triton  # noqa: E402
 
-from .workloads import SIZES, Size, bench_device, default_size, kernel_variants, sync, update_variants  # noqa: E402
+from .workloads import (SIZES, Size, baseline_variants, bench_device, default_size, kernel_variants, sync,  # noqa: E402
+                        update_variants)
 
 
 def pytest_addoption(parser):
@@ -63,7 +64,8 @@ class BenchSetup:
                  f"denoiser hidden {sz.hidden}, actor/critic hidden {sz.mlp_hidden}, T={sz.steps}), "
                  f"torch threads {self.threads}, "
                  f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}",
-                 f"fastbdm benches: update variants on this device: {', '.join(ran)}"]
+                 f"fastbdm benches: update variants on this device: {', '.join(ran)}; baselines rebrac and td3bc: "
+                 f"{', '.join(baseline_variants(self.device)[0])}"]
         lines += [f"fastbdm benches: update variant {v} not on this device: {why}" for v, why in omitted.items()]
         lines += [f"fastbdm benches: kernel variant {v} not on this device: {why}"
                   for v, why in kernel_variants(self.device)[1].items()]

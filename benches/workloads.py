@@ -68,6 +68,9 @@ def triton_ready(device: torch.device) -> bool:
 
 # Variant names: BACKEND[-PRECISION][+graphs] (PRECISION of the Triton MLP kernels, tf32 unless named).
 UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs", "triton-bf16+graphs")
+# The baselines (--algo rebrac, td3bc) run no denoiser kernel: eager, or in CUDA graphs.
+BASELINES = ("rebrac", "td3bc")
+BASELINE_VARIANTS = ("torch", "torch+graphs")
 KERNEL_VARIANTS = ("torch", "triton", "triton-bf16")
 
 
@@ -96,15 +99,23 @@ def update_variants(device: torch.device):
     return _split_by_device(UPDATE_VARIANTS, device)
 
 
+def baseline_variants(device: torch.device):
+    """(baseline update variants that run on this device, {omitted variant: reason})."""
+    return _split_by_device(BASELINE_VARIANTS, device)
+
+
 def kernel_variants(device: torch.device):
     """(kernel variants that run on this device, {omitted variant: reason})."""
     return _split_by_device(KERNEL_VARIANTS, device)
 
 
-def config(size: Size, backend: str = "torch", precision: str = "tf32") -> TD3SBCConfig:
-    """Default (fixed) TD3-SBC hyper-parameters at this size."""
-    return TD3SBCConfig(steps=size.steps, actor_hidden=(size.mlp_hidden,) * 3, critic_hidden=(size.mlp_hidden,) * 3,
-                        denoiser_hidden=(size.hidden,) * 2, backend=backend, precision=precision)
+def config(size: Size, backend: str = "torch", precision: str = "tf32", algo: str = "td3sbc") -> TD3SBCConfig:
+    """The algorithm's default (fixed) hyper-parameters at this size: its number of actor/critic
+    layers (3 for td3sbc and rebrac, 2 for td3bc), each size.mlp_hidden wide."""
+    depth = len(TD3SBCConfig.for_algo(algo).actor_hidden)
+    return TD3SBCConfig.for_algo(algo, steps=size.steps, actor_hidden=(size.mlp_hidden,) * depth,
+                                 critic_hidden=(size.mlp_hidden,) * depth, denoiser_hidden=(size.hidden,) * 2,
+                                 backend=backend, precision=precision)
 
 
 def synthetic_buffer(size: Size, device, seed: int = 0) -> TransitionBuffer:
@@ -128,7 +139,8 @@ def research_buffer(buffer: TransitionBuffer) -> NumpyReplayBuffer:
 
 
 class UpdateLoop:
-    """One variant's training step; `actor_next`: the next step moves the actor.
+    """One variant's training step of `algo` (td3sbc, or a baseline with BASELINE_VARIANTS, all at
+    batch size.batch); `actor_next`: the next step moves the actor.
 
     research: ResearchCode.learn on NumpyReplayBuffer batches. torch / triton: the trainer's eager
     step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
@@ -137,7 +149,8 @@ class UpdateLoop:
     captured here after the runner's warm-up.
     """
 
-    def __init__(self, variant: str, size: Size, device, seed: int = 0, pairs_per_graph: int = 1):
+    def __init__(self, variant: str, size: Size, device, seed: int = 0, pairs_per_graph: int = 1,
+                 algo: str = "td3sbc"):
         torch.manual_seed(seed)
         np.random.seed(seed)
         self.variant, self.size, self.device = variant, size, torch.device(device)
@@ -148,9 +161,10 @@ class UpdateLoop:
             host_buffer = research_buffer(buffer)
             self._step = lambda: self.model.learn(host_buffer.sample(size.batch))
             return
-        if variant not in UPDATE_VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(UPDATE_VARIANTS)}")
-        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, *variant_kernels(variant)), device=device)
+        known = UPDATE_VARIANTS if algo == "td3sbc" else BASELINE_VARIANTS
+        if variant not in known:
+            raise ValueError(f"unknown {algo} variant {variant!r}: choose one of {', '.join(known)}")
+        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, *variant_kernels(variant), algo), device=device)
         graphs = variant.endswith("+graphs")
         runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=graphs,
                               pairs_per_graph=pairs_per_graph)
@@ -207,27 +221,27 @@ def kernel_cost(kernel: str, size: Size) -> dict:
 _UPDATE_FLOPS = {}
 
 
-def update_flops(size: Size) -> int:
+def update_flops(size: Size, algo: str = "td3sbc") -> int:
     """Matmul FLOPs of one update (mean over the actor period), counted by
     torch.utils.flop_counter on TD3SBC.update with the torch backend (forward and backward)."""
-    if size.name not in _UPDATE_FLOPS:
-        loop = UpdateLoop("torch", size, "cpu")
+    if (size.name, algo) not in _UPDATE_FLOPS:
+        loop = UpdateLoop("torch", size, "cpu", algo=algo)
         with FlopCounterMode(display=False) as counter:
             for _ in range(loop.model.config.policy_freq):
                 loop.step()
-        _UPDATE_FLOPS[size.name] = counter.get_total_flops() // 2
-    return _UPDATE_FLOPS[size.name]
+        _UPDATE_FLOPS[size.name, algo] = counter.get_total_flops() // 2
+    return _UPDATE_FLOPS[size.name, algo]
 
 
-def update_bytes(size: Size) -> int:
+def update_bytes(size: Size, algo: str = "td3sbc") -> int:
     """Compulsory bytes of one update (mean over the actor period): every trained network's
     parameters read in forward and backward, its gradient written and Adam's 4 reads + 3 writes
     (10 P per step), each target network read once, the soft update (3 P per target) every second
-    update, and the batch read once."""
-    model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size))
-    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    update, and the batch read once. The baselines have no denoisers (D, D', E: 0 parameters)."""
+    model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, algo=algo))
+    count = lambda mod: 0 if mod is None else sum(p.numel() for p in mod.parameters())  # noqa: E731
     critic, actor = count(model.critic), count(model.actor)
-    den, data = count(model.bdm.denoiser), count(model.data_denoiser)
+    den, data = count(model.bdm and model.bdm.denoiser), count(model.data_denoiser)
     freq = model.config.policy_freq
     every = 10 * (critic + den + data) + actor + critic + den  # targets pi', Q', D' read
     actor_step = 10 * actor + critic + den + data + 3 * (actor + critic + den)  # Q1, D', E read; soft update

@@ -36,7 +36,9 @@ class UpdateMonitor:
         self.first_nonfinite[idx] = torch.where((seen < 0) & ~finite, self.step, seen)
 
     def read(self) -> Dict[str, float]:
-        """Means since the last read (terms that were recorded), then reset the sums."""
+        """Means since the last read (terms that were recorded), then reset the sums. A term the
+        algorithm does not have (rebrac, td3bc: bdm_loss, data_loss, sbc) is never recorded: it is
+        absent here (an empty metrics.csv cell) and never in nonfinite()."""
         sums, counts = self.sums.tolist(), self.counts.tolist()
         self.sums.zero_()
         self.counts.zero_()

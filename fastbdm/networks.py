@@ -63,24 +63,28 @@ class EnsembleLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q1 and Q2 evaluated together: (s, a) -> (2, B). Hidden layers Linear -> ReLU -> LayerNorm."""
+    """Q1 and Q2 evaluated together: (s, a) -> (2, B). Hidden layers Linear -> ReLU -> LayerNorm
+    (ReBRAC's critics), or Linear -> ReLU with layer_norm=False (TD3's and TD3+BC's)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256, 256), members: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256, 256), members: int = 2,
+                 layer_norm: bool = True):
         super().__init__()
-        self.members = members
+        self.members, self.layer_norm = members, layer_norm
         widths = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(widths[:-1], widths[1:]))
-        self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(members, 1, h)) for h in hidden)
-        self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(members, 1, h)) for h in hidden)
+        norms = hidden if layer_norm else ()
+        self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(members, 1, h)) for h in norms)
+        self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(members, 1, h)) for h in norms)
         self.out = EnsembleLinear(members, widths[-1], 1)
 
     def forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None) -> torch.Tensor:
         """(members, B) values of the first `members` critics (default all); Q1 alone is members=1."""
         count = self.members if members is None else members
         x = torch.cat([s, a], dim=-1).expand(count, -1, -1)
-        for layer, g, b in zip(self.hidden, self.norm_weight, self.norm_bias):
+        for i, layer in enumerate(self.hidden):
             x = torch.relu(layer(x, count))
-            x = F.layer_norm(x, x.shape[-1:]) * g[:count] + b[:count]
+            if self.layer_norm:
+                x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[i][:count] + self.norm_bias[i][:count]
         return self.out(x, count).squeeze(-1)
 
 

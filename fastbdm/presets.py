@@ -1,5 +1,6 @@
-"""Per-task TD3-SBC coefficients (docs/ALGORITHM.md#per-task-coefficients) and the D4RL reference returns."""
-from dataclasses import dataclass
+"""Per-task TD3-SBC coefficients (docs/ALGORITHM.md#per-task-coefficients), the baselines' own defaults and the
+D4RL reference returns."""
+from dataclasses import dataclass, replace
 
 ENVS = ("halfcheetah", "hopper", "walker2d")
 KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
@@ -23,6 +24,28 @@ REFERENCE_RETURNS = {
 }
 
 
+ALGOS = ("td3sbc", "rebrac", "td3bc")
+
+
+@dataclass(frozen=True)
+class AlgoDefaults:
+    """An algorithm's own defaults: batch size, and the TD3SBCConfig fields where it departs from TD3-SBC's."""
+
+    batch_size: int
+    model: dict
+
+
+ALGO_DEFAULTS = {
+    "td3sbc": AlgoDefaults(1024, {}),
+    # ReBRAC (Tarasov et al. 2023): TD3-SBC without the state-BC term; the per-task w_a, w_c of the table
+    "rebrac": AlgoDefaults(1024, {"w_rel": 0.0}),
+    # TD3+BC (Fujimoto & Gu 2021; CORL td3_bc.py): lambda = alpha / mean|Q1|, BC = mean over all elements
+    # of (pi(s) - a)^2 with weight 1 on every task, no critic BC, 2 x 256 ReLU networks without LayerNorm
+    "td3bc": AlgoDefaults(256, {"w_actor_bc": 1.0, "w_critic_bc": 0.0, "w_rel": 0.0, "alpha": 2.5, "lr": 3e-4,
+                                "actor_hidden": (256, 256), "critic_hidden": (256, 256), "critic_layer_norm": False}),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     w_actor_bc: float
@@ -39,10 +62,12 @@ def split_name(name: str) -> tuple:
     return env, kind
 
 
-def preset(name: str) -> Preset:
+def preset(name: str, algo: str = "td3sbc") -> Preset:
+    """The task's BC weights for `algo`: the table's, with the algorithm's own where it has them."""
     env, kind = split_name(name)
     w_a, w_c = _BC[env][kind]
-    return Preset(w_actor_bc=w_a, w_critic_bc=w_c, w_rel=_W_REL[env])
+    own = {k: v for k, v in ALGO_DEFAULTS[algo].model.items() if k in Preset.__dataclass_fields__}
+    return replace(Preset(w_actor_bc=w_a, w_critic_bc=w_c, w_rel=_W_REL[env]), **own)
 
 
 def normalized_score(env: str, total_return):

@@ -1,4 +1,6 @@
-"""TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC (docs/ALGORITHM.md#one-td3-sbc-update)."""
+"""TD3-SBC: TD3 with ReBRAC critic/actor behaviour cloning and Bellman-diffusion state-BC
+(docs/ALGORITHM.md#one-td3-sbc-update), and its baselines on the same TD3 skeleton: ReBRAC (without the
+state-BC term and its learners) and TD3+BC (Q scaled by alpha / mean|Q1|, mean-squared actor BC, no critic BC)."""
 import copy
 from dataclasses import dataclass, field
 from typing import Dict, NamedTuple, Tuple
@@ -10,6 +12,7 @@ from .bdm import BellmanDiffusion
 from .compat import CompatFlags
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
 from .nvtx_ranges import phase
+from .presets import ALGO_DEFAULTS, ALGOS
 from .schedule import network_target
 
 
@@ -28,8 +31,13 @@ class Batch(NamedTuple):
 
 @dataclass
 class TD3SBCConfig:
-    """Hyper-parameters of docs/ALGORITHM.md#networks and docs/ALGORITHM.md#one-td3-sbc-update; the BC weights default to halfcheetah-medium-replay."""
+    """Hyper-parameters of docs/ALGORITHM.md#networks and docs/ALGORITHM.md#one-td3-sbc-update; the BC weights
+    default to halfcheetah-medium-replay.
 
+    algo: "td3sbc", "rebrac" (w_rel must be 0) or "td3bc" (`for_algo` applies each one's defaults).
+    alpha: lambda = alpha / mean|Q1(s, pi(s))| (1 for TD3-SBC and ReBRAC, 2.5 for TD3+BC)."""
+
+    algo: str = "td3sbc"
     gamma: float = 0.99
     tau: float = 0.005
     policy_freq: int = 2
@@ -44,10 +52,19 @@ class TD3SBCConfig:
     sampler: str = "ddim"
     actor_hidden: Tuple[int, ...] = (256, 256, 256)
     critic_hidden: Tuple[int, ...] = (256, 256, 256)
+    critic_layer_norm: bool = True
+    alpha: float = 1.0
     denoiser_hidden: Tuple[int, ...] = (512, 512)
     backend: str = "auto"
     precision: str = "tf32"  # Triton MLP kernels: tf32, tf32x3, ieee, or bf16 (GPU only)
     compat: CompatFlags = field(default_factory=CompatFlags)
+
+    @classmethod
+    def for_algo(cls, algo: str, **fields) -> "TD3SBCConfig":
+        """The algorithm's defaults (fastbdm.presets.ALGO_DEFAULTS), then `fields`."""
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}")
+        return cls(algo=algo, **{**ALGO_DEFAULTS[algo].model, **fields})
 
 
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -59,29 +76,36 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
 
 
 class TD3SBC(nn.Module):
-    """All learners of TD3-SBC and one update over them. States are normalised by the caller;
-    `obs_mean`/`obs_std` are kept for acting in the environment."""
+    """All learners of config.algo and one update over them. States are normalised by the caller;
+    `obs_mean`/`obs_std` are kept for acting in the environment. Only td3sbc has the SSM denoiser,
+    its target and the data denoiser (self.bdm, self.data_denoiser: None for rebrac and td3bc)."""
 
     def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0,
                  config: TD3SBCConfig = None, device="cpu"):
         super().__init__()
         self.config = cfg = config or TD3SBCConfig()
+        if cfg.algo not in ALGOS:
+            raise ValueError(f"unknown algo {cfg.algo!r}: choose one of {', '.join(ALGOS)}")
+        if cfg.algo != "td3sbc" and cfg.w_rel != 0:
+            raise ValueError(f"w_rel={cfg.w_rel}: {cfg.algo} has no state-BC term; set w_rel=0 "
+                             f"(TD3SBCConfig.for_algo({cfg.algo!r}) does)")
         self.act_dim, self.max_action = act_dim, max_action
         self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden)
+        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.bdm = BellmanDiffusion(obs_dim, act_dim, cfg.denoiser_hidden, cfg.steps, cfg.prediction,
-                                    cfg.gamma, cfg.backend, cfg.sampler, cfg.compat, cfg.precision)
-        self.data_denoiser = Denoiser(obs_dim, conditional=False, hidden=cfg.denoiser_hidden)
+        self.bdm = self.data_denoiser = None
+        if cfg.algo == "td3sbc":
+            self.bdm = BellmanDiffusion(obs_dim, act_dim, cfg.denoiser_hidden, cfg.steps, cfg.prediction,
+                                        cfg.gamma, cfg.backend, cfg.sampler, cfg.compat, cfg.precision)
+            self.data_denoiser = Denoiser(obs_dim, conditional=False, hidden=cfg.denoiser_hidden)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.to(device)
-        self.optimizers = {
-            name: make_adam(getattr(self, name).parameters(), cfg.lr, device)
-            for name in ("actor", "critic", "data_denoiser")
-        }
-        self.optimizers["denoiser"] = make_adam(self.bdm.denoiser.parameters(), cfg.lr, device)
+        learners = {"actor": self.actor, "critic": self.critic}
+        if self.bdm is not None:
+            learners.update(data_denoiser=self.data_denoiser, denoiser=self.bdm.denoiser)
+        self.optimizers = {name: make_adam(net.parameters(), cfg.lr, device) for name, net in learners.items()}
         self.num_updates = 0
 
     @property
@@ -129,16 +153,32 @@ class TD3SBC(nn.Module):
         return torch.cat([s, s_rand])
 
     def actor_loss(self, b: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """-lambda Q1(s, pi(s)) + actor BC + state-BC through the target denoiser's action input.
+        """-lambda Q1(s, pi(s)) + actor BC (+ state-BC for td3sbc), lambda = alpha / mean|Q1| (detached).
+        Actor BC: w_a mean_rows ||pi(s) - a||^2, for td3bc w_a mean over all elements of (pi(s) - a)^2.
         Returns the loss and its terms (with their graphs)."""
-        cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
-        ops = bdm.ops(b.obs)
-        rows_b = b.obs.shape[0]
-        S = self.sbc_states(b.obs)
-        A = self.actor(S)
-        a_pi = A[:rows_b]
-        bc = cfg.w_actor_bc * (a_pi - b.actions).square().sum(-1).mean()
+        cfg = self.config
+        if self.bdm is None:
+            a_pi = self.actor(b.obs)
+        else:
+            S = self.sbc_states(b.obs)
+            A = self.actor(S)
+            a_pi = A[:b.obs.shape[0]]
+        squared = (a_pi - b.actions).square()
+        bc = cfg.w_actor_bc * (squared.mean() if cfg.algo == "td3bc" else squared.sum(-1).mean())
+        q1 = self.critic(b.obs, a_pi, members=1)[0]
+        lam = cfg.alpha / q1.abs().mean().detach()
+        loss = -lam * q1.mean() + bc
+        terms = {"bc": bc, "lambda": lam}
+        if self.bdm is not None:
+            terms["sbc"] = self.state_bc_loss(S, A)
+            loss = loss + terms["sbc"]
+        return loss, {"actor_loss": loss, **terms}
 
+    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """sbc = w_rel w_a mean_rows(eta_t ||E(x_t, t) - D'(x_t, S, A, t)||^2) on S (2B, n), A = pi(S) (2B, m);
+        the gradient reaches the actor only through the target denoiser's action input."""
+        cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
+        ops = bdm.ops(S)
         t = torch.randint(0, sch.steps, (S.shape[0],), device=S.device)
         eps = torch.randn_like(S)
         z = eps if self.flags.shared_noise else torch.randn_like(S)
@@ -154,16 +194,12 @@ class TD3SBC(nn.Module):
         # compat: the research code's (2B,1) weights times (2B,) errors is a (2B, 2B) outer product,
         # whose mean is mean(eta) mean(err): the level weighting is lost (mean(eta) = 1)
         weighted = eta.mean() * err.mean() if self.flags.broadcast_sbc_weights else (eta * err).mean()
-        sbc = cfg.w_rel * cfg.w_actor_bc * weighted
-
-        q1 = self.critic(b.obs, a_pi, members=1)[0]
-        lam = 1.0 / q1.abs().mean().detach()
-        loss = -lam * q1.mean() + bc + sbc
-        return loss, {"actor_loss": loss, "bc": bc, "sbc": sbc, "lambda": lam}
+        return cfg.w_rel * cfg.w_actor_bc * weighted
 
     def update(self, b: Batch) -> Dict[str, torch.Tensor]:
-        """One TD3-SBC update; the actor and the targets move on every policy_freq-th call.
-        Returns detached scalar metric tensors (no host synchronisation)."""
+        """One update of config.algo; the actor and the targets move on every policy_freq-th call.
+        Returns detached scalar metric tensors (no host synchronisation); the terms an algorithm does
+        not have (bdm_loss, data_loss, sbc) are absent."""
         self.num_updates += 1
         actor_step = self.num_updates % self.config.policy_freq == 0
         opt = self.optimizers
@@ -171,18 +207,21 @@ class TD3SBC(nn.Module):
             with torch.no_grad():
                 next_action = self.target_action(b.next_obs)
             critic_loss, q = self.critic_loss(b, next_action)
-        with phase("bdm"):
-            bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
-        with phase("data_denoiser"):
-            data_loss = self.data_denoiser_loss(b)
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        losses = [critic_loss]
+        if self.bdm is not None:
+            with phase("bdm"):
+                losses.append(self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones))
+            with phase("data_denoiser"):
+                losses.append(self.data_denoiser_loss(b))
+            metrics.update(bdm_loss=losses[1].detach(), data_loss=losses[2].detach())
+        learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
         with phase("backward_step"):
-            for name in ("critic", "denoiser", "data_denoiser"):
+            for name in learners:
                 opt[name].zero_grad(set_to_none=True)
-            (critic_loss + bdm_loss + data_loss).backward()
-            for name in ("critic", "denoiser", "data_denoiser"):
+            sum(losses[1:], losses[0]).backward()
+            for name in learners:
                 opt[name].step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(),
-                   "bdm_loss": bdm_loss.detach(), "data_loss": data_loss.detach()}
         if actor_step:
             with phase("actor"):
                 loss, terms = self.actor_loss(b)
@@ -197,9 +236,10 @@ class TD3SBC(nn.Module):
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        """Soft update of pi', Q1', Q2', D' by tau in one foreach lerp."""
-        pairs = [(self.actor_target, self.actor), (self.critic_target, self.critic),
-                 (self.bdm.target_denoiser, self.bdm.denoiser)]
+        """Soft update of pi', Q1', Q2' (and D' for td3sbc) by tau in one foreach lerp."""
+        pairs = [(self.actor_target, self.actor), (self.critic_target, self.critic)]
+        if self.bdm is not None:
+            pairs.append((self.bdm.target_denoiser, self.bdm.denoiser))
         targets = [p for t, _ in pairs for p in t.parameters()]
         online = [p for _, o in pairs for p in o.parameters()]
         torch._foreach_lerp_(targets, online, self.config.tau)

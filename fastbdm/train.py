@@ -28,7 +28,7 @@ from .compat import CompatFlags
 from .durable import DurableWriteError, megabytes, sync_file, write_durable, write_error
 from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
 from .monitor import METRICS, UpdateMonitor
-from .presets import preset, split_name
+from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset, split_name
 from .replay import TransitionBuffer
 from .schedule import PREDICTIONS
 from .td3sbc import TD3SBC, TD3SBCConfig
@@ -65,6 +65,9 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--download", action="store_true", help="allow Minari's download where a remote id exists")
     p.add_argument("--generate-steps", type=int, default=None,
                    help="cap on environment steps when the dataset has to be generated locally (default: D4RL size)")
+    p.add_argument("--algo", choices=ALGOS, default="td3sbc",
+                   help="td3sbc; rebrac (TD3-SBC without state-BC: no denoisers, no chain); td3bc (TD3+BC with "
+                        "its reference defaults: lr 3e-4, batch 256, 2 x 256 networks, alpha 2.5)")
     p.add_argument("--steps", type=int, default=1_000_000, help="number of TD3-SBC updates")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another (instead of --seed)")
@@ -78,7 +81,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--graph-pairs", type=int, default=1,
                    help="pairs of updates unrolled in one CUDA graph (one replay = 2x this many updates)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
-    p.add_argument("--batch-size", type=int, default=1024, help="transitions per update")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="transitions per update (default: the algorithm's, 1024 for td3sbc and rebrac, 256 for td3bc)")
     p.add_argument("--eval-every", type=int, default=5000, help="updates between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
     p.add_argument("--async-eval", action=argparse.BooleanOptionalAction, default=None,
@@ -93,7 +97,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (fixed mode)")
     p.add_argument("--w-actor-bc", type=float, default=None, help="actor BC weight w_a (default: the preset's)")
     p.add_argument("--w-critic-bc", type=float, default=None, help="critic BC weight w_c (default: the preset's)")
-    p.add_argument("--w-rel", type=float, default=None, help="relative state-BC weight w_rel (default: the preset's)")
+    p.add_argument("--w-rel", type=float, default=None,
+                   help="relative state-BC weight w_rel, td3sbc only (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wandb", default=None, metavar="PROJECT",
                    help="also log metrics and config to this Weights & Biases project (WANDB_MODE=offline: no network)")
@@ -103,11 +108,14 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def resolve_config(args) -> TD3SBCConfig:
     try:
-        coeffs = preset(args.env)
+        coeffs = preset(args.env, args.algo)
     except ValueError:
         raise TrainingError(unknown_env_message(args.env)) from None
-    return TD3SBCConfig(
-        w_actor_bc=coeffs.w_actor_bc if args.w_actor_bc is None else args.w_actor_bc,
+    if args.algo != "td3sbc" and args.w_rel:
+        raise TrainingError(f"--w-rel {args.w_rel}: {args.algo} has no state-BC term; "
+                            "drop --w-rel or use --algo td3sbc")
+    return TD3SBCConfig.for_algo(
+        args.algo, w_actor_bc=coeffs.w_actor_bc if args.w_actor_bc is None else args.w_actor_bc,
         w_critic_bc=coeffs.w_critic_bc if args.w_critic_bc is None else args.w_critic_bc,
         w_rel=coeffs.w_rel if args.w_rel is None else args.w_rel,
         prediction=args.prediction, sampler=args.sampler, backend=args.backend, precision=args.precision,
@@ -116,13 +124,13 @@ def resolve_config(args) -> TD3SBCConfig:
 
 
 def preset_line(args, config: TD3SBCConfig) -> str:
-    """'preset ENV: w_actor_bc=.., w_critic_bc=.., w_rel=..' with the values the run uses; a value set on
-    the command line is marked with the preset's, e.g. 'w_rel=0.0 (preset 0.1)'."""
+    """'preset ENV, algo ALGO: w_actor_bc=.., w_critic_bc=.., w_rel=..' with the values the run uses; a value
+    set on the command line is marked with the preset's, e.g. 'w_rel=0.0 (preset 0.1)'."""
     values = []
-    for name, preset_value in dataclasses.asdict(preset(args.env)).items():
+    for name, preset_value in dataclasses.asdict(preset(args.env, args.algo)).items():
         used = getattr(config, name)
         values.append(f"{name}={used}" + ("" if used == preset_value else f" (preset {preset_value})"))
-    return f"preset {args.env}: " + ", ".join(values)
+    return f"preset {args.env}, algo {args.algo}: " + ", ".join(values)
 
 
 def unknown_env_message(name: str) -> str:
@@ -133,6 +141,21 @@ def unknown_env_message(name: str) -> str:
     except DatasetError as exc:
         return str(exc)
     return f"unknown task {name!r}"
+
+
+def resolve_batch_size(args) -> str:
+    """Sets args.batch_size to the algorithm's default when --batch-size was not given; says which applies."""
+    if args.batch_size is not None:
+        return f"batch_size={args.batch_size} (--batch-size)"
+    args.batch_size = ALGO_DEFAULTS[args.algo].batch_size
+    return f"batch_size={args.batch_size} ({args.algo}'s default)"
+
+
+def algo_line(args, batch: str) -> str:
+    """The algorithm's own defaults, printed like a preset."""
+    weights = {f.name for f in dataclasses.fields(Preset)}  # on the preset line
+    own = [f"{k}={v}" for k, v in ALGO_DEFAULTS[args.algo].model.items() if k not in weights]
+    return f"algo {args.algo}: " + ", ".join([batch, *own])
 
 
 def check_args(args) -> None:
@@ -239,6 +262,9 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             raise TrainingError(f"{exc}; start a new run or point --out at another run") from None
         if note:
             print(f"note: {note}", file=sys.stderr, flush=True)
+        trained = state.get("algo", "td3sbc")
+        if trained != args.algo:
+            raise TrainingError(f"--resume: {run_dir} was trained with --algo {trained}; pass --algo {trained}")
         agent.load_state_dict(state["agent"])
         for name, opt in agent.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -247,7 +273,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
         set_rng_state(state["rng"])
     write_durable(run_dir / "config.json", json.dumps({
         "env": args.env, "seed": seed, "dataset": transitions.source, "transitions": len(transitions),
-        "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
+        "algo": args.algo, "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
         "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
     }, indent=2, default=str).encode())
     runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
@@ -260,6 +286,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
                 "step": step, "agent": agent.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in agent.optimizers.items()},
                 "monitor": monitor.state_dict(), "rng": rng_state(), "env": args.env, "seed": seed,
+                "algo": args.algo,
             })
         except DurableWriteError as exc:
             kept = "the previous checkpoint and every metric row are" if has_checkpoint(ckpt_path) else "every metric row is"
@@ -386,8 +413,9 @@ def main(argv=None) -> int:
     from .data import DatasetError, load_transitions
 
     try:
+        batch = resolve_batch_size(args)
         check_args(args)
-        resolve_config(args)
+        config = resolve_config(args)
         device = pick_device(args.device)
         backend = kernel_backend(args, device)
         if args.graphs is None:
@@ -396,9 +424,13 @@ def main(argv=None) -> int:
         if args.async_eval is None:  # the evaluation process needs a core the update loop leaves free
             args.async_eval = device.type == "cuda" or args.threads < len(os.sched_getaffinity(0))
         torch.set_num_threads(args.threads)
-        print(preset_line(args, resolve_config(args)) + f" | device {device}, backend "
+        print(preset_line(args, config) + f" | device {device}, backend "
               f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}, evaluation "
               f"{'in the background' if args.async_eval else 'inline'}", flush=True)
+        print(algo_line(args, batch), flush=True)
+        if config.algo == "td3sbc" and config.w_rel == 0:
+            print("note: --algo td3sbc with w_rel 0 learns what --algo rebrac learns, at a fraction of the cost "
+                  "(rebrac trains no denoisers and runs no reverse chain)", flush=True)
         generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
         transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
                                        generate_kwargs=generate_kwargs, progress=not args.no_progress)

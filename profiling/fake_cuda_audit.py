@@ -9,6 +9,7 @@ audited: backward passes (the autograd engine needs a CUDA context) and the fuse
 kernel in torch); tests/test_graph_safety.py covers those for host syncs on the CPU.
 
     python profiling/fake_cuda_audit.py --backend triton      # exit 1 if any op touches a CPU tensor
+    python profiling/fake_cuda_audit.py --algo rebrac --backend torch    # the baselines: rebrac, td3bc
 """
 import argparse
 import copy
@@ -23,6 +24,7 @@ import fastbdm.bdm
 import fastbdm.td3sbc
 from fastbdm import TD3SBC, TD3SBCConfig
 from fastbdm.monitor import UpdateMonitor
+from fastbdm.presets import ALGOS
 from fastbdm.replay import TransitionBuffer
 
 OBS, ACT, ROWS, BATCH = 17, 6, 300, 64
@@ -70,10 +72,10 @@ def forward_work(agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor
     b = buffer.sample(BATCH)
     next_action = agent.target_action(b.next_obs)
     critic, q = agent.critic_loss(b, next_action)
-    bdm = agent.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
-    data = agent.data_denoiser_loss(b)
-    metrics = {"critic_loss": critic.detach(), "q_mean": q.detach().mean(), "bdm_loss": bdm.detach(),
-               "data_loss": data.detach()}
+    metrics = {"critic_loss": critic.detach(), "q_mean": q.detach().mean()}
+    if agent.bdm is not None:
+        bdm = agent.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
+        metrics.update(bdm_loss=bdm.detach(), data_loss=agent.data_denoiser_loss(b).detach())
     if actor_step:
         _, terms = agent.actor_loss(b)
         metrics.update({k: v.detach() for k, v in terms.items()})
@@ -84,6 +86,7 @@ def forward_work(agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["torch", "triton"], default="triton")
+    parser.add_argument("--algo", choices=ALGOS, default="td3sbc")
     args = parser.parse_args()
     if not torch.backends.cuda.is_built():
         raise SystemExit("fake_cuda_audit.py needs a CUDA-enabled torch build (this one is CPU-only)")
@@ -97,8 +100,8 @@ def main():
             next_actions=torch.rand(ROWS, ACT, device="cpu") * 2 - 1, rewards=torch.randn(ROWS, device="cpu"),
             terminals=torch.zeros(ROWS, device="cpu"), valid=torch.ones(ROWS, device="cpu"),
             obs_mean=obs.mean(0), obs_std=obs.std(0))
-        config = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(64, 64), steps=4,
-                              backend=args.backend)
+        config = TD3SBCConfig.for_algo(args.algo, actor_hidden=(32, 32), critic_hidden=(32, 32),
+                                       denoiser_hidden=(64, 64), steps=4, backend=args.backend)
         agent = TD3SBC(OBS, ACT, config=config, device="cuda")
         buffer, monitor = TransitionBuffer(transitions, "cuda"), UpdateMonitor("cuda")
         forward_work(agent, buffer, monitor, False)  # the warm-up pair: monitor indices exist before capture
@@ -107,7 +110,7 @@ def main():
             forward_work(agent, buffer, monitor, False)
             forward_work(agent, buffer, monitor, True)
             agent.act(torch.randn(10, OBS))
-    print(f"backend {args.backend}: {audit.ops} ops audited on fake CUDA tensors, {len(audit.found)} touch the CPU")
+    print(f"{args.algo}, backend {args.backend}: {audit.ops} ops audited on fake CUDA tensors, {len(audit.found)} touch the CPU")
     for line in audit.found:
         print("  " + line)
     if audit.found:

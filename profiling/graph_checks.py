@@ -1,10 +1,11 @@
 """Shows, on a CUDA device, what the CUDA-graph trainer changes (paper size: B=1024, halfcheetah shapes):
-1. eager vs graphed: the same seed, N updates of the triton backend run eagerly and by replaying the
-   captured pair; the largest parameter difference (relative to the largest parameter) and whether
-   the CUDA generator ended in the same state (same random draws);
+1. eager vs graphed: the same seed, N updates of the triton backend (the baselines rebrac and td3bc:
+   torch, no denoiser kernels) run eagerly and by replaying the captured pair; the largest parameter
+   difference (relative to the largest parameter) and whether the CUDA generator ended in the same
+   state (same random draws);
 2. the evaluation policy's graph against TD3SBC.act, also after the actor's parameters change in place;
 3. time per update for torch eager, triton eager, triton+graphs with K = 1, 2, 4, 8 pairs per graph
-   and triton-bf16+graphs, and the implied wall time of 1M updates.
+   and triton-bf16+graphs, the baselines eager and graphed (K = 1), and the implied wall time of 1M updates.
 Prints a Markdown report; writes the numbers to OUT/graph_checks.json; exits 1 if 1 or 2 fails.
 
     python profiling/graph_checks.py --out profiling/out --updates 100 --timed 400
@@ -20,10 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from workload import SIZES, UpdateLoop, sync  # noqa: E402
+from benches.workloads import BASELINES  # noqa: E402
 from fastbdm.graphs import GraphedPolicy  # noqa: E402
 
-TIMED_VARIANTS = [("torch", 1), ("triton", 1), ("triton+graphs", 1), ("triton+graphs", 2), ("triton+graphs", 4),
-                  ("triton+graphs", 8), ("triton-bf16+graphs", 1)]
+TIMED_VARIANTS = [("td3sbc", "torch", 1), ("td3sbc", "triton", 1), ("td3sbc", "triton+graphs", 1),
+                  ("td3sbc", "triton+graphs", 2), ("td3sbc", "triton+graphs", 4), ("td3sbc", "triton+graphs", 8),
+                  ("td3sbc", "triton-bf16+graphs", 1)]
+TIMED_VARIANTS += [(algo, variant, 1) for algo in BASELINES for variant in ("torch", "torch+graphs")]
 
 
 def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
@@ -31,14 +35,15 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([t.detach().float().flatten() for t in (*model.parameters(), *model.buffers())])
 
 
-def eager_vs_graphed(size, device, updates: int) -> dict:
+def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc") -> dict:
     """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included)."""
-    eager = UpdateLoop("triton", size, device, seed=0)
+    backend = "triton" if algo == "td3sbc" else "torch"
+    eager = UpdateLoop(backend, size, device, seed=0, algo=algo)
     for _ in range(updates):
         eager.step()
     sync(device)
     eager_params, eager_rng = flat_parameters(eager.model), torch.cuda.get_rng_state(device)
-    graphed = UpdateLoop("triton+graphs", size, device, seed=0)  # runs its warm-up and one replay
+    graphed = UpdateLoop(f"{backend}+graphs", size, device, seed=0, algo=algo)  # runs its warm-up and one replay
     left = updates - graphed.model.num_updates
     if left < 0 or left % graphed.steps_per_call:
         raise SystemExit(f"--updates {updates}: needs at least {graphed.model.num_updates} and an even count")
@@ -47,7 +52,7 @@ def eager_vs_graphed(size, device, updates: int) -> dict:
     sync(device)
     graphed_params = flat_parameters(graphed.model)
     scale = eager_params.abs().max().item()
-    return {"updates": updates, "eager_num_updates": eager.model.num_updates,
+    return {"algo": algo, "updates": updates, "eager_num_updates": eager.model.num_updates,
             "graphed_num_updates": graphed.model.num_updates,
             "max_abs_diff": (eager_params - graphed_params).abs().max().item(), "param_scale": scale,
             "max_rel_diff": (eager_params - graphed_params).abs().max().item() / scale,
@@ -71,21 +76,23 @@ def policy_graph(size, device) -> dict:
 def failed_checks(results: dict) -> list:
     """What the run shows is wrong. Expected exactly equal (same kernels, same random stream); the
     tolerances leave room for a different cuBLAS algorithm under capture."""
-    eq, policy = results["eager_vs_graphed"], results["policy"]
+    policy = results["policy"]
     failures = []
-    if not eq["same_rng_state"]:
-        failures.append("the CUDA generator state differs after eager and graphed updates")
-    if eq["max_rel_diff"] > 1e-3:
-        failures.append(f"eager and graphed parameters differ by {eq['max_rel_diff']:.3g} (relative) > 1e-3")
+    for eq in (results["eager_vs_graphed"], *results["eager_vs_graphed_baselines"]):
+        if not eq["same_rng_state"]:
+            failures.append(f"{eq['algo']}: the CUDA generator state differs after eager and graphed updates")
+        if eq["max_rel_diff"] > 1e-3:
+            failures.append(f"{eq['algo']}: eager and graphed parameters differ by {eq['max_rel_diff']:.3g} "
+                            "(relative) > 1e-3")
     for key, diff in policy.items():
         if diff > 1e-5:
             failures.append(f"{key} = {diff:.3g} > 1e-5")
     return failures
 
 
-def time_per_update(variant: str, pairs: int, size, device, timed: int) -> dict:
+def time_per_update(algo: str, variant: str, pairs: int, size, device, timed: int) -> dict:
     """Wall seconds per update over `timed` updates (device synchronised at both ends)."""
-    loop = UpdateLoop(variant, size, device, seed=0, pairs_per_graph=pairs)
+    loop = UpdateLoop(variant, size, device, seed=0, pairs_per_graph=pairs, algo=algo)
     calls = max(1, timed // loop.steps_per_call)
     for _ in range(max(1, 8 // loop.steps_per_call)):
         loop.step()
@@ -95,7 +102,7 @@ def time_per_update(variant: str, pairs: int, size, device, timed: int) -> dict:
         loop.step()
     sync(device)
     per_update = (time.perf_counter() - start) / (calls * loop.steps_per_call)
-    return {"variant": variant, "pairs_per_graph": pairs, "updates": calls * loop.steps_per_call,
+    return {"algo": algo, "variant": variant, "pairs_per_graph": pairs, "updates": calls * loop.steps_per_call,
             "ms_per_update": per_update * 1e3, "updates_per_s": 1.0 / per_update,
             "minutes_per_1M_updates": per_update * 1e6 / 60}
 
@@ -110,10 +117,13 @@ def report(results: dict) -> str:
              f"Evaluation policy graph vs TD3SBC.act: max |difference| {results['policy']['policy_graph_max_abs_diff']:.3g} "
              f"at capture, {results['policy']['policy_graph_after_update_max_abs_diff']:.3g} after the actor's "
              "parameters changed in place.",
-             "", "| variant | pairs per graph | updates timed | ms / update | updates / s | min / 1M updates |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             *(f"{b['algo']} eager vs graphed after {b['updates']} updates: relative difference "
+               f"{b['max_rel_diff']:.3g}; CUDA generator state equal: {b['same_rng_state']}."
+               for b in results["eager_vs_graphed_baselines"]),
+             "", "| algo | variant | pairs per graph | updates timed | ms / update | updates / s | min / 1M updates |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["timing"]:
-        lines.append(f"| {r['variant']} | {r['pairs_per_graph']} | {r['updates']} | {r['ms_per_update']:.3f} | "
+        lines.append(f"| {r['algo']} | {r['variant']} | {r['pairs_per_graph']} | {r['updates']} | {r['ms_per_update']:.3f} | "
                      f"{r['updates_per_s']:.0f} | {r['minutes_per_1M_updates']:.1f} |")
     return "\n".join(lines)
 
@@ -131,9 +141,10 @@ def main():
     results = {"device_name": torch.cuda.get_device_name(device), "torch": torch.__version__,
                "triton": __import__("triton").__version__, "size": size.name,
                "eager_vs_graphed": eager_vs_graphed(size, device, args.updates),
+               "eager_vs_graphed_baselines": [eager_vs_graphed(size, device, args.updates, a) for a in BASELINES],
                "policy": policy_graph(size, device), "timing": []}
-    for variant, pairs in TIMED_VARIANTS:
-        results["timing"].append(time_per_update(variant, pairs, size, device, args.timed))
+    for algo, variant, pairs in TIMED_VARIANTS:
+        results["timing"].append(time_per_update(algo, variant, pairs, size, device, args.timed))
         print(results["timing"][-1], flush=True)
     text = report(results)
     print(text)

@@ -1,10 +1,12 @@
-"""Shows: the wall time of single TD3-SBC updates (batch sampling included, device synchronised after
-each), median over N updates, split into actor and non-actor steps; prints one summary line with the
-process's CPU time / wall time (below the thread count: other processes took the cores).
+"""Shows: the wall time of single updates of one algorithm (batch sampling included, device synchronised
+after each), median over N updates, split into actor and non-actor steps; prints one summary line with
+the process's CPU time / wall time (below the thread count: other processes took the cores).
 
     python profiling/time_update.py --variant torch --size paper --updates 50 --threads 1
+    python profiling/time_update.py --algo rebrac --size paper --batch 256 --updates 200
 """
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -15,6 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from workload import UPDATE_VARIANTS, UpdateLoop, common_args, setup_from, sync  # noqa: E402
+from benches.workloads import BASELINE_VARIANTS  # noqa: E402
+from fastbdm.presets import ALGOS  # noqa: E402
 
 
 def time_updates(loop: UpdateLoop, count: int) -> dict:
@@ -32,20 +36,26 @@ def time_updates(loop: UpdateLoop, count: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=UPDATE_VARIANTS, default="torch")
+    parser.add_argument("--algo", choices=ALGOS, default="td3sbc")
+    parser.add_argument("--variant", choices=list(dict.fromkeys(UPDATE_VARIANTS + BASELINE_VARIANTS)), default="torch",
+                        help=f"td3sbc: {', '.join(UPDATE_VARIANTS)}; baselines: {', '.join(BASELINE_VARIANTS)}")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the size's)")
     parser.add_argument("--updates", type=int, default=50, help="calls of the update step (pairs with CUDA graphs)")
     parser.add_argument("--warmup", type=int, default=4)
     common_args(parser)
     args = parser.parse_args()
     size, device = setup_from(args)
-    loop = UpdateLoop(args.variant, size, device)
+    if args.batch is not None:
+        size = dataclasses.replace(size, batch=args.batch)
+    loop = UpdateLoop(args.variant, size, device, algo=args.algo)
     time_updates(loop, args.warmup)
     wall, cpu = time.perf_counter(), time.process_time()
     times = time_updates(loop, args.updates)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ms = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     every = [t for ts in times.values() for t in ts]
-    line = (f"{args.variant} size={size.name} B={size.batch} device={device} threads={torch.get_num_threads()} "
+    line = (f"{args.algo} {args.variant} size={size.name} B={size.batch} device={device} "
+            f"threads={torch.get_num_threads()} "
             f"updates={len(every)}: median {ms(every):.1f} ms/update (mean {statistics.mean(every) * 1e3:.1f})"
             f"; process CPU / wall {cpu / wall:.2f} (threads x 1.0 when no other process competed)")
     if times["actor"] and times["other"]:

@@ -13,7 +13,7 @@ def parsed(*argv):
 def test_preset_line_prints_the_values_the_run_uses_and_marks_overrides():
     args = parsed("--env", "hopper-medium-replay", "--w-rel", "0", "--w-actor-bc", "0.2")
     line = train_cli.preset_line(args, train_cli.resolve_config(args))
-    assert line.startswith("preset hopper-medium-replay: ")
+    assert line.startswith("preset hopper-medium-replay, algo td3sbc: ")
     assert "w_actor_bc=0.2 (preset 0.05)" in line
     assert "w_rel=0.0 (preset 1.0)" in line
     assert re.search(r"w_critic_bc=0\.5(,|$)", line)  # not overridden: the preset's value, unmarked
@@ -22,7 +22,7 @@ def test_preset_line_prints_the_values_the_run_uses_and_marks_overrides():
 def test_preset_line_without_overrides_has_no_marks():
     args = parsed("--env", "walker2d-medium")
     line = train_cli.preset_line(args, train_cli.resolve_config(args))
-    assert line == "preset walker2d-medium: w_actor_bc=0.05, w_critic_bc=0.1, w_rel=0.1"
+    assert line == "preset walker2d-medium, algo td3sbc: w_actor_bc=0.05, w_critic_bc=0.1, w_rel=0.1"
 
 
 def test_the_command_prints_the_overridden_value(tmp_path, capsys):

@@ -38,9 +38,9 @@ class HostSyncDetector(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def small_agent(backend="auto"):
-    cfg = TD3SBCConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=3,
-                       backend=backend, precision="ieee")
+def small_agent(backend="auto", algo="td3sbc"):
+    cfg = TD3SBCConfig.for_algo(algo, actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32),
+                                steps=3, backend=backend, precision="ieee")
     return TD3SBC(N, M, config=cfg)
 
 
@@ -57,11 +57,12 @@ def batch():
                  (torch.rand(B) < 0.2).float(), torch.ones(B))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_update_and_batch_sampling_never_sync_with_the_host(backend):
+@pytest.mark.parametrize("backend,algo", [("torch", "td3sbc"), ("triton", "td3sbc"), ("torch", "rebrac"),
+                                          ("torch", "td3bc")])
+def test_update_and_batch_sampling_never_sync_with_the_host(backend, algo):
     """With "triton" the custom ops are opaque to the detector: it checks the autograd and wrapper
     code around them (kernels/ launchers take only tensors, shapes and constant floats)."""
-    agent = small_agent(backend)
+    agent = small_agent(backend, algo)
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B)
     runner.step()  # the first pair builds the monitor's index tensors, as the warm-up pairs do on a GPU
     runner.step()

@@ -10,9 +10,10 @@ import pytest
 import torch
 from datasets import ACT, OBS, write_tiny_npz
 
-from fastbdm import TD3SBC
+from fastbdm import TD3SBC, TD3SBCConfig
 from fastbdm import train as train_cli
 from fastbdm.checkpoint import load_checkpoint
+from fastbdm.presets import ALGOS
 
 FAST = ["--batch-size", "32", "--eval-episodes", "2", "--threads", "1", "--no-progress", "--device", "cpu",
         "--no-async-eval"]  # one test runs the evaluation worker process
@@ -65,15 +66,44 @@ def test_cli_trains_evaluates_and_writes_a_run(dataset, tmp_path):
     agent.load_state_dict(state["agent"])
 
 
-def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
-    common = ["--eval-every", "20", "--log-every", "10", "--checkpoint-every", "20", "--seed", "3"]
+@pytest.mark.parametrize("algo", ALGOS)
+def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path, capsys, algo):
+    common = ["--algo", algo, "--eval-every", "20", "--log-every", "10", "--checkpoint-every", "20", "--seed", "3"]
     assert run(dataset, tmp_path / "whole", "--steps", "40", *common) == 0
+    assert capsys.readouterr().out.startswith(f"preset halfcheetah-medium-replay, algo {algo}: ")
     assert run(dataset, tmp_path / "split", "--steps", "20", *common) == 0
     assert run(dataset, tmp_path / "split", "--steps", "40", "--resume", *common) == 0
+    run_dir = tmp_path / "split" / "halfcheetah-medium-replay" / "seed3"
     whole = rows(tmp_path / "whole" / "halfcheetah-medium-replay" / "seed3")
-    split = rows(tmp_path / "split" / "halfcheetah-medium-replay" / "seed3")
+    split = rows(run_dir)
     assert [r["step"] for r in split] == [10, 20, 30, 40]
     assert split == whole
+    # the same columns for every algorithm; the terms it does not have are empty, not NaN
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == list(train_cli.COLUMNS)
+    assert all(("sbc" in r and "bdm_loss" in r and "data_loss" in r) == (algo == "td3sbc") for r in split)
+    assert all(np.isfinite(r["critic_loss"]) and np.isfinite(r["bc"]) for r in split)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == config["config"]["algo"] == algo
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    fresh = TD3SBC(OBS, ACT, config=TD3SBCConfig.for_algo(algo))
+    assert state["algo"] == algo and set(state["optimizers"]) == set(fresh.optimizers)
+
+
+def test_batch_size_default_per_algorithm_and_the_rebrac_note(dataset, tmp_path, capsys):
+    common = ["--env", "halfcheetah-medium-replay", "--dataset", str(dataset), "--steps", "2", "--eval-every", "2",
+              "--eval-episodes", "1", "--threads", "1", "--no-progress", "--device", "cpu", "--no-async-eval"]
+    assert train_cli.main([*common, "--algo", "td3bc", "--out", str(tmp_path / "td3bc")]) == 0
+    out = capsys.readouterr().out
+    assert "algo td3bc: batch_size=256 (td3bc's default), alpha=2.5, lr=0.0003" in out
+    assert "critic_layer_norm=False" in out and "note:" not in out
+    config = json.loads((tmp_path / "td3bc" / "halfcheetah-medium-replay" / "seed0" / "config.json").read_text())
+    assert config["batch_size"] == 256 and config["config"]["critic_hidden"] == [256, 256]
+    assert train_cli.main([*common, "--w-rel", "0", "--batch-size", "8", "--seeds", "0", "1",
+                           "--out", str(tmp_path / "w_rel0")]) == 0
+    out = capsys.readouterr().out
+    assert "algo td3sbc: batch_size=8 (--batch-size)" in out
+    assert out.count("note: --algo td3sbc with w_rel 0 learns what --algo rebrac learns") == 1
 
 
 def nan_bdm_loss_at_update_27(monkeypatch):
@@ -104,6 +134,7 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     (["--steps", "0"], "--steps"),
     (["--device", "cuda"], "CUDA"),
     (["--backend", "torch", "--precision", "bf16"], "use backend 'triton'"),
+    (["--algo", "rebrac", "--w-rel", "0.1"], "rebrac has no state-BC term"),
 ])
 def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
@@ -118,6 +149,8 @@ def test_existing_run_needs_resume(dataset, tmp_path, capsys):
     assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4") == 0
     assert run(dataset, tmp_path, "--steps", "8", "--eval-every", "4") == 2
     assert "--resume" in capsys.readouterr().err
+    assert run(dataset, tmp_path, "--steps", "8", "--eval-every", "4", "--resume", "--algo", "rebrac") == 2
+    assert "trained with --algo td3sbc; pass --algo td3sbc" in capsys.readouterr().err
 
 
 def test_several_seeds_run_one_after_another(dataset, tmp_path, capsys):
