@@ -85,7 +85,7 @@ def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path, capsys, algo)
     assert all(np.isfinite(r["critic_loss"]) and np.isfinite(r["bc"]) for r in split)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == config["config"]["algo"] == algo
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoint.pt", "cpu")
     fresh = TD3SBC(OBS, ACT, config=TD3SBCConfig.for_algo(algo))
     assert state["algo"] == algo and set(state["optimizers"]) == set(fresh.optimizers)
 
