@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
+from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend, torch_matmul_precision
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .compat import CompatFlags
 from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
     p.add_argument("--precision", choices=PRECISIONS, default="tf32",
                    help="matmuls of the Triton MLP kernels: tf32 operands, tf32x3, exact fp32 (ieee), or bf16 "
-                        "weights/activations/operands with fp32 accumulation (GPU only)")
+                        "weights/activations/operands with fp32 accumulation (GPU only); torch's own matmuls of "
+                        "the update on CUDA run in TF32 for tf32 and bf16, in exact fp32 for ieee and tf32x3, "
+                        "set while training runs")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
     p.add_argument("--graph-pairs", type=int, default=1,
@@ -329,9 +331,10 @@ def main(argv=None) -> int:
                                        generate_kwargs=generate_kwargs, progress=not args.no_progress)
         print(f"dataset: {len(transitions)} transitions from {transitions.source}", flush=True)
         scores = []
-        for seed in args.seeds or [args.seed]:
-            scores.append(run_seed(args, seed, device, transitions))
-            print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
+        with torch_matmul_precision(args.precision):
+            for seed in args.seeds or [args.seed]:
+                scores.append(run_seed(args, seed, device, transitions))
+                print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
     except (TrainingError, DatasetError, GraphCaptureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
