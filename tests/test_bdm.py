@@ -11,11 +11,13 @@ N, M, B = 5, 3, 13
 
 
 def make_bdm(prediction="sample", **kw):
+    """Online, target and the initial weights all differ: online perturbed, then the target moved 0.3 of
+    the way toward it."""
     bdm = BellmanDiffusion(N, M, hidden=(32, 32), steps=6, prediction=prediction, gamma=0.9, **kw)
-    bdm.update_target(0.3)  # target != online: perturb online first so the two differ
     with torch.no_grad():
         for p in bdm.denoiser.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    bdm.update_target(0.3)
     return bdm
 
 
@@ -146,11 +148,15 @@ def test_only_the_online_denoiser_gets_gradients():
 
 
 def test_update_target_moves_by_tau():
+    """target <- 0.75 target + 0.25 online, from a target that differs from the online network by O(0.1)
+    in every parameter (a no-op, a copy or the wrong tau all fail)."""
     bdm = make_bdm()
     before = [p.clone() for p in bdm.target_denoiser.parameters()]
+    for old, online in zip(before, bdm.denoiser.parameters()):
+        assert (old - online).abs().min() > 0 and (old - online).abs().max() > 0.05
     bdm.update_target(0.25)
     for old, new, online in zip(before, bdm.target_denoiser.parameters(), bdm.denoiser.parameters()):
-        torch.testing.assert_close(new, 0.75 * old + 0.25 * online)
+        torch.testing.assert_close(new, 0.75 * old + 0.25 * online, rtol=0, atol=1e-6)
 
 
 def test_public_api_shapes():
