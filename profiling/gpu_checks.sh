@@ -47,7 +47,8 @@ for stage in "${stages[@]}"; do
             triton.__version__, numpy.__version__, torch.cuda.get_device_name())"' ;;
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
-            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py tests/test_ops.py ;;
+            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
+            tests/test_kernels_tf32.py tests/test_ops.py ;;
     graphs)
         run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
     benches)
