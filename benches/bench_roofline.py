@@ -2,18 +2,16 @@
 on CUDA) at the denoiser's layer shape scaled up, and a large copy (read + write)."""
 import torch
 
+from fastbdm.backends import torch_matmul_precision
+
 
 def test_matmul_rate(measure, bench_setup):
     device = bench_setup.device
     m, k, n = (8192, 8192, 8192) if device.type == "cuda" else (1024, 512, 512)
     a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    with torch_matmul_precision("tf32"):
         measure(lambda: a @ b, component="roofline_matmul", variant="tf32" if device.type == "cuda" else "fp32",
                 backend="torch", flops=2 * m * k * n, bytes=4 * (m * k + k * n + m * n))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_copy_bandwidth(measure, bench_setup):

@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.backends import torch_matmul_precision
 from fastbdm.data.transitions import build_transitions
 from fastbdm.graphs import WARMUP_PAIRS, UpdateRunner
 from fastbdm.monitor import UpdateMonitor
@@ -146,7 +147,9 @@ class UpdateLoop:
     step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
     device-side metrics). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
     CUDA graph; one step is then pairs_per_graph pairs of updates (steps_per_call = 2 pairs_per_graph),
-    captured here after the runner's warm-up.
+    captured here after the runner's warm-up. Every fastbdm step runs under the trainer's torch matmul
+    setting for its precision (backends.torch_matmul_precision: TF32 on CUDA for tf32 and bf16); the
+    research variant keeps torch's default (exact fp32), as the research code did.
     """
 
     def __init__(self, variant: str, size: Size, device, seed: int = 0, pairs_per_graph: int = 1,
@@ -164,13 +167,19 @@ class UpdateLoop:
         known = UPDATE_VARIANTS if algo == "td3sbc" else BASELINE_VARIANTS
         if variant not in known:
             raise ValueError(f"unknown {algo} variant {variant!r}: choose one of {', '.join(known)}")
-        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, *variant_kernels(variant), algo), device=device)
+        backend, precision = variant_kernels(variant)
+        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend, precision, algo), device=device)
         graphs = variant.endswith("+graphs")
         runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=graphs,
                               pairs_per_graph=pairs_per_graph)
+
+        def step(count=self.steps_per_call):  # torch's matmuls at the trainer's setting (fastbdm.train.main)
+            with torch_matmul_precision(precision):
+                runner.run(count)
+
         if graphs:
-            runner.run(2 * WARMUP_PAIRS + self.steps_per_call)  # warm-up, capture, one replay
-        self._step = lambda: runner.run(self.steps_per_call)
+            step(2 * WARMUP_PAIRS + self.steps_per_call)  # warm-up, capture, one replay
+        self._step = step
 
     @property
     def actor_next(self) -> bool:

@@ -186,11 +186,18 @@ def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     return _td_loss(pred, target1, y2, done, float(gamma))[0]
 
 
-@functools.lru_cache(maxsize=None)
+# One namespace per precision, made once: torch.compile traces the lookup below, but not the
+# construction of a SimpleNamespace (a graph break under fullgraph=True).
+_AT_PRECISION = {
+    precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
+                               denoiser_forward=functools.partial(denoiser_forward, precision=precision),
+                               reverse_chain=functools.partial(reverse_chain, precision=precision))
+    for precision in denoiser_mlp.PRECISIONS
+}
+
+
 def with_precision(precision: str) -> SimpleNamespace:
     """This module's four kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss)
     with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
     denoiser_mlp.check_precision(precision)
-    return SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
-                           denoiser_forward=functools.partial(denoiser_forward, precision=precision),
-                           reverse_chain=functools.partial(reverse_chain, precision=precision))
+    return _AT_PRECISION[precision]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
+from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend, torch_matmul_precision
 from .checkpoint import (CheckpointError, estimated_size, has_checkpoint, load_latest, rng_state, save_checkpoint,
                          set_rng_state, space_needed)
 from .compat import CompatFlags
@@ -75,7 +75,9 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
     p.add_argument("--precision", choices=PRECISIONS, default="tf32",
                    help="matmuls of the Triton MLP kernels: tf32 operands, tf32x3, exact fp32 (ieee), or bf16 "
-                        "weights/activations/operands with fp32 accumulation (GPU only)")
+                        "weights/activations/operands with fp32 accumulation (GPU only); torch's own matmuls of "
+                        "the update on CUDA run in TF32 for tf32 and bf16, in exact fp32 for ieee and tf32x3, "
+                        "set while training runs")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
     p.add_argument("--graph-pairs", type=int, default=1,
@@ -436,9 +438,10 @@ def main(argv=None) -> int:
                                        generate_kwargs=generate_kwargs, progress=not args.no_progress)
         print(f"dataset: {len(transitions)} transitions from {transitions.source}", flush=True)
         scores = []
-        for seed in args.seeds or [args.seed]:
-            scores.append(run_seed(args, seed, device, transitions))
-            print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
+        with torch_matmul_precision(args.precision):
+            for seed in args.seeds or [args.seed]:
+                scores.append(run_seed(args, seed, device, transitions))
+                print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
     except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -228,8 +228,10 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
     pre2 = torch.empty((R, h2), device=dev, dtype=w1.dtype)
     if out is None:
         out = torch.empty((R, n_out), device=dev, dtype=torch.float32)
-    stats = torch.empty((4, R), device=dev, dtype=torch.float32) if save_activations else out
-    grid = (triton.cdiv(R, block_m),)
+    # (mean1, rstd1, mean2, rstd2); without save_activations the kernel writes none of them (any
+    # pointer will do: out), so no row count is assumed
+    stats = torch.empty((4, R), device=dev, dtype=torch.float32).unbind(0) if save_activations else (out,) * 4
+    grid = (triton.cdiv(R, block_m),)  # R = 0: an empty grid, which Triton does not launch
     _mlp_forward_kernel[grid](
         rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,
         pre1, stats[0], stats[1], pre2, stats[2], stats[3], out,

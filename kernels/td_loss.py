@@ -40,12 +40,15 @@ def _td_loss_kernel(
 
 def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, block_m=64, num_warps=4):
     """pred (2R, n), target1, y2 (R, n), done (R,) bool/float, gamma float
-    -> (loss 0-d fp32 tensor, grad_pred (2R, n) = d loss / d pred). `grad_out` (optional) receives the grad."""
+    -> (loss 0-d fp32 tensor, grad_pred (2R, n) = d loss / d pred). `grad_out` (optional) receives the grad.
+    No rows: the loss is NaN (the mean of nothing, as in reference.td_loss), grad_pred empty."""
     R, n = target1.shape
     pred, target1, y2 = pred.contiguous(), target1.contiguous(), y2.contiguous()
     done = done.to(torch.float32).contiguous()
     if grad_out is None:
         grad_out = torch.empty((2 * R, n), device=pred.device, dtype=torch.float32)
+    if R * n == 0:
+        return torch.full((), float("nan"), device=pred.device), grad_out
     programs = triton.cdiv(R, block_m)
     partial = torch.empty((programs,), device=pred.device, dtype=torch.float32)
     _td_loss_kernel[(programs,)](

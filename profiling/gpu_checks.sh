@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, prepared for one call of the device machine (torch + triton there):
-#   bash profiling/gpu_checks.sh [STAGE ...]        default: env kernels graphs benches tune
+#   bash profiling/gpu_checks.sh [STAGE ...]        default: env micro kernels graphs benches tune
 # Stages (each under its own time limit; exit status and seconds in the log's summary lines):
 #   env      nvidia-smi, versions
+#   micro    profiling/micro.py: graph launch gap (and with PDL), grid barrier, L2 bandwidth, mma.sync vs
+#            wgmma, kernels per update pair -> micro.json (its own budget 50 s, each part guarded)
 #   kernels  the kernel and op tests compiled on the GPU (FASTBDM_TEST_DEVICE=cuda, tests/conftest.py)
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (they sum to ~21 min, over one device call's 10): stages run in order of
+# The limits are caps (env 60 + micro 60 + kernels 300 + graphs 240 + benches 300 + 200 + tune 180 s = 22 min,
+# over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
-# Results go to $OUT (else profiling/out/gpu), at most 7 files: log.txt (every stage's output),
+# Results go to $OUT (else profiling/out/gpu), at most 8 files: log.txt (every stage's output), micro.json,
 # graph_checks.json, bench.json, bench_table.md, bench2048.json, bench2048_table.md, train_metrics.csv. Needs .gpu/ from
 # profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
 # itself is installed editable without dependencies.
@@ -39,15 +42,18 @@ run_stage() {  # name, seconds, command...
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env kernels graphs benches tune)
+[ ${#stages[@]} -eq 0 ] && stages=(env micro kernels graphs benches tune)
 for stage in "${stages[@]}"; do
     case $stage in
     env)
         run_stage env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton, numpy; print(torch.__version__,
             triton.__version__, numpy.__version__, torch.cuda.get_device_name())"' ;;
+    micro)
+        run_stage micro 60 python3 profiling/micro.py --out "$out" --budget 50 ;;
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
-            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py tests/test_ops.py ;;
+            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
+            tests/test_kernels_tf32.py tests/test_ops.py ;;
     graphs)
         run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
     benches)
@@ -69,7 +75,7 @@ for stage in "${stages[@]}"; do
             --eval-every 5000 --checkpoint-every 50000 --out /tmp/fastbdm-runs --no-progress "${resume[@]}"
         cp "$run/metrics.csv" "$out/train_metrics.csv" ;;
     *)
-        echo "unknown stage $stage: env, kernels, graphs, benches, tune or train:N" | tee -a "$log" ;;
+        echo "unknown stage $stage: env, micro, kernels, graphs, benches, tune or train:N" | tee -a "$log" ;;
     esac
 done
 grep "^=== .*: exit" "$log"

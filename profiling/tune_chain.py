@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from workload import SIZES, bench_device, sync  # noqa: E402  (first: sets TRITON_INTERPRET on the CPU)
 from benches.workloads import ACT_DIM, OBS_DIM, kernel_cost  # noqa: E402
+from fastbdm.backends import torch_matmul_precision  # noqa: E402
 from fastbdm.kernels.reverse_chain import reverse_chain  # noqa: E402
 from fastbdm.networks import Denoiser  # noqa: E402
 from fastbdm.schedule import DiffusionSchedule  # noqa: E402
@@ -43,12 +44,8 @@ def matmul_rate(rows: int, hidden: int, precision: str, device, repeats: int) ->
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(rows, hidden, device=device, dtype=dtype)
     b = torch.randn(hidden, hidden, device=device, dtype=dtype)
-    allow = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision != "ieee"
-    try:
+    with torch_matmul_precision("ieee" if precision == "ieee" else "tf32"):
         seconds = median_seconds(lambda: a @ b, device, repeats)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow
     return 2 * rows * hidden * hidden / seconds
 
 

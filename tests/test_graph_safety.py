@@ -84,10 +84,12 @@ def test_detector_catches_host_syncs_and_host_data():
     assert detector.found == ["tensor from host data"]
 
 
-def test_all_losses_compile_as_one_graph():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_all_losses_compile_as_one_graph(backend):
     """torch.compile(fullgraph=True) fails on any graph break: data-dependent control flow, .item(),
-    Python-side reads of tensors. The optimiser calls are outside (dynamo does not trace zero_grad)."""
-    agent, b = small_agent(), batch()
+    Python-side reads of tensors. The optimiser calls are outside (dynamo does not trace zero_grad).
+    "triton": the losses through the custom ops (fastbdm::*, traced by their fake implementations)."""
+    agent, b = small_agent(backend), batch()
 
     def losses(b):
         next_action = agent.target_action(b.next_obs)

@@ -197,3 +197,54 @@ def test_td3sbc_actor_loss_matches_reference():
     torch.testing.assert_close(sbc_triton, sbc_torch, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads_triton, grads_torch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3])
+def test_every_op_on_few_rows(rows):
+    """Any row count >= 0, fewer than one block of every kernel included (the forward without saved
+    activations once indexed its statistics in `out`'s rows): each op, and the backward through
+    denoiser_forward and td_loss, against the reference. 0 rows: empty outputs, zero weight gradients
+    and the loss of no rows, NaN (the mean of nothing), as the reference gives."""
+    triton_bdm, _ = make_pair()
+    sch, weights = triton_bdm.schedule, [w.detach() for w in triton_bdm.target_denoiser.weights()]
+    s, a, s_next, _, _ = bdm_batch(rows, N, M, done_rows=())
+    t, z = torch.randint(0, sch.steps, (rows,)), torch.randn(rows, N)
+    noise = torch.randn(sch.steps, rows, N)
+    x = ops.noised_rows(s_next, z, t, s, a, sch)
+    torch.testing.assert_close(x, reference.noised_rows(s_next, z, t, s, a, sch))
+    with torch.no_grad():
+        torch.testing.assert_close(ops.denoiser_forward(x, weights, precision="ieee"),
+                                   reference.denoiser_forward(x, weights), rtol=1e-5, atol=1e-5)
+    for sampler in ("ddim", "ddpm"):
+        torch.testing.assert_close(ops.reverse_chain(weights, s, a, z, sch, "sample", sampler, noise, precision="ieee"),
+                                   reference.reverse_chain(weights, s, a, z, sch, "sample", sampler, noise),
+                                   rtol=1e-4, atol=1e-4)
+    done = torch.arange(rows) % 2 == 1
+    results = []
+    for backend in (ops.with_precision("ieee"), reference):
+        leaves = [w.clone().requires_grad_(True) for w in weights]
+        rows_in = x.clone().requires_grad_(True)
+        pred = backend.denoiser_forward(torch.cat([rows_in, rows_in]), leaves)
+        loss = backend.td_loss(pred, s_next, z, done, 0.9)
+        results.append((loss, *torch.autograd.grad(loss, [rows_in, *leaves])))
+    assert results[0][0].shape == () and results[0][1].shape == (rows, x.shape[1])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=rows == 0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3])
+def test_bellman_diffusion_on_few_rows(rows):
+    """BellmanDiffusion.sample / denoise / td_loss (and its backward) on the triton backend against the
+    torch backend at 0 to 3 rows."""
+    triton_bdm, torch_bdm = make_pair()
+    s, a, s_next, a_next, done = bdm_batch(rows, N, M, done_rows=[0] if rows else ())
+    t, eps, z = torch.randint(0, triton_bdm.steps, (rows,)), torch.randn(rows, N), torch.randn(rows, N)
+    results = []
+    for bdm in (triton_bdm, torch_bdm):
+        loss = bdm.td_loss(s, a, s_next, a_next, done, t=t, eps=eps, z=z)
+        loss.backward()
+        results.append([bdm.sample(s, a, z), bdm.denoise(s_next, s, a, t).detach(), loss.detach(),
+                        *(p.grad for p in bdm.denoiser.parameters())])
+    assert results[0][0].shape == results[0][1].shape == (rows, N)
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, equal_nan=rows == 0)

@@ -120,9 +120,18 @@ def test_compat_standardised_sbc_half():
     compat = make_agent(compat=CompatFlags(standardised_sbc_half=True))
     S = compat.sbc_states(s)
     torch.testing.assert_close(S[B:], (s - s.mean(0)) / s.std(0))
-    S = make_agent().sbc_states(s)
-    assert torch.equal(S[:B], s) and not torch.allclose(S[B:], (s - s.mean(0)) / s.std(0))
-    torch.testing.assert_close(S[B:].mean(0), s.mean(0), atol=2.5, rtol=0)
+    fixed = make_agent()
+    torch.manual_seed(7)
+    S = fixed.sbc_states(s)
+    torch.manual_seed(7)  # the same draws: s_rand = batch mean + batch std * N(0, 1), per dim
+    torch.testing.assert_close(S, torch.cat([s, s.mean(0) + s.std(0) * torch.randn_like(s)]), rtol=0, atol=1e-6)
+    # and as a distribution, on many rows: the random half has the batch's mean and std per dim
+    # (standard errors std / sqrt(rows) and std / sqrt(2 rows): 4.5 of each allowed)
+    rows = 20_000
+    big = torch.randn(rows, N) * torch.linspace(0.5, 3, N) + torch.linspace(-2, 2, N)
+    half = fixed.sbc_states(big)[rows:]
+    torch.testing.assert_close(half.mean(0), big.mean(0), rtol=0, atol=4.5 * 3 / rows ** 0.5)
+    torch.testing.assert_close(half.std(0) / big.std(0), torch.ones(N), rtol=0, atol=4.5 / (2 * rows) ** 0.5)
 
 
 def test_compat_sbc_weights_broadcast_to_an_unweighted_mean():

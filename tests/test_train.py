@@ -313,3 +313,45 @@ def test_metric_rows_are_on_disk_before_the_checkpoint_that_counts_on_them(datas
     assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4") == 0
     checkpoint = synced.index("checkpoint.pt.tmp")
     assert {"metrics.csv", "metrics.jsonl"} <= set(synced[checkpoint - 2:checkpoint])
+@pytest.mark.parametrize("precision, before, during", [("tf32", False, True), ("bf16", False, True),
+                                                       ("ieee", True, False), ("tf32x3", True, False)])
+def test_precision_sets_torch_matmuls_while_training_and_restores_them(dataset, tmp_path, monkeypatch, precision,
+                                                                       before, during):
+    """--precision decides whether torch's matmuls of the update run in TF32 on CUDA (the flag no CPU
+    matmul reads, so it is observable here): set inside the trainer, the previous value back after,
+    also when the run fails."""
+    seen = []
+
+    def run_seed(args, seed, device, transitions):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        if len(seen) == 2:
+            raise train_cli.TrainingError("stop")
+        return 0.0
+
+    monkeypatch.setattr(train_cli, "run_seed", run_seed)
+    # the CPU refuses bf16 and tf32x3 (Triton on CUDA only): skip that check to see what the trainer sets
+    monkeypatch.setattr(train_cli, "kernel_backend", lambda args, device: "triton")
+    outside = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = before
+    try:
+        assert run(dataset, tmp_path, "--precision", precision, "--seeds", "0", "1") == 2
+        assert seen == [during, during]
+        assert torch.backends.cuda.matmul.allow_tf32 is before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = outside
+
+
+def test_importing_fastbdm_changes_no_torch_setting():
+    """The matmul precision is the trainer's business: importing the package (and its trainer, ops and
+    kernels) leaves torch's global numerics settings as they were."""
+    code = ("import torch\n"
+            "def settings():\n"
+            "    return (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),\n"
+            "            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,\n"
+            "            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)\n"
+            "before = settings()\n"
+            "import fastbdm, fastbdm.train, fastbdm.ops, fastbdm.backends\n"
+            "assert settings() == before, (before, settings())\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
