@@ -8,8 +8,11 @@ Behaviours (D4RL's recipe with TD3 instead of SAC; all rollouts add N(0, 0.1^2) 
   medium         rollouts of the TD3 policy at the medium level;
   expert         rollouts of the TD3 policy after max_steps (default 1M) training steps;
   medium-expert  medium rollouts followed by expert rollouts.
-A run stops at its step cap or time budget even if the level is not reached; the metadata (key
-'fastbdm') then says so. Stored under the Minari root as fastbdm/<env>/<kind>-v0.
+A run stops at its step cap or time budget even if the level is not reached (fastbdm.data.levels:
+the medium level for the medium kinds, the step cap for the long runs). A dataset that reached it is
+stored under the Minari root as fastbdm/<env>/<kind>-v0; one that did not, as the partial dataset
+fastbdm/<env>/<kind>-partial-v0 (metadata key 'fastbdm' -> 'level' says how far it got), and
+generate_dataset then raises PartialDatasetError (the CLI exits 1 with that one line).
 TD3 defaults: fp32 (bf16 autocast is ~10x slower on CPUs without AVX512-BF16), hidden 128-128 and
 Adam lr 1e-3 (a 256-256 update costs ~2x as much CPU: ~58 vs ~110 updates/s of one AVX2 core).
 
@@ -29,13 +32,13 @@ from tqdm import tqdm
 
 from ..evaluation import evaluate
 from ..presets import REFERENCE_RETURNS, normalized_score
-from .errors import DatasetError
-from .names import DIMS, env_id, generated_minari_id, make_env, parse_name
+from .errors import DatasetError, PartialDatasetError
+from .levels import MEDIUM_SCORE, level_of, medium_return, shortfall_message
+from .names import DIMS, env_id, generated_minari_id, make_env, parse_name, partial_minari_id
 from .recorder import EpisodeRecorder
 from .store import dataset_dir, ensure_absent, write_minari
 from .td3 import TD3, ReplayBuffer
 
-MEDIUM_SCORE = {"halfcheetah": 40.0, "hopper": 45.0, "walker2d": 60.0}
 # D4RL's transition counts: rollout size per policy (medium-expert holds medium + expert).
 D4RL_SIZE = 1_000_000
 # Training-step caps when max_steps is not given.
@@ -52,12 +55,6 @@ BEHAVIOURS = {
     "expert": "rollouts of the TD3 policy after the full run",
     "medium-expert": "rollouts of the medium-level TD3 policy, then of the expert one",
 }
-
-
-def medium_return(env: str) -> float:
-    """Raw return of the medium level: the inverse of the D4RL normalisation at MEDIUM_SCORE."""
-    lo, hi = REFERENCE_RETURNS[env]
-    return lo + MEDIUM_SCORE[env] / 100.0 * (hi - lo)
 
 
 class BehaviourRun:
@@ -88,7 +85,7 @@ class BehaviourRun:
             recorder.start(self.obs)
 
     def evaluate(self) -> float:
-        result = evaluate(self.agent.actor, self.env_name, self.eval_episodes, seed=10_000 + self.steps)
+        result = evaluate(self.agent.actor, env_id(self.env_name), self.eval_episodes, seed=10_000 + self.steps)
         self.history.append((self.steps, result.mean_return))
         return result.mean_return
 
@@ -165,6 +162,7 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
                      lr: float = 1e-3, batch_size: int = 256, eval_every: int = 5_000, eval_episodes: int = 5,
                      noise: float = 0.1, progress: bool = True) -> str:
     """Generate dataset `name` (see module docstring) into the local Minari root; returns its id.
+    A generation short of its level is stored as the partial dataset and raises PartialDatasetError.
 
     max_steps: TD3 training steps (cap while seeking the medium level: MEDIUM_STEP_CAP; full-replay
     and expert run length: LONG_RUN_STEPS); size: rollout transitions per policy (default D4RL_SIZE);
@@ -205,8 +203,15 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
                   episode_return_max=float(returns.max())) if len(returns) else {})
     info.update(transitions=recorder.steps, episodes=len(recorder.episodes), complete_episodes=len(returns),
                 **stats, wall_time_s=round(time.monotonic() - start, 1))
-    description = f"fastbdm {env}-{kind}: {info['behaviour']} ({env_id(env)}, seed {seed})."
-    write_minari(dataset_id, recorder.episodes, env_id(env), REFERENCE_RETURNS[env], description, info)
+    info["level"] = level = level_of(info)
+    partial = level is not None and level["partial"]
+    stored_id = partial_minari_id(env, kind) if partial else dataset_id
+    description = (f"fastbdm {env}-{kind}{' (PARTIAL: short of its level)' if partial else ''}: "
+                   f"{info['behaviour']} ({env_id(env)}, seed {seed}).")
+    write_minari(stored_id, recorder.episodes, env_id(env), REFERENCE_RETURNS[env], description, info,
+                 replace=partial)
+    if partial:
+        raise PartialDatasetError(shortfall_message(info["name"], level, stored_id), stored_id)
     return dataset_id
 
 
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
     try:
         dataset_id = generate_dataset(args.env, seed=args.seed, max_steps=args.max_steps, size=args.size,
                                       time_budget_s=args.time_budget, progress=not args.no_progress)
-    except DatasetError as err:
+    except DatasetError as err:  # a partial dataset included: one line with the level reached and wanted
         print(f"error: {err}", file=sys.stderr)
         return 1
     path = dataset_dir(dataset_id)
