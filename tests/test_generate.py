@@ -137,3 +137,12 @@ def test_cli_and_existing_dataset(root, capsys):
     assert "fastbdm/walker2d/random-v0" in out and "transitions: 200" in out
     assert gen.main(["--env", "walker2d-random", "--size", "200", "--no-progress"]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_an_eta_is_printed_once_after_the_first_interval(root, monkeypatch, capsys):
+    monkeypatch.setattr(gen, "ETA_AFTER_S", 0.0)  # stands in for the first minute
+    with pytest.raises(PartialDatasetError):
+        gen.generate_dataset("hopper-medium-replay", max_steps=120, **TINY)
+    err = [line for line in capsys.readouterr().err.splitlines() if "steps/s" in line]
+    assert len(err) == 1 and "1 steps in" in err[0] and "the 119 steps left to the cap take about" in err[0]
+    assert "time budget ends this run in 14 min" in err[0]  # medium-replay's default budget
