@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .data.names import ENV_IDS, make_env, parse_name
+from .data.names import make_env, task_of
 from .presets import normalized_score
 
 
@@ -40,13 +40,16 @@ class Evaluator:
     policy maps RAW observations (N, obs_dim) float32 -> actions (N, act_dim) (tensor or array; clipped
     to the action bounds); it is called under torch.no_grad(). Each environment contributes its first
     episode only: after that episode ends its rewards are ignored while the others finish.
-    env_name: 'halfcheetah' or a dataset name such as 'halfcheetah-medium-replay'.
+    env_id: the gymnasium environment, e.g. 'Hopper-v4' (D4RL's data) or 'Hopper-v5' (Minari's and
+    generated data); one of our names ('hopper', 'hopper-medium') means its v5 environment.
+    task: whose D4RL reference returns normalise the scores (default: the environment's task).
     """
 
-    def __init__(self, env_name: str, episodes: int = 10):
-        self.env = env_name if env_name in ENV_IDS else parse_name(env_name)[0]
+    def __init__(self, env_id: str, episodes: int = 10, task: str = None):
         self.episodes = episodes
-        self.envs = gym.vector.SyncVectorEnv([lambda: make_env(self.env) for _ in range(episodes)])
+        self.envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(episodes)])
+        self.env_id = self.envs.envs[0].spec.id
+        self.task = task or task_of(self.env_id)
 
     def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> EvalResult:
         low, high = self.envs.single_action_space.low, self.envs.single_action_space.high
@@ -60,16 +63,16 @@ class Evaluator:
             obs, rewards, terminated, truncated, _ = self.envs.step(np.clip(actions, low, high))
             returns += np.where(finished, 0.0, rewards)
             finished |= terminated | truncated
-        return EvalResult(returns=returns, scores=np.asarray(normalized_score(self.env, returns)))
+        return EvalResult(returns=returns, scores=np.asarray(normalized_score(self.task, returns)))
 
     def close(self) -> None:
         self.envs.close()
 
 
-def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_name: str, episodes: int = 10,
-             seed: int = 0) -> EvalResult:
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes: int = 10,
+             seed: int = 0, task: str = None) -> EvalResult:
     """One evaluation in fresh environments (see Evaluator)."""
-    evaluator = Evaluator(env_name, episodes)
+    evaluator = Evaluator(env_id, episodes, task)
     try:
         return evaluator(policy, seed)
     finally:
@@ -86,9 +89,9 @@ class BackgroundEvaluator:
     trainer handles, and exits when the trainer is gone (killed without closing it).
     """
 
-    def __init__(self, env_name: str, episodes: int):
+    def __init__(self, env_id: str, episodes: int, task: str = None):
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start_worker, initargs=(env_name, episodes))
+                                        initializer=_start_worker, initargs=(env_id, episodes, task))
 
     def submit(self, policy: Callable[[torch.Tensor], torch.Tensor], seed: int) -> Future:
         return self.pool.submit(_evaluate_in_worker, policy, seed)
@@ -107,12 +110,12 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(0)
 
 
-def _start_worker(env_name: str, episodes: int) -> None:
+def _start_worker(env_id: str, episodes: int, task: str) -> None:
     global _worker_evaluator
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(1)
-    _worker_evaluator = Evaluator(env_name, episodes)
+    _worker_evaluator = Evaluator(env_id, episodes, task)
 
 
 def _evaluate_in_worker(policy: Callable[[torch.Tensor], torch.Tensor], seed: int) -> EvalResult:

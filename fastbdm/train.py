@@ -68,6 +68,12 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--algo", choices=ALGOS, default="td3sbc",
                    help="td3sbc; rebrac (TD3-SBC without state-BC: no denoisers, no chain); td3bc (TD3+BC with "
                         "its reference defaults: lr 3e-4, batch 256, 2 x 256 networks, alpha 2.5)")
+    p.add_argument("--allow-partial-dataset", action="store_true",
+                   help="train on a generated dataset that stopped short of the level its name promises (refused "
+                        "otherwise); recorded in config.json and printed with every score")
+    p.add_argument("--eval-env", default=None, metavar="ID",
+                   help="gymnasium environment of the evaluations (default: the data's: v4 for D4RL hdf5 and npz "
+                        "files, the recorded one for Minari and generated data, v5 there)")
     p.add_argument("--steps", type=int, default=1_000_000, help="number of TD3-SBC updates")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another (instead of --seed)")
@@ -235,8 +241,26 @@ class MetricsLog:
             self.tensorboard.close()
 
 
+def resolve_eval_env(args, transitions) -> str:
+    """The evaluation environment: --eval-env (checked against the data's sizes), else the data's."""
+    if args.eval_env is None:
+        return transitions.env_id
+    from .data.names import check_env_matches
+
+    check_env_matches(args.eval_env, transitions.obs_dim, transitions.act_dim)
+    return args.eval_env
+
+
+def dataset_note(transitions) -> str:
+    """' (partial dataset: level 17.6 of 45)' after every score of a run on partial data, else ''."""
+    from .data.levels import level_summary
+
+    return f" (partial dataset: {level_summary(transitions.level)})" if transitions.partial else ""
+
+
 def run_seed(args, seed: int, device: torch.device, transitions) -> float:
-    """One training run; returns the final evaluation's mean normalised score."""
+    """One training run; returns the final evaluation's mean normalised score. args.eval_env: the
+    evaluation environment's gymnasium id (resolve_eval_env)."""
     from .evaluation import BackgroundEvaluator, Evaluator
 
     config = resolve_config(args)
@@ -274,8 +298,9 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
         monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])
     write_durable(run_dir / "config.json", json.dumps({
-        "env": args.env, "seed": seed, "dataset": transitions.source, "transitions": len(transitions),
-        "algo": args.algo, "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
+        "env": args.env, "seed": seed, "dataset": transitions.provenance(), "transitions": len(transitions),
+        "allow_partial_dataset": args.allow_partial_dataset, "eval_env": args.eval_env, "algo": args.algo,
+        "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
         "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
     }, indent=2, default=str).encode())
     runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
@@ -323,10 +348,10 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
                               args.wandb_group)
         cleanup.callback(log.close)
         if args.async_eval:
-            background = BackgroundEvaluator(env_name, args.eval_episodes)
+            background = BackgroundEvaluator(args.eval_env, args.eval_episodes, env_name)
             cleanup.callback(background.close)
         else:
-            evaluator = Evaluator(env_name, args.eval_episodes)
+            evaluator = Evaluator(args.eval_env, args.eval_episodes, env_name)
             cleanup.callback(evaluator.close)
             if args.graphs:
                 policy = GraphedPolicy(agent, args.eval_episodes)
@@ -426,22 +451,26 @@ def main(argv=None) -> int:
         if args.async_eval is None:  # the evaluation process needs a core the update loop leaves free
             args.async_eval = device.type == "cuda" or args.threads < len(os.sched_getaffinity(0))
         torch.set_num_threads(args.threads)
+        generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
+        transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
+                                       generate_kwargs=generate_kwargs, progress=not args.no_progress,
+                                       allow_partial=args.allow_partial_dataset)
+        args.eval_env = resolve_eval_env(args, transitions)
         print(preset_line(args, config) + f" | device {device}, backend "
               f"{backend} ({args.precision}), graphs {'on' if args.graphs else 'off'}, evaluation "
-              f"{'in the background' if args.async_eval else 'inline'}", flush=True)
+              f"{'in the background' if args.async_eval else 'inline'} | eval env {args.eval_env}", flush=True)
         print(algo_line(args, batch), flush=True)
         if config.algo == "td3sbc" and config.w_rel == 0:
             print("note: --algo td3sbc with w_rel 0 learns what --algo rebrac learns, at a fraction of the cost "
                   "(rebrac trains no denoisers and runs no reverse chain)", flush=True)
-        generate_kwargs = None if args.generate_steps is None else {"max_steps": args.generate_steps}
-        transitions = load_transitions(args.env, dataset_path=args.dataset, device="cpu", download=args.download,
-                                       generate_kwargs=generate_kwargs, progress=not args.no_progress)
-        print(f"dataset: {len(transitions)} transitions from {transitions.source}", flush=True)
+        note = dataset_note(transitions)
+        print(f"dataset: {len(transitions)} transitions from {transitions.source} ({transitions.source_kind})"
+              + note, flush=True)
         scores = []
         with torch_matmul_precision(args.precision):
             for seed in args.seeds or [args.seed]:
                 scores.append(run_seed(args, seed, device, transitions))
-                print(f"seed {seed}: final normalised score {scores[-1]:.1f}", flush=True)
+                print(f"seed {seed}: final normalised score {scores[-1]:.1f}{note}", flush=True)
     except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -450,7 +479,7 @@ def main(argv=None) -> int:
         return 130
     mean = sum(scores) / len(scores)
     print(f"final normalised score: {mean:.1f} (mean over {args.eval_episodes} episodes"
-          + (f" and {len(scores)} seeds)" if len(scores) > 1 else ")"))
+          + (f" and {len(scores)} seeds)" if len(scores) > 1 else ")") + note)
     return 0
 
 

@@ -1,6 +1,7 @@
 """What the training command prints about itself is true: the preset line and --help."""
 import re
 
+import numpy as np
 import pytest
 
 from fastbdm import train as train_cli
@@ -25,11 +26,16 @@ def test_preset_line_without_overrides_has_no_marks():
     assert line == "preset walker2d-medium, algo td3sbc: w_actor_bc=0.05, w_critic_bc=0.1, w_rel=0.1"
 
 
-def test_the_command_prints_the_overridden_value(tmp_path, capsys):
-    """End to end: the line the run prints before loading its data (the dataset is absent: exit 2)."""
+def test_the_command_prints_the_overridden_value(tmp_path, capsys, monkeypatch):
+    """End to end: the line the run prints once its data are loaded (training itself is skipped)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, observations=rng.normal(size=(8, 17)), actions=rng.uniform(-1, 1, (8, 6)), rewards=np.zeros(8),
+             terminals=np.zeros(8, bool))
+    monkeypatch.setattr(train_cli, "run_seed", lambda *args: 0.0)
     code = train_cli.main(["--env", "halfcheetah-medium-replay", "--w-rel", "0", "--device", "cpu",
-                           "--dataset", str(tmp_path / "absent.npz"), "--no-progress"])
-    assert code == 2
+                           "--dataset", str(path), "--no-progress", "--out", str(tmp_path)])
+    assert code == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "w_rel=0.0 (preset 0.1)" in first and "w_actor_bc=0.01," in first
 

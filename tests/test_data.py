@@ -82,6 +82,7 @@ def test_d4rl_hdf5_timeouts_next_actions_valid(isolated):
     np.testing.assert_allclose(tr.episode_returns, [raw["rewards"][:5].sum(), raw["rewards"][5:].sum()], rtol=1e-5)
     assert tr.observations.dtype == torch.float32 and tr.rewards.shape == (8,)
     assert tr.name == "halfcheetah-medium-replay" and tr.env_name == "halfcheetah" and tr.source == str(path)
+    assert tr.source_kind == "d4rl" and tr.env_id == "HalfCheetah-v4"  # D4RL's data: gymnasium v4
 
 
 def test_npz_without_next_observations(isolated):
@@ -95,6 +96,7 @@ def test_npz_without_next_observations(isolated):
     np.testing.assert_array_equal(tr.timeouts.numpy(), [0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(tr.valid.numpy(), [1, 1, 1, 0, 1, 0])
     assert len(tr.episode_returns) == 2
+    assert tr.source_kind == "npz" and tr.env_id == "HalfCheetah-v4"  # D4RL's keys: taken as D4RL's data
 
 
 def write_minari(dataset_id, raw, env="HalfCheetah-v5"):
@@ -115,6 +117,7 @@ def write_minari(dataset_id, raw, env="HalfCheetah-v5"):
                                               description="test data")
 
 
+@pytest.mark.filterwarnings("ignore:.*HalfCheetah-v4 is out of date:DeprecationWarning")  # Minari's own gym.make
 def test_minari_loader_by_id_and_path(isolated):
     raw = episodes_raw(lengths=(5, 4), ends=("timeout", "terminal"))
     write_minari("mujoco/halfcheetah/medium-v0", raw)
@@ -124,6 +127,30 @@ def test_minari_loader_by_id_and_path(isolated):
     np.testing.assert_array_equal(tr.valid.numpy(), [1, 1, 1, 0, 1, 1, 1, 0])
     by_path = load_transitions("halfcheetah-medium", dataset_path=isolated / "minari/mujoco/halfcheetah/medium-v0")
     assert torch.equal(by_path.actions, tr.actions)
+    assert tr.source_kind == by_path.source_kind == "minari" and tr.env_id == by_path.env_id == "HalfCheetah-v5"
+    write_minari("mujoco/halfcheetah/expert-v0", raw, env="HalfCheetah-v4")  # the recorded environment wins
+    assert load_transitions("halfcheetah-expert", generate=False).env_id == "HalfCheetah-v4"
+
+
+def test_d4rl_hdf5_found_by_name_is_evaluated_in_v4(isolated):
+    (isolated / "d4rl").mkdir()
+    write_hdf5(isolated / "d4rl" / "walker2d_medium_replay-v2.hdf5", episodes_raw(lengths=(3,), ends=("terminal",)))
+    tr = load_transitions("walker2d-medium-replay", generate=False)
+    assert tr.source_kind == "d4rl" and tr.env_id == "Walker2d-v4"
+    assert tr.provenance() == {"source": tr.source, "source_kind": "d4rl", "transitions": 3, "env_id": "Walker2d-v4"}
+
+
+def test_v4_environments_make_without_the_out_of_date_warning():
+    """D4RL's data are evaluated in v4 on purpose: gymnasium's 'v5 exists' warning is not shown, others are."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for gym_id, dims in (("HalfCheetah-v4", DIMS["halfcheetah"]), ("Hopper-v4", DIMS["hopper"]),
+                             ("Walker2d-v4", DIMS["walker2d"])):
+            env = make_env(gym_id)
+            assert env.spec.id == gym_id and (env.observation_space.shape[0], env.action_space.shape[0]) == dims
+            env.close()
+        warnings.warn("another deprecation", DeprecationWarning)
+    assert [str(w.message) for w in caught] == ["another deprecation"]
 
 
 def test_source_priority(isolated):

@@ -114,3 +114,19 @@ def status(pid: int) -> str:
         return next(line for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
     except (FileNotFoundError, StopIteration):
         return "Z"
+
+
+def test_evaluation_runs_in_the_environment_it_is_given():
+    """Walker2d-v4 (D4RL's models) and Walker2d-v5 differ (foot friction, healthy reward): same policy and
+    seeds, different returns; both normalised with walker2d's D4RL references."""
+    policy = lambda obs: 0.5 * torch.tanh(obs[:, :6] * 3.0)  # noqa: E731
+    v4, v5 = Evaluator("Walker2d-v4", episodes=2), Evaluator("Walker2d-v5", episodes=2)
+    try:
+        assert (v4.env_id, v5.env_id, v4.task) == ("Walker2d-v4", "Walker2d-v5", "walker2d")
+        r4, r5 = v4(policy, seed=3), v5(policy, seed=3)
+    finally:
+        v4.close()
+        v5.close()
+    assert not np.allclose(r4.returns, r5.returns)
+    np.testing.assert_allclose(r4.scores, normalized_score("walker2d", r4.returns))
+    np.testing.assert_array_equal(r4.returns, sequential_returns("Walker2d-v4", policy, 2, 3))

@@ -355,3 +355,56 @@ def test_importing_fastbdm_changes_no_torch_setting():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+def test_config_records_the_datasets_provenance_and_evaluation_environment(dataset, tmp_path, capsys):
+    """An npz file with D4RL's keys is evaluated in gymnasium's v4 environment (D4RL's models)."""
+    assert run(dataset, tmp_path, "--steps", "2", "--eval-every", "2") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("preset halfcheetah-medium-replay: ") and first.endswith(" | eval env HalfCheetah-v4")
+    config = json.loads((tmp_path / "halfcheetah-medium-replay" / "seed0" / "config.json").read_text())
+    assert config["eval_env"] == "HalfCheetah-v4" and config["allow_partial_dataset"] is False
+    assert config["dataset"] == {"source": str(dataset), "source_kind": "npz", "transitions": 396,
+                                 "env_id": "HalfCheetah-v4"}
+
+
+def test_eval_env_override_and_its_size_check(dataset, tmp_path, capsys):
+    assert run(dataset, tmp_path / "v5", "--steps", "2", "--eval-every", "2", "--eval-env", "HalfCheetah-v5") == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(" | eval env HalfCheetah-v5")
+    config = json.loads((tmp_path / "v5" / "halfcheetah-medium-replay" / "seed0" / "config.json").read_text())
+    assert config["eval_env"] == "HalfCheetah-v5" and config["dataset"]["env_id"] == "HalfCheetah-v4"
+    for env, message in (("Hopper-v4", "observations (11,) and actions (3,), but the data have (17,) and (6,)"),
+                         ("HalfCheeta-v4", "no such gymnasium environment; did you mean HalfCheetah-v4")):
+        assert run(dataset, tmp_path / env, "--steps", "2", "--eval-env", env) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--eval-env {env}" in err[0] and message in err[0], err
+
+
+def test_a_generation_short_of_its_level_is_refused_unless_allowed(tmp_path, monkeypatch, capsys):
+    """The training command generates hopper-medium-replay (tiny TD3, step cap 120: far below the medium
+    level), refuses to train on it with one line, then trains on it with --allow-partial-dataset."""
+    from fastbdm.data import generate as gen
+
+    for var, sub in (("HOME", "home"), ("D4RL_DATASET_DIR", "d4rl"), ("MINARI_DATASETS_PATH", "minari")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    original = gen.generate_dataset
+    tiny_td3 = dict(warmup=50, hidden=(16, 16), batch_size=16, eval_every=100, eval_episodes=1)
+    monkeypatch.setattr(gen, "generate_dataset", lambda name, **kw: original(name, **{**kw, **tiny_td3}))
+    argv = ["--env", "hopper-medium-replay", "--out", str(tmp_path / "runs"), "--generate-steps", "120",
+            "--steps", "2", "--eval-every", "2", *FAST]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "short of the medium level" in err[0] and "normalised 45" in err[0], err
+    assert "--max-steps" in err[0] and "--time-budget" in err[0] and "--allow-partial-dataset" in err[0]
+    assert not (tmp_path / "runs" / "hopper-medium-replay").exists()
+
+    assert train_cli.main([*argv, "--allow-partial-dataset"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    score_lines = [line for line in out if line.startswith(("seed 0: final", "final normalised score"))]
+    assert len(score_lines) == 2 and all("(partial dataset: level " in line and " of 45)" in line
+                                         for line in score_lines)
+    config = json.loads((tmp_path / "runs" / "hopper-medium-replay" / "seed0" / "config.json").read_text())
+    assert config["allow_partial_dataset"] is True and config["eval_env"] == "Hopper-v5"
+    provenance = config["dataset"]
+    assert provenance["source"] == "minari:fastbdm/hopper/medium-replay-partial-v0"
+    assert provenance["source_kind"] == "generated" and provenance["transitions"] == 119  # one timeout row dropped
+    assert provenance["level"]["partial"] is True and provenance["level"]["steps"] == 120
+    assert provenance["level"]["wanted_score"] == 45.0

@@ -8,8 +8,11 @@ Behaviours (D4RL's recipe with TD3 instead of SAC; all rollouts add N(0, 0.1^2) 
   medium         rollouts of the TD3 policy at the medium level;
   expert         rollouts of the TD3 policy after max_steps (default 1M) training steps;
   medium-expert  medium rollouts followed by expert rollouts.
-A run stops at its step cap or time budget even if the level is not reached; the metadata (key
-'fastbdm') then says so. Stored under the Minari root as fastbdm/<env>/<kind>-v0.
+A run stops at its step cap or time budget even if the level is not reached (fastbdm.data.levels:
+the medium level for the medium kinds, the step cap for the long runs). A dataset that reached it is
+stored under the Minari root as fastbdm/<env>/<kind>-v0; one that did not, as the partial dataset
+fastbdm/<env>/<kind>-partial-v0 (metadata key 'fastbdm' -> 'level' says how far it got), and
+generate_dataset then raises PartialDatasetError (the CLI exits 1 with that one line).
 TD3 defaults: fp32 (bf16 autocast is ~10x slower on CPUs without AVX512-BF16), hidden 128-128 and
 Adam lr 1e-3 (a 256-256 update costs ~2x as much CPU: ~58 vs ~110 updates/s of one AVX2 core).
 
@@ -29,13 +32,13 @@ from tqdm import tqdm
 
 from ..evaluation import evaluate
 from ..presets import REFERENCE_RETURNS, normalized_score
-from .errors import DatasetError
-from .names import DIMS, env_id, generated_minari_id, make_env, parse_name
+from .errors import DatasetError, PartialDatasetError
+from .levels import MEDIUM_SCORE, level_of, medium_return, shortfall_message
+from .names import DIMS, env_id, generated_minari_id, make_env, parse_name, partial_minari_id
 from .recorder import EpisodeRecorder
 from .store import dataset_dir, ensure_absent, write_minari
 from .td3 import TD3, ReplayBuffer
 
-MEDIUM_SCORE = {"halfcheetah": 40.0, "hopper": 45.0, "walker2d": 60.0}
 # D4RL's transition counts: rollout size per policy (medium-expert holds medium + expert).
 D4RL_SIZE = 1_000_000
 # Training-step caps when max_steps is not given.
@@ -44,6 +47,8 @@ LONG_RUN_STEPS = 1_000_000
 # medium-replay must finish within 15 minutes: 14 minutes of training, the rest for writing.
 MEDIUM_REPLAY_BUDGET_S = 14 * 60
 REPLAY_CAPACITY = 1_000_000
+# Training time after which a run prints its estimated time to the step cap (one line, stderr).
+ETA_AFTER_S = 60.0
 BEHAVIOURS = {
     "random": "uniform random actions",
     "medium-replay": "TD3 replay buffer until the evaluation return first reaches the medium level",
@@ -52,12 +57,6 @@ BEHAVIOURS = {
     "expert": "rollouts of the TD3 policy after the full run",
     "medium-expert": "rollouts of the medium-level TD3 policy, then of the expert one",
 }
-
-
-def medium_return(env: str) -> float:
-    """Raw return of the medium level: the inverse of the D4RL normalisation at MEDIUM_SCORE."""
-    lo, hi = REFERENCE_RETURNS[env]
-    return lo + MEDIUM_SCORE[env] / 100.0 * (hi - lo)
 
 
 class BehaviourRun:
@@ -88,7 +87,7 @@ class BehaviourRun:
             recorder.start(self.obs)
 
     def evaluate(self) -> float:
-        result = evaluate(self.agent.actor, self.env_name, self.eval_episodes, seed=10_000 + self.steps)
+        result = evaluate(self.agent.actor, env_id(self.env_name), self.eval_episodes, seed=10_000 + self.steps)
         self.history.append((self.steps, result.mean_return))
         return result.mean_return
 
@@ -97,12 +96,17 @@ class BehaviourRun:
         total steps ('step cap') or time.monotonic() passes `deadline` ('time budget')."""
         bar = tqdm(total=max_steps, initial=self.steps, desc=desc, unit="step", disable=not self.progress,
                    dynamic_ncols=True, smoothing=0.05)
+        started, first_step, eta_due = time.monotonic(), self.steps, True
         try:
             while self.steps < max_steps:
                 if deadline is not None and time.monotonic() > deadline:
                     return "time budget"
                 self._step()
                 bar.update(1)
+                if eta_due and time.monotonic() - started >= ETA_AFTER_S:
+                    eta_due = False
+                    print(eta_line(desc, self.steps - first_step, time.monotonic() - started, max_steps - self.steps,
+                                   deadline), file=sys.stderr, flush=True)
                 if self.steps % self.eval_every == 0 and self.steps >= self.warmup:
                     ret = self.evaluate()
                     left = {} if deadline is None else {"budget_left": f"{(deadline - time.monotonic()) / 60:.1f}min"}
@@ -135,6 +139,16 @@ class BehaviourRun:
             self.agent.update(*self.replay.sample(self.batch_size))
 
 
+def eta_line(desc: str, steps: int, seconds: float, steps_left: int, deadline: Optional[float]) -> str:
+    """'DESC: 6,100 steps in 60 s (102 steps/s); the 293,900 steps to the cap take about 0.8 h more ...'."""
+    rate = steps / max(seconds, 1e-9)
+    line = (f"{desc}: {steps:,} steps in {seconds:.0f} s ({rate:.0f} steps/s); the {steps_left:,} steps left to the "
+            f"cap take about {steps_left / rate / 3600:.1f} h more at this rate")
+    if deadline is not None:
+        line += f" (the time budget ends this run in {(deadline - time.monotonic()) / 60:.0f} min)"
+    return line
+
+
 def rollouts(env_name: str, actor, steps: int, recorder: EpisodeRecorder, seed: int, noise: float,
              progress: bool, desc: str) -> None:
     """Record `steps` transitions of `actor` + N(0, noise^2) (actor None: uniform random actions)."""
@@ -165,6 +179,7 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
                      lr: float = 1e-3, batch_size: int = 256, eval_every: int = 5_000, eval_episodes: int = 5,
                      noise: float = 0.1, progress: bool = True) -> str:
     """Generate dataset `name` (see module docstring) into the local Minari root; returns its id.
+    A generation short of its level is stored as the partial dataset and raises PartialDatasetError.
 
     max_steps: TD3 training steps (cap while seeking the medium level: MEDIUM_STEP_CAP; full-replay
     and expert run length: LONG_RUN_STEPS); size: rollout transitions per policy (default D4RL_SIZE);
@@ -205,8 +220,15 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
                   episode_return_max=float(returns.max())) if len(returns) else {})
     info.update(transitions=recorder.steps, episodes=len(recorder.episodes), complete_episodes=len(returns),
                 **stats, wall_time_s=round(time.monotonic() - start, 1))
-    description = f"fastbdm {env}-{kind}: {info['behaviour']} ({env_id(env)}, seed {seed})."
-    write_minari(dataset_id, recorder.episodes, env_id(env), REFERENCE_RETURNS[env], description, info)
+    info["level"] = level = level_of(info)
+    partial = level is not None and level["partial"]
+    stored_id = partial_minari_id(env, kind) if partial else dataset_id
+    description = (f"fastbdm {env}-{kind}{' (PARTIAL: short of its level)' if partial else ''}: "
+                   f"{info['behaviour']} ({env_id(env)}, seed {seed}).")
+    write_minari(stored_id, recorder.episodes, env_id(env), REFERENCE_RETURNS[env], description, info,
+                 replace=partial)
+    if partial:
+        raise PartialDatasetError(shortfall_message(info["name"], level, stored_id), stored_id)
     return dataset_id
 
 
@@ -237,7 +259,16 @@ def _td3_behaviour(kind: str, run: BehaviourRun, recorder: EpisodeRecorder, max_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Generate a locomotion dataset locally (online TD3 behaviour).")
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbdm.data.generate",
+        description="Generate a locomotion dataset locally (online TD3 behaviour).",
+        epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level (halfcheetah: "
+               "about 10 min on one core; hopper and walker2d: longer, not measured yet - a 14-minute hopper run "
+               "reached normalised 18 of 45; medium-replay stops at a 14-minute budget by default); full-replay, "
+               "expert and medium-expert train TD3 for 1,000,000 steps, which takes HOURS on a CPU (1.5-3 h at the "
+               "100-170 steps/s of one core) plus 1M-step rollouts; an ETA is printed after the first minute of training. "
+               "A run that stops short of its level is kept as the partial dataset fastbdm/ENV/KIND-partial-v0 and "
+               "exits 1 with one line saying what would get there.")
     parser.add_argument("--env", required=True, help="dataset name, e.g. halfcheetah-medium-replay")
     parser.add_argument("--max-steps", type=int, default=None, help="TD3 training steps (cap)")
     parser.add_argument("--size", type=int, default=None, help="rollout transitions per policy")
@@ -251,7 +282,7 @@ def main(argv=None) -> int:
     try:
         dataset_id = generate_dataset(args.env, seed=args.seed, max_steps=args.max_steps, size=args.size,
                                       time_budget_s=args.time_budget, progress=not args.no_progress)
-    except DatasetError as err:
+    except DatasetError as err:  # a partial dataset included: one line with the level reached and wanted
         print(f"error: {err}", file=sys.stderr)
         return 1
     path = dataset_dir(dataset_id)

@@ -1,7 +1,8 @@
 """Dataset names ('halfcheetah-medium-replay[-v2]') and where such a dataset is looked for.
 
-Resolves a name to its environment and kind, the gymnasium environment, the D4RL file name and the
-Minari dataset ids (remote `mujoco/...` ids and the ids this project generates under `fastbdm/`).
+Resolves a name to its environment and kind, the gymnasium environments (v5 for generation and
+Minari's data, v4 for D4RL's), the D4RL file name and the Minari dataset ids (remote `mujoco/...`
+ids and the ids this project generates under `fastbdm/`, partial ones included).
 """
 import difflib
 import os
@@ -18,6 +19,8 @@ from .errors import DatasetError
 ALL_NAMES = tuple(f"{env}-{kind}" for env in ENVS for kind in KINDS)
 
 ENV_IDS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+# D4RL's -v2 data came from gym's v3 MuJoCo environments; gymnasium's v4 ones keep those models.
+D4RL_ENV_IDS = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # (observation dim, action dim): the same in D4RL's -v2 data and the gymnasium v5 environments.
 DIMS = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6)}
 
@@ -56,11 +59,44 @@ def mujoco_warning(message: str) -> None:
         warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
 
 
-def make_env(env_name: str, **kwargs) -> gym.Env:
-    """gymnasium.make for one of our environment (or dataset) names; kwargs go to gymnasium.make.
-    Installs mujoco_warning as MuJoCo's (process-wide) warning hook."""
+# gymnasium warns at every gym.make of a v4 environment that v5 exists; we use v4 on purpose (D4RL data)
+V4_OUT_OF_DATE = r".*The environment (HalfCheetah|Hopper|Walker2d)-v4 is out of date"
+
+
+def make_env(env: str, **kwargs) -> gym.Env:
+    """gymnasium.make for a gymnasium id ('Hopper-v4') or one of our environment (or dataset) names
+    (their v5 environment); kwargs go to gymnasium.make. Installs mujoco_warning as MuJoCo's
+    (process-wide) warning hook; gymnasium's v4 out-of-date warning is not shown."""
     mujoco.set_mju_user_warning(mujoco_warning)
-    return gym.make(env_id(env_name), **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=V4_OUT_OF_DATE, category=DeprecationWarning)
+        return gym.make(env if env in gym.registry else env_id(env), **kwargs)
+
+
+def task_of(gym_id: str) -> str:
+    """Our task of a locomotion gymnasium id: 'Walker2d-v4' -> 'walker2d'; DatasetError otherwise."""
+    task = gym_id.partition("-v")[0].lower()
+    if task not in ENV_IDS:
+        raise DatasetError(f"{gym_id!r} is not a {'/'.join(ENV_IDS)} environment; use e.g. {D4RL_ENV_IDS[ENVS[0]]}.")
+    return task
+
+
+def check_env_matches(gym_id: str, obs_dim: int, act_dim: int) -> None:
+    """DatasetError (one line) unless `gym_id` is a gymnasium environment with (obs_dim,) observations
+    and (act_dim,) actions."""
+    try:
+        env = make_env(gym_id) if gym_id in gym.registry else None
+    except Exception as err:  # gymnasium raises many kinds (missing dependency, bad kwargs)
+        raise DatasetError(f"--eval-env {gym_id}: gymnasium cannot make it ({type(err).__name__}: {err})") from None
+    if env is None:
+        close = difflib.get_close_matches(gym_id, list(gym.registry), n=3)
+        raise DatasetError(f"--eval-env {gym_id}: no such gymnasium environment"
+                           + (f"; did you mean {', '.join(close)}?" if close else ""))
+    obs, act = env.observation_space.shape, env.action_space.shape
+    env.close()
+    if obs != (obs_dim,) or act != (act_dim,):
+        raise DatasetError(f"--eval-env {gym_id} has observations {obs} and actions {act}, but the data have "
+                           f"({obs_dim},) and ({act_dim},); pick an environment of the data's task (e.g. its -v4 or -v5).")
 
 
 def d4rl_filename(env: str, kind: str) -> str:
@@ -87,6 +123,11 @@ def remote_minari_id(env: str, kind: str) -> Optional[str]:
 def generated_minari_id(env: str, kind: str) -> str:
     """Id of the dataset this project generates: 'fastbdm/halfcheetah/medium-replay-v0'."""
     return f"{GENERATED_NAMESPACE}/{env}/{kind}-v0"
+
+
+def partial_minari_id(env: str, kind: str) -> str:
+    """Id of a generated dataset that stopped short of its level: 'fastbdm/hopper/medium-replay-partial-v0'."""
+    return f"{GENERATED_NAMESPACE}/{env}/{kind}-partial-v0"
 
 
 def local_minari_ids(env: str, kind: str) -> list:

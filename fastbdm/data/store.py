@@ -46,10 +46,13 @@ def ensure_absent(dataset_id: str) -> None:
 
 
 def write_minari(dataset_id: str, episodes: List[EpisodeBuffer], env_id: str, ref_scores: tuple,
-                 description: str, extra_metadata: dict) -> Path:
+                 description: str, extra_metadata: dict, replace: bool = False) -> Path:
     """Store `episodes` as Minari dataset `dataset_id` with D4RL reference scores (random, expert)
-    and `extra_metadata` under the metadata key 'fastbdm'; returns the dataset directory."""
-    ensure_absent(dataset_id)
+    and `extra_metadata` under the metadata key 'fastbdm'; returns the dataset directory.
+    replace: an existing `dataset_id` is replaced (partial datasets: the newest attempt wins), else
+    DatasetError."""
+    if not replace:
+        ensure_absent(dataset_id)
     root = minari_root()
     staging = root / f".staging-{uuid.uuid4().hex}"
     try:
@@ -67,6 +70,8 @@ def write_minari(dataset_id: str, episodes: List[EpisodeBuffer], env_id: str, re
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_durable(target, namespace_file.read_bytes())
         final = dataset_dir(dataset_id)
+        if final.exists():  # replace: the old one moves into the staging directory, removed below
+            os.rename(final, staging / "replaced")
         os.rename(staging / dataset_id, final)
         for directory in final.relative_to(root).parents:  # the rename and new namespace directories
             sync_file(root / directory)
