@@ -359,7 +359,7 @@ def test_config_records_the_datasets_provenance_and_evaluation_environment(datas
     """An npz file with D4RL's keys is evaluated in gymnasium's v4 environment (D4RL's models)."""
     assert run(dataset, tmp_path, "--steps", "2", "--eval-every", "2") == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("preset halfcheetah-medium-replay: ") and first.endswith(" | eval env HalfCheetah-v4")
+    assert first.startswith("preset halfcheetah-medium-replay, algo td3sbc: ") and first.endswith(" | eval env HalfCheetah-v4")
     config = json.loads((tmp_path / "halfcheetah-medium-replay" / "seed0" / "config.json").read_text())
     assert config["eval_env"] == "HalfCheetah-v4" and config["allow_partial_dataset"] is False
     assert config["dataset"] == {"source": str(dataset), "source_kind": "npz", "transitions": 396,
