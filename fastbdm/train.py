@@ -54,7 +54,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p = parser_class(prog="python -m fastbdm.train", description="Train TD3-SBC end to end: dataset, updates, MuJoCo evaluation with "
+    p = parser_class(prog="python -m fastbdm.train", description="Train TD3-SBC (or a baseline, --algo) end to end: dataset, updates, MuJoCo evaluation with "
                                             "the D4RL-normalised score, metrics and checkpoints. The algorithm: "
                                             "docs/ALGORITHM.md.",
                                 formatter_class=HelpFormatter)
@@ -74,7 +74,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--eval-env", default=None, metavar="ID",
                    help="gymnasium environment of the evaluations (default: the data's: v4 for D4RL hdf5 and npz "
                         "files, the recorded one for Minari and generated data, v5 there)")
-    p.add_argument("--steps", type=int, default=1_000_000, help="number of TD3-SBC updates")
+    p.add_argument("--steps", type=int, default=1_000_000, help="number of updates (of the --algo chosen)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another (instead of --seed)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
