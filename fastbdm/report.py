@@ -67,13 +67,22 @@ def read_run(run_dir: Path, root: Path) -> Run:
 
 
 def find_runs(roots: Sequence[Path]) -> List[Run]:
-    runs = []
+    """Every run under the roots, each once; ReportError when two runs claim the same task, variant and
+    seed (e.g. two sweeps with the same variant names: report them one at a time, or rename one)."""
+    runs, seen = [], {}
     for root in roots:
         if not root.is_dir():
             raise ReportError(f"{root} is not a directory; pass the --out directory of fastbdm.train or fastbdm.sweep")
         for config in sorted(root.rglob("config.json")):
-            if (config.parent / "metrics.jsonl").exists():
-                runs.append(read_run(config.parent, root))
+            path = config.parent.resolve()
+            if (config.parent / "metrics.jsonl").exists() and path not in {r.path.resolve() for r in runs}:
+                run = read_run(config.parent, root)
+                key = (run.task, run.variant, run.seed)
+                if key in seen:
+                    raise ReportError(f"{seen[key]} and {run.path} are both {run.task} {run.variant} seed {run.seed}; "
+                                      "report them separately")
+                seen[key] = run.path
+                runs.append(run)
     if not runs:
         raise ReportError(f"no run directories (config.json with metrics.jsonl) under {', '.join(map(str, roots))}")
     return runs
@@ -86,16 +95,14 @@ def iqm(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
     return trim_mean(np.concatenate(samples, axis=axis), 0.25, axis=axis)
 
 
-def bootstrap_ci(samples: Sequence[np.ndarray], statistic, seed: int = 0) -> Tuple[float, float]:
-    """95% percentile bootstrap interval of statistic(*samples), each sample resampled within itself
-    (several samples: a stratified bootstrap). NaN where a sample has fewer than two observations."""
+def bootstrap_ci(samples: Sequence[np.ndarray], statistic, axis: int = -1) -> Tuple[np.ndarray, np.ndarray]:
+    """95% percentile bootstrap interval of statistic(*samples) along `axis`, each sample resampled
+    within itself (several samples: a stratified bootstrap); seeded, so a report is reproducible."""
     from scipy.stats import bootstrap
 
-    if min(len(s) for s in samples) < 2:
-        return math.nan, math.nan
-    result = bootstrap(tuple(samples), statistic, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
-                       method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    interval = bootstrap(tuple(samples), statistic, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
+                         method="percentile", vectorized=True, axis=axis, rng=np.random.default_rng(0)).confidence_interval
+    return interval.low, interval.high
 
 
 def summary_rows(runs: List[Run]) -> List[dict]:
@@ -107,6 +114,10 @@ def summary_rows(runs: List[Run]) -> List[dict]:
             groups.setdefault((run.task, run.variant), []).append(run)
     rows = []
     for (task, variant), group in sorted(groups.items()):
+        if len({r.steps for r in group}) > 1:
+            raise ReportError(f"{task} {variant}: finished runs of different lengths "
+                              f"({', '.join(str(s) for s in sorted({r.steps for r in group}))} updates); "
+                              "report them separately")
         scores = np.array([r.final_score for r in sorted(group, key=lambda r: r.seed)])
         rows.append(score_row(task, variant, [scores], group[0].steps))
     tasks = sorted({task for task, _ in groups})
@@ -119,11 +130,14 @@ def summary_rows(runs: List[Run]) -> List[dict]:
 
 
 def score_row(task: str, variant: str, samples: List[np.ndarray], steps) -> dict:
+    """Statistics of the final scores; `runs` counts runs (seeds, times tasks in an all-tasks row). The
+    interval is NaN where a task has a single run."""
     scores = np.concatenate(samples)
-    low, high = bootstrap_ci(samples, iqm)
-    return {"task": task, "variant": variant, "seeds": len(scores), "updates": steps,
+    low, high = bootstrap_ci(samples, iqm) if min(len(s) for s in samples) > 1 else (math.nan, math.nan)
+    return {"task": task, "variant": variant, "runs": len(scores), "updates": steps,
             "mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else math.nan,
-            "iqm": float(iqm(*samples)), "iqm_low": low, "iqm_high": high, "source": "this report"}
+            "iqm": float(iqm(*samples)), "iqm_low": float(low), "iqm_high": float(high), "reference": False,
+            "source": "this report"}
 
 
 def read_baseline(path: Path) -> List[dict]:
@@ -134,10 +148,10 @@ def read_baseline(path: Path) -> List[dict]:
         out = []
         for row in rows:
             number = lambda key: float(row[key]) if row.get(key) not in (None, "") else math.nan  # noqa: E731
-            out.append({"task": row["task"], "variant": row["variant"], "mean": number("mean"), "std": number("std"),
-                        "seeds": int(row["seeds"]) if row.get("seeds") else None, "updates": None,
-                        "iqm": math.nan, "iqm_low": math.nan, "iqm_high": math.nan,
-                        "source": row.get("source") or "reference"})
+            out.append({"task": row["task"].removesuffix("-v2"), "variant": row["variant"], "mean": number("mean"),
+                        "std": number("std"), "runs": int(row["seeds"]) if row.get("seeds") else None,
+                        "updates": None, "iqm": math.nan, "iqm_low": math.nan, "iqm_high": math.nan,
+                        "reference": True, "source": row.get("source") or "reference"})
         return out
     except (OSError, KeyError, ValueError) as exc:
         raise ReportError(f"--baseline {path}: cannot read it ({type(exc).__name__}: {exc}); it needs the "
@@ -149,20 +163,23 @@ def fmt(value: float, digits: int = 1) -> str:
 
 
 def markdown_table(rows: List[dict]) -> str:
-    lines = ["| task | variant | seeds | score mean ± std | IQM [95% CI] | updates | source |",
+    lines = ["| task | variant | runs | score mean ± std | IQM [95% CI] | updates | source |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        reference = r["source"] != "this report"
+        reference = r["reference"]
         variant = f"{r['variant']} (reference)" if reference else r["variant"]
         interval = "-" if reference else f"{fmt(r['iqm'])} [{fmt(r['iqm_low'])}, {fmt(r['iqm_high'])}]"
         spread = f" ± {fmt(r['std'])}" if not math.isnan(r["std"]) else ""
-        lines.append(f"| {r['task']} | {variant} | {r['seeds'] if r['seeds'] is not None else '-'} | "
+        lines.append(f"| {r['task']} | {variant} | {r['runs'] if r['runs'] is not None else '-'} | "
                      f"{fmt(r['mean'])}{spread} | {interval} | {r['updates'] or '-'} | {r['source']} |")
+    if any(not r["reference"] and r["runs"] < 5 for r in rows):
+        lines.append("\nRows with fewer than 5 runs: below 4 runs the IQM trims nothing (it is the mean), and a "
+                     "bootstrap over so few runs covers less than its nominal 95%; read those intervals as rough.")
     return "\n".join(lines)
 
 
 def write_csv(rows: List[dict], path: Path) -> None:
-    columns = ["task", "variant", "seeds", "updates", "mean", "std", "iqm", "iqm_low", "iqm_high", "source"]
+    columns = ["task", "variant", "runs", "updates", "mean", "std", "iqm", "iqm_low", "iqm_high", "reference", "source"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -170,18 +187,15 @@ def write_csv(rows: List[dict], path: Path) -> None:
 
 
 def curve(runs: List[Run]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(updates, mean score, band low, band high) over the evaluations every run of the group has."""
+    """(updates, mean score, band low, band high) at the evaluations every run of the group has; the band
+    is the 95% bootstrap interval of the mean over runs (the mean itself for one run)."""
     common = sorted(set.intersection(*(set(dict(r.evaluations)) for r in runs)))
-    scores = np.array([[dict(r.evaluations)[s] for s in common] for r in runs])  # (seeds, points)
+    scores = np.array([[dict(r.evaluations)[s] for s in common] for r in runs])  # (runs, points)
     mean = scores.mean(0)
     if len(runs) < 2:
         return np.array(common), mean, mean, mean
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((scores,), np.mean, axis=0, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
-                   method="percentile", vectorized=True, rng=np.random.default_rng(0)).confidence_interval
-    low, high = np.where(np.isnan(ci.low), mean, ci.low), np.where(np.isnan(ci.high), mean, ci.high)
-    return np.array(common), mean, low, high
+    low, high = bootstrap_ci([scores], np.mean, axis=0)
+    return np.array(common), mean, np.where(np.isnan(low), mean, low), np.where(np.isnan(high), mean, high)
 
 
 def draw_curves(runs: List[Run], path: Path) -> int:
@@ -196,8 +210,12 @@ def draw_curves(runs: List[Run], path: Path) -> int:
     for ax, task in zip(axes[0], tasks):
         for variant in sorted({r.variant for r in runs if r.task == task}):
             group = [r for r in runs if r.task == task and r.variant == variant and r.evaluations]
+            finished = [r for r in group if r.finished]
+            group = finished or group  # a run just started does not cut the finished runs' curve short
+            if not group:
+                continue
             x, mean, low, high = curve(group)
-            line, = ax.plot(x, mean, label=f"{variant} ({len(group)} seeds)")
+            line, = ax.plot(x, mean, label=f"{variant} ({len(group)} runs)")
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(task)
         ax.set_xlabel("updates")

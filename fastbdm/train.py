@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import math
@@ -32,7 +33,7 @@ from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset, split_name
 from .replay import TransitionBuffer
 from .schedule import PREDICTIONS
 from .td3sbc import TD3SBC, TD3SBCConfig
-from .wandb_log import WandbMirror
+from .wandb_log import WandbError, WandbMirror
 
 EVAL_COLUMNS = ("eval_return", "eval_score")
 COLUMNS = ("step", "updates_per_s", *METRICS, *EVAL_COLUMNS)
@@ -410,6 +411,20 @@ def check_free_space(ckpt_path: Path, size: int) -> None:
                             "being written); free some space or pass --out elsewhere")
 
 
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Holds RUN_DIR/.lock while a run writes there; a second process on the same run directory (a
+    retried sweep trial, a command started twice) gets a TrainingError instead of interleaved writes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"{run_dir} is in use by another training process; wait for it to end "
+                                "or stop it") from None
+        yield
+
+
 def finished(evaluation: Future) -> bool:
     """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
     return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None
@@ -469,9 +484,10 @@ def main(argv=None) -> int:
         scores = []
         with torch_matmul_precision(args.precision):
             for seed in args.seeds or [args.seed]:
-                scores.append(run_seed(args, seed, device, transitions))
+                with run_dir_lock(Path(args.out) / args.env / f"seed{seed}"):
+                    scores.append(run_seed(args, seed, device, transitions))
                 print(f"seed {seed}: final normalised score {scores[-1]:.1f}{note}", flush=True)
-    except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError) as exc:
+    except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError, WandbError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,24 +1,34 @@
 """Mirror a run's metric rows to Weights & Biases (`--wandb PROJECT`): one wandb run per training run.
 
-The wandb run id is derived from the run directory, so a resumed training run continues its wandb run;
-WANDB_MODE=offline writes it under RUN_DIR/wandb/ with no network (sync later with `wandb sync`).
+The wandb run id is drawn once and kept in RUN_DIR/wandb_id, so a resumed training run logs to the
+same wandb run online (rows re-logged after a resume at steps wandb already has are dropped by wandb).
+WANDB_MODE=offline writes under RUN_DIR/wandb/ with no network, one offline directory per process:
+`wandb sync RUN_DIR/wandb/offline-run-*` uploads them all.
 """
-import hashlib
+import uuid
 from pathlib import Path
+
+from .durable import write_durable
 
 
 class WandbMirror:
     """Wraps a metrics log: every row written to it is also logged to wandb at its update step."""
 
     def __init__(self, log, project: str, run_dir: Path, config: dict, group: str = None):
-        try:
-            import wandb
-        except ImportError:
-            raise ImportError("--wandb needs the wandb package: pip install -e '.[sweep]'") from None
+        import wandb
+
         self.log = log
-        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-        self.run = wandb.init(project=project, dir=str(run_dir), config=config, group=group, id=run_id,
-                              name=f"{config['env']}-seed{config['seed']}", resume="allow", reinit="finish_previous")
+        id_file = Path(run_dir) / "wandb_id"
+        if not id_file.exists():
+            write_durable(id_file, uuid.uuid4().hex[:16].encode())
+        name = f"{config['env']}-seed{config['seed']}" if group is None else f"{group}-{config['env']}-seed{config['seed']}"
+        try:
+            self.run = wandb.init(project=project, dir=str(run_dir), config=config, group=group,
+                                  id=id_file.read_text().strip(), name=name, resume="allow", reinit="finish_previous")
+        except Exception as exc:  # wandb raises its own kinds (no key, no network, bad project)
+            log.close()
+            raise WandbError(f"--wandb {project}: wandb could not start ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); WANDB_MODE=offline needs no network") from None
 
     def write(self, row: dict) -> None:
         self.log.write(row)
@@ -31,3 +41,7 @@ class WandbMirror:
     def close(self) -> None:
         self.log.close()
         self.run.finish()
+
+
+class WandbError(Exception):
+    """wandb could not start a run; the message is one line for the user."""

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from scipy.stats import trim_mean
+from scipy.stats import bootstrap, trim_mean
 
 from fastbdm import report
 
@@ -53,17 +53,26 @@ def test_table_numbers_are_the_statistics_of_the_final_scores(sweep_dir, capsys)
     rows = read_csv(root / "report.csv")
     for key, scores in finals.items():
         row = rows[key]
-        assert int(row["seeds"]) == SEEDS and int(row["updates"]) == STEPS
+        assert int(row["runs"]) == SEEDS and int(row["updates"]) == STEPS
         assert float(row["mean"]) == pytest.approx(np.mean(scores))
         assert float(row["std"]) == pytest.approx(np.std(scores, ddof=1))
         assert float(row["iqm"]) == pytest.approx(trim_mean(scores, 0.25))
         assert min(scores) <= float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"]) <= max(scores)
-    for variant in VARIANTS:  # aggregate over tasks: the IQM of all 8 final scores, stratified by task
-        pooled = finals[(TASKS[0], variant)] + finals[(TASKS[1], variant)]
+    for variant in VARIANTS:  # aggregate over tasks: the IQM of all 8 final scores, seeds resampled per task
+        per_task = [finals[(task, variant)] for task in TASKS]
         row = rows[(report.ALL_TASKS, variant)]
-        assert float(row["iqm"]) == pytest.approx(trim_mean(pooled, 0.25)) and int(row["seeds"]) == 2 * SEEDS
+        assert float(row["iqm"]) == pytest.approx(trim_mean(per_task[0] + per_task[1], 0.25))
+        assert int(row["runs"]) == 2 * SEEDS
+        stratified = bootstrap(tuple(map(np.array, per_task)), lambda *s, axis: trim_mean(np.concatenate(s, axis), 0.25, axis),
+                               n_resamples=report.RESAMPLES, method="percentile", rng=np.random.default_rng(0))
+        pooled = bootstrap((np.array(per_task[0] + per_task[1]),), lambda s, axis: trim_mean(s, 0.25, axis),
+                           n_resamples=report.RESAMPLES, method="percentile", rng=np.random.default_rng(0))
+        assert float(row["iqm_low"]) == pytest.approx(stratified.confidence_interval.low)
+        assert float(row["iqm_high"]) == pytest.approx(stratified.confidence_interval.high)
+        assert float(row["iqm_low"]) != pytest.approx(pooled.confidence_interval.low)
     printed = capsys.readouterr().out
     assert printed.strip() == (root / "report.md").read_text().strip()
+    assert "Rows with fewer than 5 runs" in printed  # the all-tasks rows have 8, the per-task rows 4
     mean, std = np.mean(finals[(TASKS[0], "w_rel=0.1")]), np.std(finals[(TASKS[0], "w_rel=0.1")], ddof=1)
     assert f"| {TASKS[0]} | w_rel=0.1 | {SEEDS} | {mean:.1f} ± {std:.1f} |" in printed
 
@@ -108,14 +117,38 @@ def test_unfinished_runs_and_a_plain_training_layout(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: None, "no run directories"),
+    (lambda p: None, "is not a directory"),
     (lambda p: (p / "empty").mkdir(), "no run directories"),
 ])
 def test_nothing_to_report_is_one_line(tmp_path, capsys, make, message):
     make(tmp_path)
     assert report.main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:")
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_a_sweep_in_progress_is_reported(sweep_dir, tmp_path, capsys):
+    """A variant whose runs have no evaluation yet, and a seed just started beside finished ones."""
+    root, finals = sweep_dir
+    started = root / "w_rel=0.2" / TASKS[0] / "seed0"
+    write_run(started, TASKS[0], 0, [])
+    write_run(root / "w_rel=0" / TASKS[0] / "seed9", TASKS[0], 9, [1.0])
+    assert report.main([str(root)]) == 0
+    runs = [r for r in report.find_runs([root]) if r.task == TASKS[0] and r.variant == "w_rel=0"]
+    assert len(runs) == SEEDS + 1
+    out = capsys.readouterr().out
+    assert "2 unfinished run(s) are left out" in out
+    assert f"| {TASKS[0]} | w_rel=0 | {SEEDS} |" in out
+
+
+def test_the_same_run_twice_is_refused_and_one_directory_counts_once(sweep_dir, tmp_path, capsys):
+    root, _ = sweep_dir
+    assert len(report.find_runs([root, root / "w_rel=0"])) == len(report.find_runs([root]))
+    other = tmp_path / "other" / "w_rel=0" / TASKS[0] / "seed0"
+    write_run(other, TASKS[0], 0, [1.0, 2.0, 3.0])
+    assert report.main([str(root), str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed 0" in err[0] and "report them separately" in err[0]
 
 
 def test_bad_baseline_file_is_one_line(sweep_dir, tmp_path, capsys):

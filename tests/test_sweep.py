@@ -57,9 +57,56 @@ def test_missing_steps_and_sweep_owned_options_are_refused(dataset, tmp_path, ca
     assert "--resume" in one_line_error(capsys)
 
 
+def plan(dataset, out, *argv):
+    args, passthrough = sweep.build_parser().parse_known_args(["--out", str(out), *argv])
+    return sweep.plan(args, ["--dataset", str(dataset), "--steps", "4", *passthrough])
+
+
+def test_plan_resolves_each_algorithms_batch_and_lets_the_grid_override_the_sweeps_defaults(dataset, tmp_path):
+    trials = plan(dataset, tmp_path, "--env", ENV, "--grid", "algo=td3sbc,td3bc", "--grid", "threads=1,2",
+                  "--grid", "async_eval=true,false")
+    assert len(trials) == 8
+    parser = train_cli.build_parser()
+    for trial in trials:
+        args = parser.parse_args(list(trial.argv))
+        variant = dict(kv.split("=") for kv in trial.variant.split(","))
+        assert args.threads == int(variant["threads"]) and args.async_eval == (variant["async_eval"] == "true")
+        assert args.device == "cpu"  # no GPU reserved for it
+        assert train_cli.resolve_batch_size(args) and args.batch_size == {"td3sbc": 1024, "td3bc": 256}[variant["algo"]]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "0", "0"], "would write the same run directory"),
+    (["--grid", "w_rel=0", "--grid", "w-rel=0.1"], "already a grid key"),
+    (["--grid", "w_rel=0,0"], "a value is repeated"),
+    (["--seed", "3"], "the sweep sets this per run"),
+    (["--resum"], "unrecognized arguments: --resum"),
+])
+def test_grids_that_would_collide_or_mislead_are_refused(dataset, tmp_path, argv, message):
+    with pytest.raises(sweep.SweepError, match=message):
+        plan(dataset, tmp_path, "--env", ENV, *argv)
+
+
+def test_a_run_directory_made_with_other_settings_is_refused(dataset, tmp_path, capsys):
+    argv = ["--env", ENV, "--dataset", str(dataset), "--seeds", "0", "--steps", "2", "--eval-every", "2",
+            "--out", str(tmp_path), *TINY]
+    run_dir = tmp_path / "default" / ENV / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"algo": "td3sbc", "batch_size": 64, "config": {}}))
+    assert sweep.main(argv) == 2
+    assert "holds a run made with other settings (batch_size, config." in one_line_error(capsys)
+
+
+def test_a_dataset_that_cannot_be_used_stops_the_sweep_before_ray(tmp_path, capsys):
+    assert sweep.main(["--env", ENV, "--dataset", str(tmp_path / "absent.npz"), "--steps", "2",
+                       "--out", str(tmp_path / "out"), *TINY]) == 2
+    assert "does not exist" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_variants_are_named_by_their_values_and_switches_map_to_flags():
     parser = train_cli.build_parser(sweep.RaisingParser)
-    variants = sweep.grid_variants(["w_rel=0,0.1", "compat=true,false", "graphs=off"], parser)
+    variants = sweep.grid_variants(["w-rel=0,0.1", "compat=true,false", "graphs=off"], parser)
     assert [name for name, _ in variants] == ["w_rel=0,compat=true,graphs=off", "w_rel=0,compat=false,graphs=off",
                                               "w_rel=0.1,compat=true,graphs=off", "w_rel=0.1,compat=false,graphs=off"]
     assert variants[0][1] == ["--w-rel", "0", "--compat", "--no-graphs"]

@@ -408,3 +408,17 @@ def test_a_generation_short_of_its_level_is_refused_unless_allowed(tmp_path, mon
     assert provenance["source_kind"] == "generated" and provenance["transitions"] == 119  # one timeout row dropped
     assert provenance["level"]["partial"] is True and provenance["level"]["steps"] == 120
     assert provenance["level"]["wanted_score"] == 45.0
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(dataset, tmp_path, capsys):
+    import fcntl
+
+    run_dir = tmp_path / "halfcheetah-medium-replay" / "seed0"
+    run_dir.mkdir(parents=True)
+    with (run_dir / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the first training process holds it
+        assert run(dataset, tmp_path, "--steps", "4") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another training process" in err[0]
+    assert not (run_dir / "metrics.jsonl").exists()
+    assert run(dataset, tmp_path, "--steps", "4") == 0  # released: the run goes ahead
