@@ -49,6 +49,12 @@ class TD3SBCConfig:
     precision: str = "tf32"  # Triton MLP kernels: tf32, tf32x3, ieee, or bf16 (GPU only)
     compat: CompatFlags = field(default_factory=CompatFlags)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TD3SBCConfig":
+        """The inverse of dataclasses.asdict (a run's config.json "config"): lists back to tuples, compat to CompatFlags."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**{**values, "compat": CompatFlags(**values.get("compat", {}))})
+
 
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     """Fused Adam; on a GPU also capturable with a tensor lr, so that it can live in a CUDA graph.

@@ -313,6 +313,32 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
     return score
 
 
+def load_agent(run_dir, device) -> tuple:
+    """(agent, config.json as a dict) of a run directory that the training or sweep command wrote: the
+    TD3SBC of the run's config at its checkpoint, on `device`. A missing or unreadable piece is a TrainingError."""
+    from .data.names import DIMS, parse_name
+
+    run_dir = Path(run_dir)
+    ckpt_path, config_path = run_dir / CHECKPOINT, run_dir / "config.json"
+    for path in (config_path, ckpt_path):
+        if not path.is_file():
+            raise TrainingError(f"no {path.name} in {run_dir}: pass a run directory that the training or sweep "
+                                "command wrote, e.g. runs/halfcheetah-medium-replay/seed0")
+    run = json.loads(config_path.read_text())
+    try:
+        env, _ = parse_name(run["env"])
+    except ValueError:
+        raise TrainingError(f"{config_path}: {unknown_env_message(run['env'])}") from None
+    try:
+        state = load_checkpoint(ckpt_path, device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    agent = TD3SBC(*DIMS[env], 1.0, TD3SBCConfig.from_dict(run["config"]), device)
+    agent.load_state_dict(state["agent"])
+    agent.num_updates = state["step"]
+    return agent, run
+
+
 def finished(evaluation: Future) -> bool:
     """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
     return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None

@@ -109,6 +109,23 @@ def download_minari(dataset_id: str) -> Path:
     return minari_root() / dataset_id
 
 
+def load_source(name: str, source: str, device="cpu") -> Transitions:
+    """The transitions of dataset `name` read again from a recorded `Transitions.source` (a run's
+    config.json "dataset"): a path, or 'minari:<id>' (with ' (generated)' appended for our own data)
+    in the local Minari root. Nothing is downloaded or generated; a missing dataset is a DatasetError."""
+    env, kind = parse_name(name)
+    if source.startswith("minari:"):
+        dataset_id = source.removeprefix("minari:").removesuffix(" (generated)")
+        path = minari_root() / dataset_id
+        if not (path / "data" / "metadata.json").exists():
+            raise DatasetError(f"the run's dataset {source} is not in the Minari root {minari_root()}; set "
+                               "MINARI_DATASETS_PATH or pass --dataset PATH")
+        raw, meta = read_minari(path)
+    else:
+        raw, meta = read_path(source)
+    return build_transitions(raw, f"{env}-{kind}", source, device, meta)
+
+
 def load_transitions(name: str, dataset_path=None, device="cpu", download: bool = False, generate: bool = True,
                      generate_kwargs: dict = None, progress: bool = True) -> Transitions:
     """The transitions of dataset `name` on `device`; the first source found wins:
