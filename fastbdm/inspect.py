@@ -44,7 +44,7 @@ class Rollouts:
         self.low, self.high = space.low, space.high
 
     def occupancy(self, obs: np.ndarray, action: np.ndarray, policy: Callable, horizons: np.ndarray):
-        """States reached (count, n) float32 and whether their episode terminated first (count,) bool:
+        """States reached (count, n) float64 and whether their episode terminated first (count,) bool:
         rollout i starts in the state behind obs (n,), takes action (m,), then policy (M, n) -> (M, m)
         on its observations, for horizons[i] steps or until it terminates (and stays there)."""
         states = np.stack([set_observation(env, obs) for env in self.envs])
@@ -58,7 +58,7 @@ class Rollouts:
                 actions[moving] = np.clip(policy(states[moving]), self.low, self.high)
             for i in moving:
                 states[i], terminated[i] = step_unlimited(self.envs[i], actions[i])
-        return states.astype(np.float32), terminated
+        return states, terminated
 
     def close(self) -> None:
         for env in self.envs:
@@ -225,7 +225,7 @@ def inspect_run(args) -> dict:
             next_obs, _ = step_unlimited(probe, np.clip(action, rollouts.low, rollouts.high))
             horizons = geometric_horizons(rng, gamma, args.samples)
             reality, terminated = rollouts.occupancy(obs, action, policy, horizons)
-            model = model_samples(agent, obs, action, args.samples)
+            model = model_samples(agent, obs, action, args.samples).astype(np.float64)
             cmp: Comparison = compare_samples(model, reality, scale, args.resamples, args.seed + n)
             rows.append({
                 "index": int(index), "obs": obs.tolist(), "action": action.tolist(),
