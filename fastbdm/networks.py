@@ -15,6 +15,11 @@ def normalize_states(obs, mean, std):
     return (obs - mean) / (std + STATE_NORM_EPS)
 
 
+def denormalize_states(s_norm, mean, std):
+    """The inverse of normalize_states: raw observations s_norm (std + 1e-3) + mean."""
+    return s_norm * (std + STATE_NORM_EPS) + mean
+
+
 class Actor(nn.Module):
     """pi(s) = max_action * tanh(MLP(s)); s (B, obs_dim) -> (B, act_dim)."""
 

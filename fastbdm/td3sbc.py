@@ -66,6 +66,12 @@ class TD3SBCConfig:
             raise ValueError(f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}")
         return cls(algo=algo, **{**ALGO_DEFAULTS[algo].model, **fields})
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TD3SBCConfig":
+        """The inverse of dataclasses.asdict (a run's config.json "config"): lists back to tuples, compat to CompatFlags."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**{**values, "compat": CompatFlags(**values.get("compat", {}))})
+
 
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     """Fused Adam; on a GPU also capturable with a tensor lr, so that it can live in a CUDA graph.

@@ -425,6 +425,34 @@ def run_dir_lock(run_dir: Path):
         yield
 
 
+def load_agent(run_dir, device) -> tuple:
+    """(agent, config.json as a dict) of a run directory that the training or sweep command wrote: the
+    TD3SBC of the run's config at its checkpoint, on `device`. A missing or unreadable piece is a TrainingError."""
+    from .data.names import DIMS, parse_name
+
+    run_dir = Path(run_dir)
+    ckpt_path, config_path = run_dir / CHECKPOINT, run_dir / "config.json"
+    for path in (config_path, ckpt_path):
+        if not (has_checkpoint(path) if path == ckpt_path else path.is_file()):
+            raise TrainingError(f"no {path.name} in {run_dir}: pass a run directory that the training or sweep "
+                                "command wrote, e.g. runs/halfcheetah-medium-replay/seed0")
+    run = json.loads(config_path.read_text())
+    try:
+        env, _ = parse_name(run["env"])
+    except ValueError:
+        raise TrainingError(f"{config_path}: {unknown_env_message(run['env'])}") from None
+    try:
+        state, note = load_latest(ckpt_path, device)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    agent = TD3SBC(*DIMS[env], 1.0, TD3SBCConfig.from_dict(run["config"]), device)
+    agent.load_state_dict(state["agent"])
+    agent.num_updates = state["step"]
+    return agent, run
+
+
 def finished(evaluation: Future) -> bool:
     """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
     return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None

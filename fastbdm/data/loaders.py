@@ -144,6 +144,23 @@ def refuse_partial(metadata: dict, where: str) -> None:
                            "or pass --allow-partial-dataset to train on it anyway")
 
 
+def load_source(name: str, source: str, device="cpu") -> Transitions:
+    """The transitions of dataset `name` read again from a recorded `Transitions.source` (a run's
+    config.json "dataset"): a path, or 'minari:<id>' (with ' (generated)' appended for our own data)
+    in the local Minari root. Nothing is downloaded or generated; a missing dataset is a DatasetError."""
+    env, kind = parse_name(name)
+    if source.startswith("minari:"):
+        dataset_id = source.removeprefix("minari:").removesuffix(" (generated)")
+        path = minari_root() / dataset_id
+        if not (path / "data" / "metadata.json").exists():
+            raise DatasetError(f"the run's dataset {source} is not in the Minari root {minari_root()}; set "
+                               "MINARI_DATASETS_PATH or pass --dataset PATH")
+    else:
+        path = source
+    # the run trained on it, so a partial dataset is what it was (and is labelled so)
+    return load_transitions(f"{env}-{kind}", dataset_path=path, device=device, generate=False, allow_partial=True)
+
+
 def load_transitions(name: str, dataset_path=None, device="cpu", download: bool = False, generate: bool = True,
                      generate_kwargs: dict = None, progress: bool = True, allow_partial: bool = False) -> Transitions:
     """The transitions of dataset `name` on `device`; the first source found wins:
