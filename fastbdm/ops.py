@@ -33,12 +33,13 @@ def _noised_rows(x0: Tensor, eps: Tensor, t: Tensor, s: Optional[Tensor], a: Opt
 
 @_noised_rows.register_fake
 def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
-    width = x0.shape[1] + 1 + (s.shape[1] + a.shape[1] if s is not None else 0)
-    return x0.new_empty((x0.shape[0], width), dtype=torch.float32)
+    width = x0.shape[-1] + 1 + (s.shape[-1] + a.shape[-1] if s is not None else 0)
+    return x0.new_empty((*x0.shape[:-1], width), dtype=torch.float32)
 
 
 def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tensor:
-    """Denoiser input rows [q(x0, t, eps), s, c(t), a] (R, 2n+1+m); x0, eps, s (R, n), t (R,), a (R, m)."""
+    """Denoiser input rows [q(x0, t, eps), s, c(t), a] (R, 2n+1+m); x0, eps, s (R, n), t (R,), a (R, m);
+    or every argument and the result with a leading seed axis S (kernels/seed_axis.py)."""
     return _noised_rows(x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
 
 
@@ -51,14 +52,14 @@ def _denoiser_forward(rows: Tensor, weights: List[Tensor], precision: str) -> Te
 
 @_denoiser_forward.register_fake
 def _(rows, weights, precision):
-    return rows.new_empty((rows.shape[0], weights[-1].shape[0]), dtype=torch.float32)
+    return rows.new_empty((*rows.shape[:-1], weights[-1].shape[-1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastbdm::denoiser_forward_train", mutates_args=())
 def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
-    mean2, rstd2)."""
+    mean2, rstd2); with the seed axis each with a leading S after stats' 4."""
     out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
         rows, weights, save_activations=True, precision=precision)
     return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
@@ -66,9 +67,10 @@ def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
 
 @_denoiser_forward_train.register_fake
 def _(rows, weights, precision):
-    R, f32, act = rows.shape[0], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
-    return (rows.new_empty((R, weights[-1].shape[0]), dtype=f32), rows.new_empty((R, weights[0].shape[0]), dtype=act),
-            rows.new_empty((R, weights[4].shape[0]), dtype=act), rows.new_empty((4, R), dtype=f32))
+    lead, f32, act = rows.shape[:-1], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
+    return (rows.new_empty((*lead, weights[-1].shape[-1]), dtype=f32),
+            rows.new_empty((*lead, weights[0].shape[-2]), dtype=act),
+            rows.new_empty((*lead, weights[4].shape[-2]), dtype=act), rows.new_empty((4, *lead), dtype=f32))
 
 
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
@@ -114,8 +116,9 @@ _denoiser_forward_train.register_autograd(_forward_backward, setup_context=_forw
 
 
 def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) -> Tensor:
-    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights (gradients fp32,
-    like the weights); activations are saved only when some input requires grad."""
+    """Denoiser MLP: rows (R, in_dim) -> (R, n), or rows (S, R, in_dim) with weights stacked (S, ...)
+    -> (S, R, n). Differentiable in rows and weights (gradients fp32, like the weights); activations are
+    saved only when some input requires grad."""
     weights = list(weights)
     if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
         return _denoiser_forward_train(rows, weights, precision)[0]
@@ -144,9 +147,10 @@ def _(weights, s, a, z, schedule_buffers, steps, prediction, sampler, noise, pre
 def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None,
                   precision: str = DEFAULT_PRECISION):
     """The whole reverse sampler of the SSM denoiser (reference.reverse_chain): s (R, n), a (R, m),
-    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n)."""
+    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n).
+    Seed axis: s, a, z, the result with a leading S, noise (S, steps, R, n), weights stacked (S, ...)."""
     if sampler == "ddpm" and noise is None:
-        noise = torch.randn((schedule.steps, *z.shape), device=z.device, dtype=z.dtype)
+        noise = torch.randn((*z.shape[:-2], schedule.steps, *z.shape[-2:]), device=z.device, dtype=z.dtype)
     buffers = [getattr(schedule, name) for name in _SCHEDULE_BUFFERS]
     return _reverse_chain([w.detach() for w in weights], s.detach(), a.detach(), z.detach(), buffers,
                           schedule.steps, prediction, sampler, noise, precision)
@@ -156,13 +160,13 @@ def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sam
 
 @torch.library.custom_op("fastbdm::td_loss", mutates_args=())
 def _td_loss(pred: Tensor, target1: Tensor, y2: Tensor, done: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
-    """(loss (), d loss / d pred (2R, n))."""
+    """(loss (), d loss / d pred (2R, n)); with the seed axis (loss (S,), d loss_k / d pred_k (S, 2R, n))."""
     return td_loss_kernels.td_loss_fwd_bwd(pred, target1, y2, done, gamma)
 
 
 @_td_loss.register_fake
 def _(pred, target1, y2, done, gamma):
-    return pred.new_empty((), dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
+    return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
 def _td_loss_setup_context(ctx, inputs, output):
@@ -175,14 +179,15 @@ def _td_loss_backward(ctx, grad_loss, _grad_grad_pred):
     (grad_pred,) = ctx.saved_tensors
     if any(ctx.needs_input_grad[1:3]):
         raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
-    return grad_loss * grad_pred, None, None, None, None
+    return grad_loss[..., None, None] * grad_pred, None, None, None, None
 
 
 _td_loss.register_autograd(_td_loss_backward, setup_context=_td_loss_setup_context)
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
-    """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar."""
+    """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar; with the
+    seed axis pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses."""
     return _td_loss(pred, target1, y2, done, float(gamma))[0]
 
 
