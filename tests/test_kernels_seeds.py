@@ -5,9 +5,11 @@ Two checks per kernel, at S = 1 and S = 3, odd row counts and widths (R = 37, n 
 48, 40: masked rows and columns in every program):
 - against the reference on the same stacked inputs: the tolerances of test_kernels_forward.py /
   test_kernels_backward.py (fp32 summation order only; the interpreter's tl.dot is exact fp32);
-- against S separate single-seed (2-D) calls: bitwise equal. A program of seed k runs exactly the
-  instructions of the single-seed program on seed k's data, so any difference means a program read
-  another seed's weights or rows, or wrote outside its seed.
+- against S separate single-seed (2-D) calls: bitwise equal for what the Triton programs compute. A
+  program of seed k runs exactly the instructions of the single-seed program on seed k's data, so any
+  difference means a program read another seed's weights or rows, or wrote outside its seed. The
+  backward's weight and input gradients are torch matmuls (batched over seeds), which a BLAS may block
+  differently for S = 3 than for S = 1: those agree to 1e-6 relative (fp32 rounding of K <= 48 terms).
 Seeds get distinct weights and data, so a seed reading seed 0's weights fails both checks.
 """
 import pytest
@@ -25,6 +27,7 @@ from test_kernels_forward import assert_close_scaled, denoiser_weights
 N, M, R, HIDDEN, STEPS = 11, 3, 37, (48, 40), 4
 BLOCKS = dict(block_m=64, block_n=64, block_k=64)
 SEEDS = [1, 3]
+MATMUL_GRADS = {0, 1, 5, 9}  # rows, W1, W2, W_out in (grad rows, *weight grads): torch's matmuls
 
 
 def stacked_weights(seeds, conditional=True):
@@ -124,7 +127,11 @@ def test_mlp_backward_seed_axis(seeds):
     for k in range(seeds):
         _, acts_k = mlp_forward(rows[k], singles[k], save_activations=True, precision="ieee")
         rows_k, grads_k = mlp_backward(grad_out[k], rows[k], singles[k], acts_k, precision="ieee")
-        assert all(torch.equal(x[k], y) for x, y in zip((grad_rows, *grads), (rows_k, *grads_k))), k
+        for i, (x, y) in enumerate(zip((grad_rows, *grads), (rows_k, *grads_k))):
+            if i in MATMUL_GRADS:
+                torch.testing.assert_close(x[k], y, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(x[k], y), (k, i)
 
 
 def test_reference_seed_axis_is_each_seed_alone():
