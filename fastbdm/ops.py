@@ -2,7 +2,9 @@
 td_loss) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
-it; denoiser_forward and td_loss have autograd formulas (register_autograd), the others are no-grad.
+it; denoiser_forward and td_loss are differentiable through torch.autograd.Functions over the ops
+(_DenoiserForward, _TDLoss), the others are no-grad. Each op has a vmap rule, its seed axis
+(kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
 """
@@ -95,24 +97,34 @@ def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
     return [torch.empty_like(x, dtype=torch.float32) for x, need in zip([rows, *weights], needs) if need]
 
 
-def _forward_setup_context(ctx, inputs, output):
-    rows, weights, ctx.precision = inputs
-    _, pre1, pre2, stats = output
-    ctx.mark_non_differentiable(pre1, pre2, stats)
-    ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
-    ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
+class _DenoiserForward(torch.autograd.Function):
+    """(rows, precision, *weights) -> _denoiser_forward_train's results, differentiable in rows and
+    weights through _denoiser_backward. An autograd.Function with setup_context and a generated vmap rule
+    (the ops' own vmap rules below), not the op's register_autograd, so that torch.func.grad and vmap
+    compose with it (fastbdm.seed_batch)."""
 
+    generate_vmap_rule = True
 
-def _forward_backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
-    rows, pre1, pre2, stats, *weights = ctx.saved_tensors
-    needs_rows, needs_weights, _ = ctx.needs_input_grad
-    needs = [needs_rows, *needs_weights]
-    grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
-    grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
-    return grad_rows, grad_weights, None
+    @staticmethod
+    def forward(rows, precision, *weights):
+        return _denoiser_forward_train(rows, list(weights), precision)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        rows, ctx.precision, *weights = inputs
+        _, pre1, pre2, stats = output
+        ctx.mark_non_differentiable(pre1, pre2, stats)
+        ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
+        ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
 
-_denoiser_forward_train.register_autograd(_forward_backward, setup_context=_forward_setup_context)
+    @staticmethod
+    def backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
+        rows, pre1, pre2, stats, *weights = ctx.saved_tensors
+        needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
+        with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
+            grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
+        grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
+        return grad_rows, None, *grad_weights
 
 
 def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) -> Tensor:
@@ -121,7 +133,7 @@ def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) 
     saved only when some input requires grad."""
     weights = list(weights)
     if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
-        return _denoiser_forward_train(rows, weights, precision)[0]
+        return _DenoiserForward.apply(rows, precision, *weights)[0]
     return _denoiser_forward(rows, weights, precision)
 
 
@@ -169,26 +181,83 @@ def _(pred, target1, y2, done, gamma):
     return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
-def _td_loss_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1])
+class _TDLoss(torch.autograd.Function):
+    """(pred, target1, y2, done, gamma) -> _td_loss's (loss, grad_pred), differentiable in pred; an
+    autograd.Function for torch.func.grad and vmap, as _DenoiserForward."""
 
+    generate_vmap_rule = True
 
-def _td_loss_backward(ctx, grad_loss, _grad_grad_pred):
-    (grad_pred,) = ctx.saved_tensors
-    if any(ctx.needs_input_grad[1:3]):
-        raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
-    return grad_loss[..., None, None] * grad_pred, None, None, None, None
+    @staticmethod
+    def forward(pred, target1, y2, done, gamma):
+        return _td_loss(pred, target1, y2, done, gamma)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[1])
 
-_td_loss.register_autograd(_td_loss_backward, setup_context=_td_loss_setup_context)
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_grad_pred):
+        (grad_pred,) = ctx.saved_tensors
+        if any(ctx.needs_input_grad[1:3]):
+            raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
+        return grad_loss[..., None, None] * grad_pred, None, None, None, None
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar; with the
     seed axis pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses."""
-    return _td_loss(pred, target1, y2, done, float(gamma))[0]
+    return _TDLoss.apply(pred, target1, y2, done, float(gamma))[0]
+
+
+# --- vmap over seeds: each op's batching rule is its seed axis (kernels/seed_axis.py) -----------------
+
+def _seed_first(x, dim, seeds):
+    """x with its vmapped dimension `dim` first, or expanded to `seeds` copies when unbatched (dim None)."""
+    if x is None:
+        return None
+    return x.expand(seeds, *x.shape) if dim is None else x.movedim(dim, 0)
+
+
+def _register_seed_vmap(op, seeded, out_dims):
+    """torch.func.vmap of `op` calls it once with every `seeded` argument (by position; a list: each
+    tensor) given a leading seed axis; the other arguments (schedule buffers, flags, scalars) must not be
+    vmapped. out_dims: where the results' seed axis is (an int, or a tuple: one per result)."""
+
+    def rule(info, in_dims, *args):
+        args = list(args)
+        for i, dim in enumerate(in_dims):
+            if i in seeded:
+                args[i] = ([_seed_first(x, d, info.batch_size) for x, d in zip(args[i], dim or [None] * len(args[i]))]
+                           if isinstance(args[i], list) else _seed_first(args[i], dim, info.batch_size))
+            elif dim is not None and any(d is not None for d in (dim if isinstance(dim, list) else [dim])):
+                raise ValueError(f"{op}: argument {i} cannot vary over the vmapped (seed) axis")
+        return op(*args), out_dims
+
+    torch.library.register_vmap(op, rule)
+
+
+_register_seed_vmap(_noised_rows, {0, 1, 2, 3, 4}, 0)
+_register_seed_vmap(_denoiser_forward, {0, 1}, 0)
+_register_seed_vmap(_denoiser_forward_train, {0, 1}, (0, 0, 0, 1))
+_register_seed_vmap(_reverse_chain, {0, 1, 2, 3, 8}, 0)
+_register_seed_vmap(_td_loss, {0, 1, 2, 3}, (0, 0))
+
+
+def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, stats, needs, precision):
+    """stats arrive as (4, R) per seed (vmapped at in_dims[5]); the op takes (4, S, R)."""
+    S = info.batch_size
+    weights = [_seed_first(w, d, S) for w, d in zip(weights, in_dims[2] or [None] * len(weights))]
+    dim = in_dims[5]
+    stats = stats.unsqueeze(1).expand(4, S, stats.shape[-1]) if dim is None else stats.movedim(dim, 1)
+    grads = _denoiser_backward(_seed_first(grad_out, in_dims[0], S), _seed_first(rows, in_dims[1], S), weights,
+                               _seed_first(pre1, in_dims[3], S), _seed_first(pre2, in_dims[4], S), stats, needs,
+                               precision)
+    return grads, [0] * len(grads)
+
+
+torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
