@@ -100,6 +100,11 @@ class SeedBatch:
             noises.append(self.template.draw_noise(batch_size, b.obs.device, actor_step, generator=gen))
         return stack_batches(batches), stack_noise(noises)
 
+    def step(self, buffer, batch_size: int) -> Dict[str, torch.Tensor]:
+        """One update of every seed on its own batch and noise, drawn from its own generator (`draw`)."""
+        actor_step = (self.num_updates + 1) % self.config.policy_freq == 0
+        return self.update(*self.draw(buffer, batch_size, actor_step))
+
     def update(self, batch: Batch, noise: UpdateNoise) -> Dict[str, torch.Tensor]:
         """One update of every seed on batch (S, B, ...) and noise (stacked UpdateNoise; with the actor
         fields on every policy_freq-th update): TD3SBC.update per seed, batched. Returns detached (S,)

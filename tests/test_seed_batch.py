@@ -90,3 +90,5 @@ def test_each_seed_draws_its_batch_and_noise_from_its_own_stream():
             assert (got is None) == (want is None) and (got is None or torch.equal(got[1], want[0]))
         assert not torch.equal(batch3.obs[0], batch3.obs[1]) and not torch.equal(noise3.policy[0], noise3.policy[1])
         assert (noise3.sbc_t is not None) == actor_step
+    metrics = [three.step(buffer, B) for _ in range(2)]  # draw + update; the second one moves the actors
+    assert "actor_loss" not in metrics[0] and all(v.shape == (3,) for v in metrics[1].values())
