@@ -191,7 +191,8 @@ class TD3SBC(nn.Module):
         """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2;
         t, eps from noise (drawn when None)."""
         sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
-        noise = noise or self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
+        if noise is None:
+            noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
         t, eps = noise.data_t, noise.data_eps
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
         rows = ops.noised_rows(noised, eps, t, None, None, sch)
@@ -217,7 +218,8 @@ class TD3SBC(nn.Module):
         if self.bdm is None:
             a_pi = self.actor(b.obs)
         else:
-            noise = noise or self.draw_noise(b.obs.shape[0], b.obs.device)
+            if noise is None:
+                noise = self.draw_noise(b.obs.shape[0], b.obs.device)
             S = self.sbc_states(b.obs, noise.sbc_normal)
             A = self.actor(S)
             a_pi = A[:b.obs.shape[0]]
