@@ -376,7 +376,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in
                                         (args.log_every, args.eval_every, args.checkpoint_every))]
             n = min(boundaries) - step
-            runner.run(n)
+            runner.run(n, None if progress is None else progress.update)  # the bar moves with every update
             step += n
             row = {"step": step, **monitor.read()}
             bad = monitor.nonfinite()
@@ -394,7 +394,6 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             if checkpoints:
                 checkpoint(step)
             if progress is not None:
-                progress.update(n)
                 progress.set_postfix(upd_s=f"{row['updates_per_s']:.1f}",
                                      score="-" if last_score is None else f"{last_score:.1f}")
             t_log = time.perf_counter()
