@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections import deque
@@ -476,10 +477,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
-    mean = sum(scores) / len(scores)
-    print(f"final normalised score: {mean:.1f} (mean over {args.eval_episodes} episodes"
-          + (f" and {len(scores)} seeds)" if len(scores) > 1 else ")") + note)
+    print(final_score_line(args.seeds or [args.seed], scores, args.eval_episodes) + note)
     return 0
+
+
+def final_score_line(seeds, scores, episodes: int) -> str:
+    """The run's last line: the final normalised score; over several seeds their mean +- sample std
+    and each seed's."""
+    if len(scores) == 1:
+        return f"final normalised score: {scores[0]:.1f} (mean over {episodes} episodes)"
+    each = ", ".join(f"seed {seed} {score:.1f}" for seed, score in zip(seeds, scores))
+    return (f"final normalised score: {statistics.fmean(scores):.1f} +- {statistics.stdev(scores):.1f} (mean +- "
+            f"sample std over {len(scores)} seeds: {each}; each the mean over {episodes} episodes)")
 
 
 if __name__ == "__main__":
