@@ -77,28 +77,34 @@ class UpdateRunner:
             self.agent.num_updates = updates_before
         self.graph = graph
 
-    def run(self, n: int) -> None:
+    def run(self, n: int, done=None) -> None:
+        """n updates; done(k) (optional) is called as each k of them is issued (1 per eager update, 2 per
+        warm-up pair, 2K per graph replay), from the host's count: no device synchronisation."""
+        done = done or (lambda count: None)
         if not self.graphs:
             for _ in range(n):
                 self.step()
+                done(1)
             return
         per_replay = 2 * self.pairs_per_graph
         while n > 0:
             if n == 1 or self.agent.num_updates % 2:
                 self.step()
-                n -= 1
+                count = 1
             elif self.graph is None and self.warmup_pairs_left:
                 self._warmup_pair()
-                n -= 2
+                count = 2
             elif n < per_replay:
                 self.step()
-                n -= 1
+                count = 1
             else:
                 if self.graph is None:
                     self._capture()
                 self.graph.replay()
                 self.agent.num_updates += per_replay
-                n -= per_replay
+                count = per_replay
+            n -= count
+            done(count)
 
 
 class GraphedPolicy:

@@ -2,7 +2,9 @@
 td_loss) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
-it; denoiser_forward and td_loss have autograd formulas (register_autograd), the others are no-grad.
+it; denoiser_forward and td_loss are differentiable through torch.autograd.Functions over the ops
+(_DenoiserForward, _TDLoss), the others are no-grad. Each op has a vmap rule, its seed axis
+(kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
 """
@@ -33,12 +35,13 @@ def _noised_rows(x0: Tensor, eps: Tensor, t: Tensor, s: Optional[Tensor], a: Opt
 
 @_noised_rows.register_fake
 def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
-    width = x0.shape[1] + 1 + (s.shape[1] + a.shape[1] if s is not None else 0)
-    return x0.new_empty((x0.shape[0], width), dtype=torch.float32)
+    width = x0.shape[-1] + 1 + (s.shape[-1] + a.shape[-1] if s is not None else 0)
+    return x0.new_empty((*x0.shape[:-1], width), dtype=torch.float32)
 
 
 def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tensor:
-    """Denoiser input rows [q(x0, t, eps), s, c(t), a] (R, 2n+1+m); x0, eps, s (R, n), t (R,), a (R, m)."""
+    """Denoiser input rows [q(x0, t, eps), s, c(t), a] (R, 2n+1+m); x0, eps, s (R, n), t (R,), a (R, m);
+    or every argument and the result with a leading seed axis S (kernels/seed_axis.py)."""
     return _noised_rows(x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
 
 
@@ -51,14 +54,14 @@ def _denoiser_forward(rows: Tensor, weights: List[Tensor], precision: str) -> Te
 
 @_denoiser_forward.register_fake
 def _(rows, weights, precision):
-    return rows.new_empty((rows.shape[0], weights[-1].shape[0]), dtype=torch.float32)
+    return rows.new_empty((*rows.shape[:-1], weights[-1].shape[-1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastbdm::denoiser_forward_train", mutates_args=())
 def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
-    mean2, rstd2)."""
+    mean2, rstd2); with the seed axis each with a leading S after stats' 4."""
     out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
         rows, weights, save_activations=True, precision=precision)
     return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
@@ -66,9 +69,10 @@ def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
 
 @_denoiser_forward_train.register_fake
 def _(rows, weights, precision):
-    R, f32, act = rows.shape[0], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
-    return (rows.new_empty((R, weights[-1].shape[0]), dtype=f32), rows.new_empty((R, weights[0].shape[0]), dtype=act),
-            rows.new_empty((R, weights[4].shape[0]), dtype=act), rows.new_empty((4, R), dtype=f32))
+    lead, f32, act = rows.shape[:-1], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
+    return (rows.new_empty((*lead, weights[-1].shape[-1]), dtype=f32),
+            rows.new_empty((*lead, weights[0].shape[-2]), dtype=act),
+            rows.new_empty((*lead, weights[4].shape[-2]), dtype=act), rows.new_empty((4, *lead), dtype=f32))
 
 
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
@@ -93,32 +97,43 @@ def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
     return [torch.empty_like(x, dtype=torch.float32) for x, need in zip([rows, *weights], needs) if need]
 
 
-def _forward_setup_context(ctx, inputs, output):
-    rows, weights, ctx.precision = inputs
-    _, pre1, pre2, stats = output
-    ctx.mark_non_differentiable(pre1, pre2, stats)
-    ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
-    ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
+class _DenoiserForward(torch.autograd.Function):
+    """(rows, precision, *weights) -> _denoiser_forward_train's results, differentiable in rows and
+    weights through _denoiser_backward. An autograd.Function with setup_context and a generated vmap rule
+    (the ops' own vmap rules below), not the op's register_autograd, so that torch.func.grad and vmap
+    compose with it (fastbdm.seed_batch)."""
 
+    generate_vmap_rule = True
 
-def _forward_backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
-    rows, pre1, pre2, stats, *weights = ctx.saved_tensors
-    needs_rows, needs_weights, _ = ctx.needs_input_grad
-    needs = [needs_rows, *needs_weights]
-    grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
-    grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
-    return grad_rows, grad_weights, None
+    @staticmethod
+    def forward(rows, precision, *weights):
+        return _denoiser_forward_train(rows, list(weights), precision)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        rows, ctx.precision, *weights = inputs
+        _, pre1, pre2, stats = output
+        ctx.mark_non_differentiable(pre1, pre2, stats)
+        ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
+        ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
 
-_denoiser_forward_train.register_autograd(_forward_backward, setup_context=_forward_setup_context)
+    @staticmethod
+    def backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
+        rows, pre1, pre2, stats, *weights = ctx.saved_tensors
+        needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
+        with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
+            grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
+        grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
+        return grad_rows, None, *grad_weights
 
 
 def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) -> Tensor:
-    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights (gradients fp32,
-    like the weights); activations are saved only when some input requires grad."""
+    """Denoiser MLP: rows (R, in_dim) -> (R, n), or rows (S, R, in_dim) with weights stacked (S, ...)
+    -> (S, R, n). Differentiable in rows and weights (gradients fp32, like the weights); activations are
+    saved only when some input requires grad."""
     weights = list(weights)
     if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
-        return _denoiser_forward_train(rows, weights, precision)[0]
+        return _DenoiserForward.apply(rows, precision, *weights)[0]
     return _denoiser_forward(rows, weights, precision)
 
 
@@ -144,9 +159,10 @@ def _(weights, s, a, z, schedule_buffers, steps, prediction, sampler, noise, pre
 def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None,
                   precision: str = DEFAULT_PRECISION):
     """The whole reverse sampler of the SSM denoiser (reference.reverse_chain): s (R, n), a (R, m),
-    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n)."""
+    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n).
+    Seed axis: s, a, z, the result with a leading S, noise (S, steps, R, n), weights stacked (S, ...)."""
     if sampler == "ddpm" and noise is None:
-        noise = torch.randn((schedule.steps, *z.shape), device=z.device, dtype=z.dtype)
+        noise = torch.randn((*z.shape[:-2], schedule.steps, *z.shape[-2:]), device=z.device, dtype=z.dtype)
     buffers = [getattr(schedule, name) for name in _SCHEDULE_BUFFERS]
     return _reverse_chain([w.detach() for w in weights], s.detach(), a.detach(), z.detach(), buffers,
                           schedule.steps, prediction, sampler, noise, precision)
@@ -156,34 +172,92 @@ def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sam
 
 @torch.library.custom_op("fastbdm::td_loss", mutates_args=())
 def _td_loss(pred: Tensor, target1: Tensor, y2: Tensor, done: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
-    """(loss (), d loss / d pred (2R, n))."""
+    """(loss (), d loss / d pred (2R, n)); with the seed axis (loss (S,), d loss_k / d pred_k (S, 2R, n))."""
     return td_loss_kernels.td_loss_fwd_bwd(pred, target1, y2, done, gamma)
 
 
 @_td_loss.register_fake
 def _(pred, target1, y2, done, gamma):
-    return pred.new_empty((), dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
+    return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
-def _td_loss_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1])
+class _TDLoss(torch.autograd.Function):
+    """(pred, target1, y2, done, gamma) -> _td_loss's (loss, grad_pred), differentiable in pred; an
+    autograd.Function for torch.func.grad and vmap, as _DenoiserForward."""
 
+    generate_vmap_rule = True
 
-def _td_loss_backward(ctx, grad_loss, _grad_grad_pred):
-    (grad_pred,) = ctx.saved_tensors
-    if any(ctx.needs_input_grad[1:3]):
-        raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
-    return grad_loss * grad_pred, None, None, None, None
+    @staticmethod
+    def forward(pred, target1, y2, done, gamma):
+        return _td_loss(pred, target1, y2, done, gamma)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[1])
 
-_td_loss.register_autograd(_td_loss_backward, setup_context=_td_loss_setup_context)
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_grad_pred):
+        (grad_pred,) = ctx.saved_tensors
+        if any(ctx.needs_input_grad[1:3]):
+            raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
+        return grad_loss[..., None, None] * grad_pred, None, None, None, None
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
-    """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar."""
-    return _td_loss(pred, target1, y2, done, float(gamma))[0]
+    """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar; with the
+    seed axis pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses."""
+    return _TDLoss.apply(pred, target1, y2, done, float(gamma))[0]
+
+
+# --- vmap over seeds: each op's batching rule is its seed axis (kernels/seed_axis.py) -----------------
+
+def _seed_first(x, dim, seeds):
+    """x with its vmapped dimension `dim` first, or expanded to `seeds` copies when unbatched (dim None)."""
+    if x is None:
+        return None
+    return x.expand(seeds, *x.shape) if dim is None else x.movedim(dim, 0)
+
+
+def _register_seed_vmap(op, seeded, out_dims):
+    """torch.func.vmap of `op` calls it once with every `seeded` argument (by position; a list: each
+    tensor) given a leading seed axis; the other arguments (schedule buffers, flags, scalars) must not be
+    vmapped. out_dims: where the results' seed axis is (an int, or a tuple: one per result)."""
+
+    def rule(info, in_dims, *args):
+        args = list(args)
+        for i, dim in enumerate(in_dims):
+            if i in seeded:
+                args[i] = ([_seed_first(x, d, info.batch_size) for x, d in zip(args[i], dim or [None] * len(args[i]))]
+                           if isinstance(args[i], list) else _seed_first(args[i], dim, info.batch_size))
+            elif dim is not None and any(d is not None for d in (dim if isinstance(dim, list) else [dim])):
+                raise ValueError(f"{op}: argument {i} cannot vary over the vmapped (seed) axis")
+        return op(*args), out_dims
+
+    torch.library.register_vmap(op, rule)
+
+
+_register_seed_vmap(_noised_rows, {0, 1, 2, 3, 4}, 0)
+_register_seed_vmap(_denoiser_forward, {0, 1}, 0)
+_register_seed_vmap(_denoiser_forward_train, {0, 1}, (0, 0, 0, 1))
+_register_seed_vmap(_reverse_chain, {0, 1, 2, 3, 8}, 0)
+_register_seed_vmap(_td_loss, {0, 1, 2, 3}, (0, 0))
+
+
+def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, stats, needs, precision):
+    """stats arrive as (4, R) per seed (vmapped at in_dims[5]); the op takes (4, S, R)."""
+    S = info.batch_size
+    weights = [_seed_first(w, d, S) for w, d in zip(weights, in_dims[2] or [None] * len(weights))]
+    dim = in_dims[5]
+    stats = stats.unsqueeze(1).expand(4, S, stats.shape[-1]) if dim is None else stats.movedim(dim, 1)
+    grads = _denoiser_backward(_seed_first(grad_out, in_dims[0], S), _seed_first(rows, in_dims[1], S), weights,
+                               _seed_first(pre1, in_dims[3], S), _seed_first(pre2, in_dims[4], S), stats, needs,
+                               precision)
+    return grads, [0] * len(grads)
+
+
+torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the

@@ -8,6 +8,7 @@ Denoiser.weights(): (W1, b1, g1, beta1, W2, b2, g2, beta2, ..., W_out, b_out), L
 import torch
 import torch.nn.functional as F
 
+from .kernels.seed_axis import add_seed_axis, check_stacked
 from .schedule import DiffusionSchedule, split_prediction
 
 LAYER_NORM_EPS = 1e-5
@@ -16,26 +17,44 @@ SAMPLERS = ("ddim", "ddpm", "posterior_mean")
 
 def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> torch.Tensor:
     """Denoiser input rows [q(x0, t, eps), s, c(t), a]: x0, eps, s (R, n), t (R,) int64, a (R, m);
-    with s = a = None the data denoiser's rows [q(x0, t, eps), c(t)]."""
+    with s = a = None the data denoiser's rows [q(x0, t, eps), c(t)]. Seed axis: every argument with a
+    leading S (t (S, R)) -> (S, R, width)."""
     x_t, c = schedule.q_sample(x0, t, eps), schedule.time_input(t)
     return torch.cat([x_t, c] if s is None else [x_t, s, c, a], dim=-1)
 
 
+def _linear(x, w, b=None):
+    """x (S, R, in) @ w (S, out, in)^T + b (S, out), seed by seed (one baddbmm) -> (S, R, out)."""
+    if b is None:
+        return torch.bmm(x, w.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+
+def _layer_norm(x, g, beta):
+    """LayerNorm over the last axis of x (S, R, H) with per-seed gain and bias g, beta (S, H)."""
+    return torch.addcmul(beta.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS), g.unsqueeze(1))
+
+
 def _hidden_and_output(h_pre, weights):
-    """From the first layer's pre-activation (R, H1): ReLU -> LayerNorm, remaining layers, output."""
-    g, beta = weights[2], weights[3]
-    h = F.layer_norm(torch.relu(h_pre), g.shape, g, beta, LAYER_NORM_EPS)
+    """From the first layer's pre-activation (S, R, H1): ReLU -> LayerNorm, remaining layers, output."""
+    h = _layer_norm(torch.relu(h_pre), weights[2], weights[3])
     rest = weights[4:]
     while len(rest) > 2:
         w, b, g, beta = rest[:4]
-        h = F.layer_norm(torch.relu(F.linear(h, w, b)), g.shape, g, beta, LAYER_NORM_EPS)
+        h = _layer_norm(torch.relu(_linear(h, w, b)), g, beta)
         rest = rest[4:]
-    return F.linear(h, rest[0], rest[1])
+    return _linear(h, rest[0], rest[1])
 
 
 def denoiser_forward(rows: torch.Tensor, weights) -> torch.Tensor:
-    """Denoiser MLP: rows (R, in_dim) -> (R, n). Differentiable in rows and weights."""
-    return _hidden_and_output(F.linear(rows, weights[0], weights[1]), weights)
+    """Denoiser MLP: rows (R, in_dim) -> (R, n), or with the seed axis (kernels/seed_axis.py) rows
+    (S, R, in_dim) and weights stacked (S, ...) -> (S, R, n). Differentiable in rows and weights."""
+    single = rows.dim() == 2
+    if single:
+        rows, weights = rows.unsqueeze(0), add_seed_axis(*weights)
+    check_stacked(rows.shape[0], weights)
+    out = _hidden_and_output(_linear(rows, weights[0], weights[1]), weights)
+    return out[0] if single else out
 
 
 @torch.no_grad()
@@ -43,23 +62,29 @@ def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sam
     """The whole reverse-diffusion sampler of the (target) SSM denoiser, docs/ALGORITHM.md#samplers.
 
     s (R, n), a (R, m), z (R, n) start noise at level steps-1; noise (steps, R, n) is the DDPM
-    per-level noise (drawn when None). Returns x0 samples (R, n).
+    per-level noise (drawn when None). Returns x0 samples (R, n). Seed axis (kernels/seed_axis.py):
+    s, z (S, R, n), a (S, R, m), noise (S, steps, R, n), weights stacked (S, ...) -> (S, R, n).
     sampler: "ddim" (eta = 0), "ddpm" (ancestral), "posterior_mean" (research code, docs/ALGORITHM.md#departures-of-the-research-code item 1:
     levels steps-1..1, the network told level i, every scheduler coefficient taken at level i-1).
     The first layer's s, a and bias part is computed once per chain; per level only x and c change.
     """
-    n = z.shape[1]
+    single = z.dim() == 2
+    if single:
+        s, a, z, noise = add_seed_axis(s, a, z, noise)
+        weights = add_seed_axis(*weights)
+    check_stacked(z.shape[0], weights)
+    n = z.shape[2]
     w1, b1 = weights[0], weights[1]
-    w_x, w_s, w_c, w_a = w1[:, :n], w1[:, n : 2 * n], w1[:, 2 * n], w1[:, 2 * n + 1 :]
-    base = F.linear(s, w_s) + F.linear(a, w_a, b1)
+    w_x, w_s, w_c, w_a = w1[..., :n], w1[..., n : 2 * n], w1[..., 2 * n], w1[..., 2 * n + 1 :]
+    base = _linear(s, w_s) + _linear(a, w_a, b1)
     steps = schedule.steps
     if sampler == "ddpm" and noise is None:
-        noise = torch.randn((steps, *z.shape), device=z.device, dtype=z.dtype)
+        noise = torch.randn((z.shape[0], steps, *z.shape[1:]), device=z.device, dtype=z.dtype)
     levels = range(steps - 1, 0, -1) if sampler == "posterior_mean" else range(steps - 1, -1, -1)
     x = z
     for i in levels:
         c = 2.0 * i / steps - 1.0
-        out = _hidden_and_output(F.linear(x, w_x) + base + c * w_c, weights)
+        out = _hidden_and_output(_linear(x, w_x) + base + c * w_c.unsqueeze(1), weights)
         k = i - 1 if sampler == "posterior_mean" else i
         x0hat, epshat = split_prediction(
             prediction, out, x, schedule.sqrt_ab[k], schedule.sqrt_one_minus_ab[k]
@@ -69,16 +94,17 @@ def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sam
         else:
             x = schedule.coef_x0[k] * x0hat + schedule.coef_xt[k] * x
             if sampler == "ddpm" and k > 0:
-                x = x + schedule.posterior_std[k] * noise[k]
-    return x
+                x = x + schedule.posterior_std[k] * noise[:, k]
+    return x[0] if single else x
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> torch.Tensor:
     """BDM TD loss, docs/ALGORITHM.md#the-bdm-td-loss. pred (2R, n) = online outputs on [x1 rows; x2 rows];
     target1 (R, n) the first term's target; y2 (R, n) the target network's output on x2;
     done (R,) bool/float: on done rows the second term's target is target1 (absorbing terminal).
-    Returns mean over rows and dims of (1-gamma)(p1 - target1)^2 + gamma (p2 - y2)^2."""
-    rows = target1.shape[0]
-    p1, p2 = pred[:rows], pred[rows:]
+    Returns mean over rows and dims of (1-gamma)(p1 - target1)^2 + gamma (p2 - y2)^2. Seed axis: pred
+    (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses, each over its seed's rows."""
+    rows = target1.shape[-2]
+    p1, p2 = pred[..., :rows, :], pred[..., rows:, :]
     y2 = torch.where(done.bool().unsqueeze(-1), target1, y2)
-    return ((1 - gamma) * (p1 - target1).square() + gamma * (p2 - y2).square()).mean()
+    return ((1 - gamma) * (p1 - target1).square() + gamma * (p2 - y2).square()).mean(dim=(-2, -1))

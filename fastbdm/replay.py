@@ -27,7 +27,9 @@ class TransitionBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int) -> Batch:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+    def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
+        """batch_size transitions drawn uniformly with replacement; indices from `generator` (on this
+        buffer's device; default torch's global one)."""
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device, generator=generator)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
                      self.next_actions[idx], self.dones[idx], self.valid[idx])

@@ -3,7 +3,7 @@
 state-BC term and its learners) and TD3+BC (Q scaled by alpha / mean|Q1|, mean-squared actor BC, no critic BC)."""
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +27,31 @@ class Batch(NamedTuple):
     next_actions: torch.Tensor
     dones: torch.Tensor
     valid: torch.Tensor
+
+
+class UpdateNoise(NamedTuple):
+    """Every random number of one update (TD3SBC.draw_noise), so that an update is a function of its
+    batch and its noise. B rows, n = obs dim, m = action dim; None where the algorithm or the step has
+    no such draw (bdm, data, sbc: td3sbc only; sbc: actor steps only; the chains: sampler "ddpm" only).
+
+    policy (B, m) N(0, 1): the target action's smoothing noise before scaling and clipping.
+    bdm_t (B,), bdm_eps, bdm_z (B, n), bdm_chain (steps, B, n): the BDM TD loss (bdm_z is bdm_eps with
+    compat shared_noise). data_t (B,), data_eps (B, n): the data denoiser's loss. sbc_normal (B, n): the
+    random SBC states' normals (None with compat standardised_sbc_half); sbc_t (2B,), sbc_eps, sbc_z
+    (2B, n), sbc_chain (steps, 2B, n): the state-BC term."""
+
+    policy: torch.Tensor
+    bdm_t: Optional[torch.Tensor] = None
+    bdm_eps: Optional[torch.Tensor] = None
+    bdm_z: Optional[torch.Tensor] = None
+    bdm_chain: Optional[torch.Tensor] = None
+    data_t: Optional[torch.Tensor] = None
+    data_eps: Optional[torch.Tensor] = None
+    sbc_normal: Optional[torch.Tensor] = None
+    sbc_t: Optional[torch.Tensor] = None
+    sbc_eps: Optional[torch.Tensor] = None
+    sbc_z: Optional[torch.Tensor] = None
+    sbc_chain: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -118,10 +143,38 @@ class TD3SBC(nn.Module):
     def flags(self) -> CompatFlags:
         return self.config.compat
 
-    def target_action(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max)."""
+    def draw_noise(self, rows: int, device, actor_step: bool = True, generator=None) -> UpdateNoise:
+        """The random numbers of one update on `rows` rows, drawn from `generator` (default: torch's global
+        one) in the order the update uses them: policy; BDM t, eps, z, chain; data t, eps; on actor steps
+        the SBC states' normals, t, eps, z, chain. A generator on a CUDA device must be registered with a
+        CUDA graph that captures the draws (torch.cuda.CUDAGraph.register_generator_state)."""
+        cfg, flags, n = self.config, self.flags, self.obs_mean.shape[0]
+        normal = lambda *shape: torch.randn(*shape, device=device, generator=generator)  # noqa: E731
+        level = lambda count: torch.randint(0, cfg.steps, (count,), device=device, generator=generator)  # noqa: E731
+        draws = {"policy": normal(rows, self.act_dim)}
+        if self.bdm is None:
+            return UpdateNoise(**draws)
+        ddpm = self.bdm.sampler == "ddpm"
+
+        def diffusion(count):  # t, eps, z, chain noise of one BDM-sampled term on `count` rows
+            t, eps = level(count), normal(count, n)
+            z = eps if flags.shared_noise else normal(count, n)
+            return t, eps, z, normal(cfg.steps, count, n) if ddpm else None
+
+        draws.update(zip(("bdm_t", "bdm_eps", "bdm_z", "bdm_chain"), diffusion(rows)))
+        draws.update(data_t=level(rows), data_eps=normal(rows, n))
+        if actor_step:
+            draws["sbc_normal"] = None if flags.standardised_sbc_half else normal(rows, n)
+            draws.update(zip(("sbc_t", "sbc_eps", "sbc_z", "sbc_chain"), diffusion(2 * rows)))
+        return UpdateNoise(**draws)
+
+    def target_action(self, next_obs: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
+        """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max); normal (B, m) is
+        N (UpdateNoise.policy; drawn when None)."""
         cfg = self.config
-        noise = (torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+        if normal is None:
+            normal = self.draw_noise(next_obs.shape[0], next_obs.device, actor_step=False).policy
+        noise = (normal * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
         return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
 
     def critic_loss(self, b: Batch, next_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -140,11 +193,13 @@ class TD3SBC(nn.Module):
             return (q[:, :, None] - y[None]).square().mean(dim=(1, 2)).sum(), q
         return (q - y).square().mean(1).sum(), q
 
-    def data_denoiser_loss(self, b: Batch) -> torch.Tensor:
-        """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2."""
+    def data_denoiser_loss(self, b: Batch, noise: UpdateNoise = None) -> torch.Tensor:
+        """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2;
+        t, eps from noise (drawn when None)."""
         sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
-        t = torch.randint(0, sch.steps, (b.obs.shape[0],), device=b.obs.device)
-        eps = torch.randn_like(b.obs)
+        if noise is None:
+            noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
+        t, eps = noise.data_t, noise.data_eps
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
         rows = ops.noised_rows(noised, eps, t, None, None, sch)
         out = ops.denoiser_forward(rows, self.data_denoiser.weights())
@@ -152,21 +207,26 @@ class TD3SBC(nn.Module):
                                 sch.gather("sqrt_one_minus_ab", t))
         return (out - target).square().mean()
 
-    def sbc_states(self, s: torch.Tensor) -> torch.Tensor:
-        """S = [s; s_rand] (2B, n): s_rand ~ N(batch mean, batch std) per dim (compat: s standardised)."""
+    def sbc_states(self, s: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
+        """S = [s; s_rand] (2B, n): s_rand = batch mean + batch std * normal per dim, normal (B, n)
+        (UpdateNoise.sbc_normal; drawn when None; compat: s standardised, no normal)."""
         mean, std = s.mean(0), s.std(0)
-        s_rand = (s - mean) / std if self.flags.standardised_sbc_half else mean + std * torch.randn_like(s)
+        if self.flags.standardised_sbc_half:
+            return torch.cat([s, (s - mean) / std])
+        s_rand = mean + std * (torch.randn_like(s) if normal is None else normal)
         return torch.cat([s, s_rand])
 
-    def actor_loss(self, b: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def actor_loss(self, b: Batch, noise: UpdateNoise = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """-lambda Q1(s, pi(s)) + actor BC (+ state-BC for td3sbc), lambda = alpha / mean|Q1| (detached).
         Actor BC: w_a mean_rows ||pi(s) - a||^2, for td3bc w_a mean over all elements of (pi(s) - a)^2.
-        Returns the loss and its terms (with their graphs)."""
+        noise: an actor step's UpdateNoise (drawn when None). Returns the loss and its terms (with their graphs)."""
         cfg = self.config
         if self.bdm is None:
             a_pi = self.actor(b.obs)
         else:
-            S = self.sbc_states(b.obs)
+            if noise is None:
+                noise = self.draw_noise(b.obs.shape[0], b.obs.device)
+            S = self.sbc_states(b.obs, noise.sbc_normal)
             A = self.actor(S)
             a_pi = A[:b.obs.shape[0]]
         squared = (a_pi - b.actions).square()
@@ -176,21 +236,20 @@ class TD3SBC(nn.Module):
         loss = -lam * q1.mean() + bc
         terms = {"bc": bc, "lambda": lam}
         if self.bdm is not None:
-            terms["sbc"] = self.state_bc_loss(S, A)
+            terms["sbc"] = self.state_bc_loss(S, A, noise)
             loss = loss + terms["sbc"]
         return loss, {"actor_loss": loss, **terms}
 
-    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        """sbc = w_rel w_a mean_rows(eta_t ||E(x_t, t) - D'(x_t, S, A, t)||^2) on S (2B, n), A = pi(S) (2B, m);
-        the gradient reaches the actor only through the target denoiser's action input."""
+    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor, noise: UpdateNoise) -> torch.Tensor:
+        """sbc = w_rel w_a mean_rows(eta_t ||E(x_t, t) - D'(x_t, S, A, t)||^2) on S (2B, n), A = pi(S) (2B, m),
+        t, eps, z and the chain noise from an actor step's noise; the gradient reaches the actor only
+        through the target denoiser's action input."""
         cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
         ops = bdm.ops(S)
-        t = torch.randint(0, sch.steps, (S.shape[0],), device=S.device)
-        eps = torch.randn_like(S)
-        z = eps if self.flags.shared_noise else torch.randn_like(S)
+        t, eps = noise.sbc_t, noise.sbc_eps
         eta = sch.eta[t]
         eta = eta / eta.mean()
-        x0 = bdm.sample(S, A.detach(), z)
+        x0 = bdm.sample(S, A.detach(), noise.sbc_z, noise=noise.sbc_chain)
         with torch.no_grad():
             x_t = sch.q_sample(x0, t, eps)
             c = sch.time_input(t)
@@ -202,35 +261,46 @@ class TD3SBC(nn.Module):
         weighted = eta.mean() * err.mean() if self.flags.broadcast_sbc_weights else (eta * err).mean()
         return cfg.w_rel * cfg.w_actor_bc * weighted
 
-    def update(self, b: Batch) -> Dict[str, torch.Tensor]:
+    def critic_side_losses(self, b: Batch, noise: UpdateNoise) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The losses of the learners stepped on every update (critics; for td3sbc D and E too), summed
+        (each reaches its own learner only), and their detached metrics."""
+        with phase("critic"):
+            with torch.no_grad():
+                next_action = self.target_action(b.next_obs, noise.policy)
+            critic_loss, q = self.critic_loss(b, next_action)
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        loss = critic_loss
+        if self.bdm is not None:
+            with phase("bdm"):
+                bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones, noise.bdm_t,
+                                            noise.bdm_eps, noise.bdm_z, noise.bdm_chain)
+            with phase("data_denoiser"):
+                data_loss = self.data_denoiser_loss(b, noise)
+            metrics.update(bdm_loss=bdm_loss.detach(), data_loss=data_loss.detach())
+            loss = loss + bdm_loss + data_loss
+        return loss, metrics
+
+    def update(self, b: Batch, noise: UpdateNoise = None) -> Dict[str, torch.Tensor]:
         """One update of config.algo; the actor and the targets move on every policy_freq-th call.
+        noise: this update's random numbers (drawn from torch's global generator when None).
         Returns detached scalar metric tensors (no host synchronisation); the terms an algorithm does
         not have (bdm_loss, data_loss, sbc) are absent."""
         self.num_updates += 1
         actor_step = self.num_updates % self.config.policy_freq == 0
         opt = self.optimizers
-        with phase("critic"):
-            with torch.no_grad():
-                next_action = self.target_action(b.next_obs)
-            critic_loss, q = self.critic_loss(b, next_action)
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
-        losses = [critic_loss]
-        if self.bdm is not None:
-            with phase("bdm"):
-                losses.append(self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones))
-            with phase("data_denoiser"):
-                losses.append(self.data_denoiser_loss(b))
-            metrics.update(bdm_loss=losses[1].detach(), data_loss=losses[2].detach())
+        if noise is None:
+            noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step)
+        loss, metrics = self.critic_side_losses(b, noise)
         learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
         with phase("backward_step"):
             for name in learners:
                 opt[name].zero_grad(set_to_none=True)
-            sum(losses[1:], losses[0]).backward()
+            loss.backward()
             for name in learners:
                 opt[name].step()
         if actor_step:
             with phase("actor"):
-                loss, terms = self.actor_loss(b)
+                loss, terms = self.actor_loss(b, noise)
                 params = list(self.actor.parameters())
                 for p, g in zip(params, torch.autograd.grad(loss, params)):
                     p.grad = g

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections import deque
@@ -377,7 +378,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in
                                         (args.log_every, args.eval_every, args.checkpoint_every))]
             n = min(boundaries) - step
-            runner.run(n)
+            runner.run(n, None if progress is None else progress.update)  # the bar moves with every update
             step += n
             row = {"step": step, **monitor.read()}
             bad = monitor.nonfinite()
@@ -395,7 +396,6 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             if checkpoints:
                 checkpoint(step)
             if progress is not None:
-                progress.update(n)
                 progress.set_postfix(upd_s=f"{row['updates_per_s']:.1f}",
                                      score="-" if last_score is None else f"{last_score:.1f}")
             t_log = time.perf_counter()
@@ -521,10 +521,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
-    mean = sum(scores) / len(scores)
-    print(f"final normalised score: {mean:.1f} (mean over {args.eval_episodes} episodes"
-          + (f" and {len(scores)} seeds)" if len(scores) > 1 else ")") + note)
+    print(final_score_line(args.seeds or [args.seed], scores, args.eval_episodes) + note)
     return 0
+
+
+def final_score_line(seeds, scores, episodes: int) -> str:
+    """The run's last line: the final normalised score; over several seeds their mean +- sample std
+    and each seed's."""
+    if len(scores) == 1:
+        return f"final normalised score: {scores[0]:.1f} (mean over {episodes} episodes)"
+    each = ", ".join(f"seed {seed} {score:.1f}" for seed, score in zip(seeds, scores))
+    return (f"final normalised score: {statistics.fmean(scores):.1f} +- {statistics.stdev(scores):.1f} (mean +- "
+            f"sample std over {len(scores)} seeds: {each}; each the mean over {episodes} episodes)")
 
 
 if __name__ == "__main__":

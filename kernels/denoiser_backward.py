@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .denoiser_mlp import _mma, check_precision
+from .seed_axis import add_seed_axis, check_stacked
 
 
 @triton.jit
@@ -37,15 +38,26 @@ def _ln_relu_bwd_kernel(
     WEIGHT_GRADS: tl.constexpr, DY_SUMS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """One program: BLOCK_R rows of layer k (pre, dz, h contiguous (R, H)), in two passes over
-    BLOCK_H column chunks. Pass 1 builds dh chunk by chunk (parked in dz) with the row sums
-    mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place."""
+    """One program: BLOCK_R rows of layer k of seed program_id(1) (pre, dz, h contiguous (S, R, H), dY
+    (S, R, K) with row stride stride_dy, W (S, K, H), mean, rstd (S, R), g, beta (S, H), partials
+    (S, programs, stride_part)), in two passes over BLOCK_H column chunks. Pass 1 builds dh chunk by
+    chunk (parked in dz) with the row sums mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place."""
     pid = tl.program_id(0)
+    sid = tl.program_id(1).to(tl.int64)
+    dy_ptr += sid * R * stride_dy
+    w_ptr += sid * K * stride_w
+    pre_ptr += sid * R * H
+    dz_ptr += sid * R * H
+    h_ptr += sid * R * H
+    mean_ptr += sid * R
+    rstd_ptr += sid * R
+    g_ptr += sid * H
+    beta_ptr += sid * H
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
     mean = tl.load(mean_ptr + offs_r, mask=mask_r, other=0.0)
     rstd = tl.load(rstd_ptr + offs_r, mask=mask_r, other=0.0)
-    part = part_ptr + pid * stride_part
+    part = part_ptr + (sid * tl.num_programs(0) + pid) * stride_part
 
     if DY_SUMS:  # column sums of dY: partial of the next Linear's bias gradient
         for k0 in range(0, K, BLOCK_K):
@@ -106,7 +118,11 @@ def _ln_relu_bwd_kernel(
 
 @triton.jit
 def _column_sum_kernel(x_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[c] = sum_p x[p, c] for a contiguous (P, C) x; one program per BLOCK_C columns, fixed order."""
+    """out[s, c] = sum_p x[s, p, c] for a contiguous (S, P, C) x, out (S, C); one program per BLOCK_C
+    columns of seed program_id(1), fixed order."""
+    sid = tl.program_id(1).to(tl.int64)
+    x_ptr += sid * P * C
+    out_ptr += sid * C
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -128,24 +144,30 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     grad_out (R, n), rows (R, D), weights (W1, b1, g1, beta1, ..., W_out, b_out),
     acts (pre1, mean1, rstd1, pre2, mean2, rstd2, ...) from mlp_forward(save_activations=True):
     pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k), mean_k, rstd_k (R,) its LayerNorm statistics.
+    Seed axis (seed_axis): grad_out (S, R, n), rows (S, R, D), weights stacked (S, ...), acts with a
+    leading S -> every gradient with a leading S (seed k's from seed k's rows only).
     need_weight_grads: bool, or one bool per weight. precision: denoiser_mlp.PRECISIONS, for the fused
     kernels' dY @ W ("bf16": bf16 operands, rounded as in the forward); the weight- and input-gradient
-    matmuls are torch's, in fp32 (tf32 where torch allows it). Returns (grad_rows (R, D) or None, tuple of weight grads, None where
-    not wanted)."""
+    matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it). Returns (grad_rows
+    (R, D) or None, tuple of weight grads, None where not wanted)."""
     check_precision(precision)
     layers = len(acts) // 3
     assert len(weights) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
+    single = grad_out.dim() == 2
+    if single:
+        grad_out, rows, weights, acts = grad_out[None], rows[None], add_seed_axis(*weights), add_seed_axis(*acts)
+    check_stacked(grad_out.shape[0], weights)
     wanted = _wanted(need_weight_grads, len(weights))
-    R = grad_out.shape[0]
+    S, R = grad_out.shape[:2]
     device = grad_out.device
     grad_out = grad_out.contiguous()
     # Column layout of the partial-sum buffer: [db_out | (dg_k, dbeta_k, db_k) for k = L..1].
-    n_out = weights[-1].shape[0]
-    widths = [w.shape[0] for w in weights[0:-2:4]]
+    n_out = weights[-1].shape[1]
+    widths = [w.shape[1] for w in weights[0:-2:4]]
     programs = triton.cdiv(R, block_r)
     any_weight = any(wanted)
     cols = n_out + 3 * sum(widths)
-    part = torch.empty((programs, cols), device=device, dtype=torch.float32) if any_weight else None
+    part = torch.empty((S, programs, cols), device=device, dtype=torch.float32) if any_weight else None
 
     grads = [None] * len(weights)
     dy, w_next = grad_out, weights[-2]
@@ -155,13 +177,13 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
         pre, mean, rstd = acts[3 * k : 3 * k + 3]
         g, beta = weights[4 * k + 2].contiguous(), weights[4 * k + 3].contiguous()  # read with unit stride
         w_next = w_next.contiguous()
-        dz = torch.empty((R, H), device=device, dtype=torch.float32)
-        h = torch.empty((R, H), device=device, dtype=torch.float32) if any_weight else dz
+        dz = torch.empty((S, R, H), device=device, dtype=torch.float32)
+        h = torch.empty((S, R, H), device=device, dtype=torch.float32) if any_weight else dz
         last = k == layers - 1
-        K = dy.shape[1]
-        _ln_relu_bwd_kernel[(programs,)](
+        K = dy.shape[2]
+        _ln_relu_bwd_kernel[(programs, S)](
             dy, w_next, pre.contiguous(), mean.contiguous(), rstd.contiguous(), g, beta, dz, h,
-            part if any_weight else dz, R, K, H, dy.stride(0), w_next.stride(0), cols, col,
+            part if any_weight else dz, R, K, H, dy.stride(1), w_next.stride(1), cols, col,
             WEIGHT_GRADS=any_weight, DY_SUMS=any_weight and last, PRECISION=precision,
             BLOCK_R=block_r, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(K))),
             BLOCK_H=max(16, min(block_h, triton.next_power_of_2(H))), num_warps=num_warps, num_stages=num_stages,
@@ -169,24 +191,27 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
         # The next Linear (index of its weight: 4(k+1), or -2 for the output layer) gets dW = dY^T h_k.
         iw = len(weights) - 2 if last else 4 * (k + 1)
         if wanted[iw]:
-            grads[iw] = dy.t() @ h
+            grads[iw] = dy.mT @ h
         col += 3 * H
         dy, w_next = dz, weights[4 * k]
 
     if wanted[0]:
-        grads[0] = dy.t() @ rows
+        grads[0] = dy.mT @ rows
     grad_rows = dy @ weights[0].to(dy.dtype) if need_input_grad else None
     if any_weight:
-        sums = torch.empty((cols,), device=device, dtype=torch.float32)
+        sums = torch.empty((S, cols), device=device, dtype=torch.float32)
         block_c = 128
-        _column_sum_kernel[(triton.cdiv(cols, block_c),)](
+        _column_sum_kernel[(triton.cdiv(cols, block_c), S)](
             part, sums, programs, cols, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
-        grads[-1] = sums[:n_out]
+        grads[-1] = sums[:, :n_out]
         col = n_out
         for k in reversed(range(layers)):
             H = widths[k]
-            dg, dbeta, db = sums[col : col + 3 * H].view(3, H)
+            dg, dbeta, db = sums[:, col : col + 3 * H].unflatten(1, (3, H)).unbind(1)
             grads[4 * k + 1], grads[4 * k + 2], grads[4 * k + 3] = db, dg, dbeta
             col += 3 * H
     grads = tuple(gr if want else None for gr, want in zip(grads, wanted))
+    if single:
+        grad_rows = None if grad_rows is None else grad_rows[0]
+        grads = tuple(None if gr is None else gr[0] for gr in grads)
     return grad_rows, grads

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .seed_axis import add_seed_axis, check_stacked
+
 LAYER_NORM_EPS = 1e-5
 PRECISIONS = ("tf32", "tf32x3", "ieee", "bf16")
 
@@ -138,6 +140,16 @@ def _ln_output_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, N, off
 
 
 @triton.jit
+def _seed_weights(sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+                  W1_SIZE, H1, H2, N_OUT):
+    """The ten weight pointers moved to seed `sid` (int64) of contiguous stacks (S, ...): W1 (H1 x D_in,
+    W1_SIZE elements), b1, g1, beta1 (H1), W2 (H2, H1), b2, g2, beta2 (H2), W_out (N_OUT, H2), b_out (N_OUT)."""
+    return (w1_ptr + sid * W1_SIZE, b1_ptr + sid * H1, g1_ptr + sid * H1, beta1_ptr + sid * H1,
+            w2_ptr + sid * H2 * H1, b2_ptr + sid * H2, g2_ptr + sid * H2, beta2_ptr + sid * H2,
+            wo_ptr + sid * N_OUT * H2, bo_ptr + sid * N_OUT)
+
+
+@triton.jit
 def _mlp_forward_kernel(
     rows_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
     pre1_ptr, mean1_ptr, rstd1_ptr, pre2_ptr, mean2_ptr, rstd2_ptr, out_ptr,
@@ -145,10 +157,23 @@ def _mlp_forward_kernel(
     SAVE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program: BLOCK_M rows (R, D_IN) through the whole MLP -> out (R, N_OUT), pre1/pre2 written."""
+    """One program: BLOCK_M rows of seed program_id(1) (rows (S, R, D_IN)) through that seed's MLP
+    -> out (S, R, N_OUT), pre1/pre2 (S, R, H_k) and the statistics (S, R) written."""
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < R
+    sid = tl.program_id(1).to(tl.int64)  # the seed: its weights and rows, contiguous per seed
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr = _seed_weights(
+        sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+        H1 * D_IN, H1, H2, N_OUT)
+    rows_ptr += sid * R * D_IN
+    pre1_ptr += sid * R * H1
+    pre2_ptr += sid * R * H2
+    out_ptr += sid * R * N_OUT
+    mean1_ptr += sid * R
+    rstd1_ptr += sid * R
+    mean2_ptr += sid * R
+    rstd2_ptr += sid * R
 
     # layer 1 from the raw input rows
     run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -197,7 +222,8 @@ def matrix_dtype(precision, matrix):
 
 
 def check_weights(weights, precision="tf32"):
-    """Contiguous (W1, b1, g1, beta1, W2, b2, g2, beta2, W_out, b_out) of a two-hidden-layer Denoiser.
+    """Contiguous (W1, b1, g1, beta1, W2, b2, g2, beta2, W_out, b_out) of a two-hidden-layer Denoiser,
+    single (W (out, in), vectors (H,)) or stacked over seeds (W (S, out, in), vectors (S, H)).
     Vectors fp32; the matrices W1, W2, W_out fp32 or bf16, cast to bf16 for precision "bf16". The
     kernels store hidden activations in W1's dtype."""
     check_precision(precision)
@@ -205,6 +231,17 @@ def check_weights(weights, precision="tf32"):
         raise ValueError(f"the fused kernels take exactly two hidden layers (10 tensors), got {len(weights)}")
     return tuple(w.detach().to(matrix_dtype(precision, w) if i in (0, 4, 8) else torch.float32).contiguous()
                  for i, w in enumerate(weights))
+
+
+def seed_stacked(rows, weights, precision):
+    """(rows (S, R, width), check_weights(weights) stacked (S, ...), single): a 2-D call (rows (R, width),
+    unstacked weights) becomes S = 1 with single=True (seed_axis)."""
+    weights = check_weights(weights, precision)
+    single = rows.dim() == 2
+    if single:
+        rows, weights = rows.unsqueeze(0), add_seed_axis(*weights)
+    check_stacked(rows.shape[0], weights)
+    return rows.contiguous(), weights, single
 
 
 def output_block(n_out):
@@ -217,21 +254,25 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
     """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
     -> out (R, n) fp32, or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
     pre_k (R, H_k) = ReLU(W_k h_{k-1} + b_k) in W1's storage dtype (bf16 for precision "bf16"),
-    mean_k, rstd_k (R,) its LayerNorm statistics. precision: one of PRECISIONS ("tf32" on GPU, "ieee"
-    for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional) receives out."""
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights, precision)
-    rows = rows.contiguous()
-    R, d_in = rows.shape
-    h1, h2, n_out = w1.shape[0], w2.shape[0], wo.shape[0]
+    mean_k, rstd_k (R,) its LayerNorm statistics. Seed axis (seed_axis): rows (S, R, D_in) with weights
+    stacked (S, ...) -> every result with a leading S. precision: one of PRECISIONS ("tf32" on GPU,
+    "ieee" for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional)
+    receives out."""
+    given = out
+    rows, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(rows, weights, precision)
+    S, R, d_in = rows.shape
+    h1, h2, n_out = w1.shape[1], w2.shape[1], wo.shape[1]
     dev = rows.device
-    pre1 = torch.empty((R, h1), device=dev, dtype=w1.dtype)
-    pre2 = torch.empty((R, h2), device=dev, dtype=w1.dtype)
+    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
+    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
     if out is None:
-        out = torch.empty((R, n_out), device=dev, dtype=torch.float32)
-    # (mean1, rstd1, mean2, rstd2); without save_activations the kernel writes none of them (any
-    # pointer will do: out), so no row count is assumed
-    stats = torch.empty((4, R), device=dev, dtype=torch.float32).unbind(0) if save_activations else (out,) * 4
-    grid = (triton.cdiv(R, block_m),)  # R = 0: an empty grid, which Triton does not launch
+        out = torch.empty((S, R, n_out), device=dev, dtype=torch.float32)
+    elif single:
+        out = out.unsqueeze(0)
+    # (mean1, rstd1, mean2, rstd2), each (S, R); without save_activations the kernel writes none of them
+    # (any pointer will do: out), so no row count is assumed
+    stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0) if save_activations else (out,) * 4
+    grid = (triton.cdiv(R, block_m), S)  # R = 0 or S = 0: an empty grid, which Triton does not launch
     _mlp_forward_kernel[grid](
         rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,
         pre1, stats[0], stats[1], pre2, stats[2], stats[3], out,
@@ -239,6 +280,9 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
         SAVE_STATS=save_activations, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         BLOCK_O=output_block(n_out), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )
+    if single:
+        out = out[0] if given is None else given
+        pre1, pre2, stats = pre1[0], pre2[0], tuple(x[0] for x in stats)
     if save_activations:
         return out, (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
     return out

@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .seed_axis import add_seed_axis
+
 
 @triton.jit
 def _noised_rows_kernel(
@@ -14,8 +16,19 @@ def _noised_rows_kernel(
     R, n, m, c_scale,
     HAS_COND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program writes BLOCK_M whole rows of the (R, 2n+1+m) or (R, n+1) output."""
+    """One program writes BLOCK_M whole rows of seed program_id(1) of the (S, R, 2n+1+m) or (S, R, n+1)
+    output; inputs x0, eps, s (S, R, n), t (S, R), a (S, R, m)."""
     pid = tl.program_id(0)
+    sid = tl.program_id(1).to(tl.int64)
+    x0_ptr += sid * R * n
+    eps_ptr += sid * R * n
+    s_ptr += sid * R * n
+    a_ptr += sid * R * m
+    t_ptr += sid * R
+    if HAS_COND:
+        rows_ptr += sid * R * (2 * n + 1 + m)
+    else:
+        rows_ptr += sid * R * (n + 1)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_C)
     mask_m = offs_m < R
@@ -50,23 +63,30 @@ def _noised_rows_kernel(
 def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=16, num_warps=4):
     """Denoiser input rows: x0, eps (R, n), t (R,) int64, s (R, n) or None, a (R, m) or None,
     sqrt_ab, sqrt_1m_ab (steps,) schedule buffers -> (R, 2n+1+m), or (R, n+1) when s, a are None.
+    Seed axis (seed_axis): x0, eps, s (S, R, n), t (S, R), a (S, R, m) -> (S, R, width).
     `out` (optional, contiguous fp32 of that shape) receives the result.
     block_m=16 with num_warps=4: a [16, 64] tile is 8 elements a thread. At block_m=64 (32 a thread,
     each with its own 64-bit addresses) sm_90 compiles hit the 255-register cap (triton 3.6) or
     spill to the stack (triton 3.9)."""
-    R, n = x0.shape
+    given = out
+    single = x0.dim() == 2
+    if single:
+        x0, eps, t, s, a, out = add_seed_axis(x0, eps, t, s, a, out)
+    S, R, n = x0.shape
     has_cond = s is not None
-    m = a.shape[1] if has_cond else 0
+    m = a.shape[2] if has_cond else 0
     width = 2 * n + 1 + m if has_cond else n + 1
     if out is None:
-        out = torch.empty((R, width), device=x0.device, dtype=torch.float32)
+        out = torch.empty((S, R, width), device=x0.device, dtype=torch.float32)
     x0, eps, t = x0.contiguous(), eps.contiguous(), t.contiguous()
     sqrt_ab, sqrt_1m_ab = sqrt_ab.contiguous(), sqrt_1m_ab.contiguous()  # gathered with unit stride
     s = s.contiguous() if has_cond else x0
     a = a.contiguous() if has_cond else x0
-    grid = (triton.cdiv(R, block_m),)
+    grid = (triton.cdiv(R, block_m), S)
     _noised_rows_kernel[grid](
         x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, out, R, n, m, 2.0 / steps,
         HAS_COND=has_cond, BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(width), num_warps=num_warps,
     )
+    if single:
+        return out[0] if given is None else given
     return out

@@ -25,8 +25,9 @@ import triton.language as tl
 
 from .denoiser_mlp import (
     LAYER_NORM_EPS, _accum_linear, _bias_relu_store, _ln_hidden_layer, _ln_output_layer, _mma, _row_stats,
-    check_weights, output_block,
+    _seed_weights, output_block, seed_stacked,
 )
+from .seed_axis import add_seed_axis
 
 PREDICTIONS = ("sample", "epsilon", "v")
 SAMPLERS = ("ddim", "ddpm", "posterior_mean")
@@ -81,7 +82,8 @@ def _reverse_chain_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """One program: BLOCK_M rows from z (R, n) through n_levels sampler levels -> x_out (R, n)."""
+    """One program: BLOCK_M rows of seed program_id(1) from z (S, R, n) through n_levels sampler levels
+    of that seed's denoiser -> x_out (S, R, n); noise (S, steps, R, n), scratch (S, R, H_k)."""
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < R
@@ -89,6 +91,18 @@ def _reverse_chain_kernel(
     xo_mask = mask_m[:, None] & (offs_o[None, :] < n)
     xo_idx = offs_m[:, None] * n + offs_o[None, :]
     D_IN = 2 * n + 1 + m
+    sid = tl.program_id(1).to(tl.int64)  # the seed: its weights and rows, contiguous per seed
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr = _seed_weights(
+        sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+        H1 * D_IN, H1, H2, n)
+    s_ptr += sid * R * n
+    z_ptr += sid * R * n
+    x_out_ptr += sid * R * n
+    a_ptr += sid * R * m
+    noise_ptr += sid * steps * R * n
+    base_ptr += sid * R * H1
+    pre1_ptr += sid * R * H1
+    pre2_ptr += sid * R * H2
 
     _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
                BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
@@ -141,35 +155,39 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
     """x0 samples (R, n) of the SSM denoiser `weights` (Denoiser.weights(), two hidden layers) at
     s (R, n), a (R, m) from start noise z (R, n). Schedule buffers (steps,) as in DiffusionSchedule:
     sqrt_ab, sqrt_one_minus_ab, sqrt_ab_prev, sqrt_one_minus_ab_prev, coef_x0, coef_xt, posterior_std.
-    noise (steps, R, n): the DDPM per-level noise (drawn when None). prediction in PREDICTIONS,
-    sampler in SAMPLERS. precision: as in denoiser_mlp.mlp_forward ("bf16": bf16 weights, hidden
-    activations and dot operands; the chain state and the s, a part of layer 1 stay fp32).
+    noise (steps, R, n): the DDPM per-level noise (drawn when None). Seed axis (seed_axis): s, z (S, R, n),
+    a (S, R, m), noise (S, steps, R, n), weights stacked (S, ...) -> (S, R, n). prediction in
+    PREDICTIONS, sampler in SAMPLERS. precision: as in denoiser_mlp.mlp_forward ("bf16": bf16 weights,
+    hidden activations and dot operands; the chain state and the s, a part of layer 1 stay fp32).
     `out` (optional) receives the samples."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = check_weights(weights, precision)
-    s, a, z = s.contiguous(), a.contiguous(), z.contiguous()
+    given = out
+    z, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(z, weights, precision)
+    if single:
+        s, a, noise, out = add_seed_axis(s, a, noise, out)
+    s, a = s.contiguous(), a.contiguous()
     sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std = (
         b.contiguous() for b in (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std))
-    R, n = z.shape
-    m = a.shape[1]
-    h1, h2 = w1.shape[0], w2.shape[0]
+    S, R, n = z.shape
+    m = a.shape[2]
+    h1, h2 = w1.shape[1], w2.shape[1]
     dev = z.device
     if sampler == "ddpm":
         if noise is None:
-            noise = torch.randn((steps, R, n), device=dev, dtype=z.dtype)
+            noise = torch.randn((S, steps, R, n), device=dev, dtype=z.dtype)
         noise = noise.contiguous()
     else:
         noise = z
-    base = torch.empty((R, h1), device=dev, dtype=torch.float32)
-    pre1 = torch.empty((R, h1), device=dev, dtype=w1.dtype)
-    pre2 = torch.empty((R, h2), device=dev, dtype=w1.dtype)
+    base = torch.empty((S, R, h1), device=dev, dtype=torch.float32)
+    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
+    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
     if out is None:
-        out = torch.empty((R, n), device=dev, dtype=torch.float32)
+        out = torch.empty((S, R, n), device=dev, dtype=torch.float32)
     n_levels = steps - 1 if sampler == "posterior_mean" else steps
-    grid = (triton.cdiv(R, block_m),)
+    grid = (triton.cdiv(R, block_m), S)
     _reverse_chain_kernel[grid](
         w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, s, a, z, noise,
         sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std,
@@ -178,4 +196,6 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
         PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         BLOCK_O=output_block(n), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )
+    if single:
+        return out[0] if given is None else given
     return out

@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .seed_axis import add_seed_axis
+
 
 @triton.jit
 def _td_loss_kernel(
@@ -14,8 +16,16 @@ def _td_loss_kernel(
     R, n, gamma, inv_count,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M rows of both halves of pred (2R, n); writes their grad rows and one partial."""
+    """One program: BLOCK_M rows of both halves of seed program_id(1)'s pred (S, 2R, n); writes their
+    grad rows (S, 2R, n) and one partial (S, programs); target1, y2 (S, R, n), done (S, R)."""
     pid = tl.program_id(0)
+    sid = tl.program_id(1).to(tl.int64)
+    pred_ptr += sid * 2 * R * n
+    grad_ptr += sid * 2 * R * n
+    target1_ptr += sid * R * n
+    y2_ptr += sid * R * n
+    done_ptr += sid * R
+    partial_ptr += sid * tl.num_programs(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     mask_m = offs_m < R
@@ -41,18 +51,28 @@ def _td_loss_kernel(
 def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, block_m=64, num_warps=4):
     """pred (2R, n), target1, y2 (R, n), done (R,) bool/float, gamma float
     -> (loss 0-d fp32 tensor, grad_pred (2R, n) = d loss / d pred). `grad_out` (optional) receives the grad.
-    No rows: the loss is NaN (the mean of nothing, as in reference.td_loss), grad_pred empty."""
-    R, n = target1.shape
+    Seed axis (seed_axis): pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (loss (S,), one per
+    seed, grad_pred (S, 2R, n)). No rows: the loss is NaN (the mean of nothing, as in reference.td_loss),
+    grad_pred empty."""
+    given = grad_out
+    single = target1.dim() == 2
+    if single:
+        pred, target1, y2, done, grad_out = add_seed_axis(pred, target1, y2, done, grad_out)
+    S, R, n = target1.shape
     pred, target1, y2 = pred.contiguous(), target1.contiguous(), y2.contiguous()
     done = done.to(torch.float32).contiguous()
     if grad_out is None:
-        grad_out = torch.empty((2 * R, n), device=pred.device, dtype=torch.float32)
+        grad_out = torch.empty((S, 2 * R, n), device=pred.device, dtype=torch.float32)
     if R * n == 0:
-        return torch.full((), float("nan"), device=pred.device), grad_out
-    programs = triton.cdiv(R, block_m)
-    partial = torch.empty((programs,), device=pred.device, dtype=torch.float32)
-    _td_loss_kernel[(programs,)](
-        pred, target1, y2, done, grad_out, partial, R, n, float(gamma), 1.0 / (R * n),
-        BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=num_warps,
-    )
-    return partial.sum(), grad_out
+        loss = torch.full((S,), float("nan"), device=pred.device)
+    else:
+        programs = triton.cdiv(R, block_m)
+        partial = torch.empty((S, programs), device=pred.device, dtype=torch.float32)
+        _td_loss_kernel[(programs, S)](
+            pred, target1, y2, done, grad_out, partial, R, n, float(gamma), 1.0 / (R * n),
+            BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=num_warps,
+        )
+        loss = partial.sum(-1)
+    if single:
+        return loss[0], (grad_out[0] if given is None else given)
+    return loss, grad_out

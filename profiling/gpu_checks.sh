@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, prepared for one call of the device machine (torch + triton there):
-#   bash profiling/gpu_checks.sh [STAGE ...]        default: env micro kernels graphs benches tune
+#   bash profiling/gpu_checks.sh [STAGE ...]        default: env micro kernels graphs benches tune seeds
 # Stages (each under its own time limit; exit status and seconds in the log's summary lines):
 #   env      nvidia-smi, versions
 #   micro    profiling/micro.py: graph launch gap (and with PDL), grid barrier, L2 bandwidth, mma.sync vs
@@ -9,9 +9,11 @@
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
+#   seeds    profiling/tune_chain.py --seeds 1 2 4 8: the chain on S stacked seeds at B = 1024, time per
+#            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (env 60 + micro 60 + kernels 300 + graphs 240 + benches 300 + 200 + tune 180 s = 22 min,
+# The limits are caps (env 60 + micro 60 + kernels 300 + graphs 240 + benches 300 + 200 + tune 180 + seeds 120 s = 24 min,
 # over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
@@ -42,7 +44,7 @@ run_stage() {  # name, seconds, command...
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env micro kernels graphs benches tune)
+[ ${#stages[@]} -eq 0 ] && stages=(env micro kernels graphs benches tune seeds)
 for stage in "${stages[@]}"; do
     case $stage in
     env)
@@ -53,7 +55,7 @@ for stage in "${stages[@]}"; do
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
             tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
-            tests/test_kernels_tf32.py tests/test_ops.py ;;
+            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_ops.py ;;
     graphs)
         run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
     benches)
@@ -67,6 +69,8 @@ for stage in "${stages[@]}"; do
         done ;;
     tune)
         run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
+    seeds)  # the chain with S seeds stacked (issue 12): time per seed and programs per SM, S = 1, 2, 4, 8
+        run_stage seeds 120 python3 profiling/tune_chain.py --rows 1024 --seeds 1 2 4 8 --block-m 32 64 ;;
     train:*)  # a later call on the same warm machine continues from the last checkpoint
         run=/tmp/fastbdm-runs/halfcheetah-medium-replay/seed0
         resume=()
@@ -75,7 +79,7 @@ for stage in "${stages[@]}"; do
             --eval-every 5000 --checkpoint-every 50000 --out /tmp/fastbdm-runs --no-progress "${resume[@]}"
         cp "$run/metrics.csv" "$out/train_metrics.csv" ;;
     *)
-        echo "unknown stage $stage: env, micro, kernels, graphs, benches, tune or train:N" | tee -a "$log" ;;
+        echo "unknown stage $stage: env, micro, kernels, graphs, benches, tune, seeds or train:N" | tee -a "$log" ;;
     esac
 done
 grep "^=== .*: exit" "$log"

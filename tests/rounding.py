@@ -2,7 +2,8 @@
 import contextlib
 
 import torch
-import torch.nn.functional as F
+
+from fastbdm import reference
 
 TF32_DROPPED_BITS = 13  # fp32 has 23 explicit mantissa bits, TF32 keeps 10
 
@@ -24,31 +25,32 @@ def bf16_round(x: torch.Tensor) -> torch.Tensor:
 
 def _rounded_linear(round_operands):
     class RoundedLinear(torch.autograd.Function):
-        """F.linear whose matmul operands, forward and backward, pass through round_operands."""
+        """reference._linear (x (S, R, in) @ w (S, out, in)^T + b (S, out)) whose matmul operands,
+        forward and backward, pass through round_operands."""
 
         @staticmethod
         def forward(ctx, x, w, b=None):
             ctx.save_for_backward(x, w)
             ctx.has_bias = b is not None
-            y = round_operands(x) @ round_operands(w).T
-            return y if b is None else y + b
+            y = round_operands(x) @ round_operands(w).mT
+            return y if b is None else y + b.unsqueeze(1)
 
         @staticmethod
         def backward(ctx, grad):
             x, w = ctx.saved_tensors
             g = round_operands(grad)
-            return g @ round_operands(w), g.T @ round_operands(x), grad.sum(0) if ctx.has_bias else None
+            return g @ round_operands(w), g.mT @ round_operands(x), grad.sum(1) if ctx.has_bias else None
 
     return lambda x, w, b=None: RoundedLinear.apply(x, w, b)
 
 
 @contextlib.contextmanager
 def rounded_matmuls(round_operands):
-    """Within the block every F.linear (fastbdm.reference's matmuls) rounds its operands, forward and
+    """Within the block every matmul of fastbdm.reference (its _linear) rounds its operands, forward and
     backward, with round_operands, and accumulates in the operands' dtype (fp32)."""
-    exact = F.linear
-    F.linear = _rounded_linear(round_operands)
+    exact = reference._linear
+    reference._linear = _rounded_linear(round_operands)
     try:
         yield
     finally:
-        F.linear = exact
+        reference._linear = exact

@@ -63,7 +63,7 @@ def count_evaluations(monkeypatch):
     original = reference._hidden_and_output
 
     def counted(h_pre, weights):
-        calls.append(h_pre.shape[0])
+        calls.append(h_pre.shape[-2])  # h_pre (S, R, H1): the rows of each seed
         return original(h_pre, weights)
 
     monkeypatch.setattr(reference, "_hidden_and_output", counted)

@@ -108,7 +108,9 @@ def test_runner_without_graphs_is_the_plain_update_loop():
     buffers = [TransitionBuffer(transitions, "cpu") for _ in agents]
     monitors = [UpdateMonitor("cpu") for _ in agents]
     torch.manual_seed(5)
-    UpdateRunner(agents[0], buffers[0], monitors[0], B, graphs=False).run(5)
+    progress = []
+    UpdateRunner(agents[0], buffers[0], monitors[0], B, graphs=False).run(5, progress.append)
+    assert progress == [1] * 5  # the progress bar moves with every update
     torch.manual_seed(5)
     for _ in range(5):
         monitors[1].record(agents[1].update(buffers[1].sample(B)))
@@ -137,7 +139,8 @@ class ReplayAsEager:
                                           ([5, 12, 3, 9], 3)])
 def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
     """With graphs on, run(n) performs exactly n updates, keeps actor steps on even update numbers
-    (captured pairs start at an even count), and warms up eagerly before the first capture."""
+    (captured pairs start at an even count), warms up eagerly before the first capture, and reports the
+    updates to `done` as it issues them (eager ones, warm-up pairs, replays)."""
     agent = small_agent()
     monitor = UpdateMonitor("cpu")
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), monitor, B, graphs=True,
@@ -159,8 +162,13 @@ def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
 
     monkeypatch.setattr(runner, "_warmup_pair", eager_warmup_pair)
     monkeypatch.setattr(runner, "_capture", lambda: setattr(runner, "graph", ReplayAsEager(runner)))
+    reported = []
     for n in chunks:
-        runner.run(n)
+        counts = []
+        runner.run(n, counts.append)
+        assert sum(counts) == n  # done(k) reports every update issued, as it is issued
+        reported += counts
+    assert set(reported) <= {1, 2, 2 * pairs} and 2 * pairs in reported
     total = sum(chunks)
     assert agent.num_updates == total == len(actor_steps) == int(monitor.step)
     assert actor_steps == [(i + 1) % 2 == 0 for i in range(total)]

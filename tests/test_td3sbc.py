@@ -103,13 +103,10 @@ def test_compat_mismatched_data_denoiser_noises_next_states():
     b = make_batch()
     fixed, compat = make_agent(), make_agent(compat=CompatFlags(mismatched_data_denoiser=True))
     compat.load_state_dict(fixed.state_dict())
-    torch.manual_seed(3)
-    loss_compat = compat.data_denoiser_loss(b)
-    torch.manual_seed(3)
-    assert not torch.allclose(loss_compat, fixed.data_denoiser_loss(b))
-    torch.manual_seed(3)
-    t = torch.randint(0, 5, (B,))
-    eps = torch.randn(B, N)
+    noise = fixed.draw_noise(B, "cpu", actor_step=False)
+    loss_compat = compat.data_denoiser_loss(b, noise)
+    assert not torch.allclose(loss_compat, fixed.data_denoiser_loss(b, noise))
+    t, eps = noise.data_t, noise.data_eps
     sch = fixed.bdm.schedule
     out = fixed.data_denoiser(sch.q_sample(b.next_obs, t, eps), sch.time_input(t))
     torch.testing.assert_close(loss_compat, (out - b.obs).square().mean())
@@ -138,14 +135,12 @@ def test_compat_sbc_weights_broadcast_to_an_unweighted_mean():
     """Research code: eta (2B, 1) times the (2B,) errors -> a (2B, 2B) product whose mean drops the
     per-row weights. With the flag the SBC term is that product's mean; without it, the weighted mean."""
     agent, b = make_agent(compat=CompatFlags(broadcast_sbc_weights=True)), make_batch()
-    torch.manual_seed(5)
-    sbc = agent.actor_loss(b)[1]["sbc"]
-    torch.manual_seed(5)  # the same draws, in actor_loss's order: SBC states, levels, eps, z
+    noise = agent.draw_noise(B, "cpu")  # the same draws for every loss below
+    sbc = agent.actor_loss(b, noise)[1]["sbc"]
     sch, cfg = agent.bdm.schedule, agent.config
-    S = agent.sbc_states(b.obs)
+    S = agent.sbc_states(b.obs, noise.sbc_normal)
     A = agent.actor(S)
-    t = torch.randint(0, sch.steps, (2 * B,))
-    eps, z = torch.randn(2 * B, N), torch.randn(2 * B, N)
+    t, eps, z = noise.sbc_t, noise.sbc_eps, noise.sbc_z
     eta = sch.eta[t] / sch.eta[t].mean()
     x_t = sch.q_sample(agent.bdm.sample(S, A, z), t, eps)
     c = sch.time_input(t)
@@ -154,8 +149,7 @@ def test_compat_sbc_weights_broadcast_to_an_unweighted_mean():
     torch.testing.assert_close(sbc, cfg.w_rel * cfg.w_actor_bc * outer.mean())
     fixed = make_agent()
     fixed.load_state_dict(agent.state_dict())
-    torch.manual_seed(5)
-    sbc_fixed = fixed.actor_loss(b)[1]["sbc"]
+    sbc_fixed = fixed.actor_loss(b, noise)[1]["sbc"]
     torch.testing.assert_close(sbc_fixed, cfg.w_rel * cfg.w_actor_bc * (eta * err).mean())
     assert not torch.allclose(sbc, sbc_fixed, rtol=1e-3)
 

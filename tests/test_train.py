@@ -2,6 +2,7 @@
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 
@@ -157,7 +158,13 @@ def test_several_seeds_run_one_after_another(dataset, tmp_path, capsys):
     assert run(dataset, tmp_path, "--steps", "4", "--eval-every", "4", "--seeds", "0", "1") == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("final normalised score: ") and "2 seeds" in out[-1]
+    finals = [float(line.split("score ")[1].split()[0]) for line in out if line.startswith("seed ")]
     assert [line.split(":")[0] for line in out if line.startswith("seed ")] == ["seed 0", "seed 1"]
+    # the last line: mean +- sample std over the seeds (of the unrounded scores: within the rounding of the
+    # printed ones, 0.05 each), then each seed's
+    mean, std = (float(x) for x in out[-1].split(": ")[1].split(" (")[0].split(" +- "))
+    assert abs(mean - statistics.fmean(finals)) <= 0.1 and abs(std - statistics.stdev(finals)) <= 0.15
+    assert f"seed 0 {finals[0]:.1f}, seed 1 {finals[1]:.1f}" in out[-1]
     metrics = [rows(tmp_path / "halfcheetah-medium-replay" / f"seed{k}") for k in (0, 1)]
     assert metrics[0][-1]["critic_loss"] != metrics[1][-1]["critic_loss"]
 

@@ -1,0 +1,94 @@
+"""fastbdm.seed_batch: S = 3 seeds in one batched update against three single-seed TD3SBC updates on
+the same batches and noise, for every algorithm.
+
+Tolerance: the batched update differs from the single ones only in how its matmuls are blocked
+(vmap turns each seed's mm into one bmm over the seeds) and summed, fp32 rounding of ~1e-7 relative
+per gradient. Adam turns a gradient g into a step lr m / (sqrt(v) + 1e-8), which for |g| >> 1e-8 is
+insensitive to g's relative rounding (the ratio cancels it), so after 5 updates of lr = 1e-3 the
+parameters (O(0.1..1)) agree to ~5 x 1e-3 x 1e-7 plus their own rounding (a few ulps, ~6e-8):
+measured at most 6e-8 (rebrac) and 3e-8 (td3sbc, td3bc). atol 1e-6 leaves room for an element whose
+gradient is near Adam's eps, while a seed that read another seed's weights, batch or noise, or a
+wrong step, moves parameters by ~lr = 1e-3, 1000 times the tolerance (a grad handed to the fused
+Adam in a transposed layout was caught here: 2e-3).
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.seed_batch import SeedBatch, stack_batches, stack_noise
+from fastbdm.replay import TransitionBuffer
+from fastbdm.td3sbc import Batch
+
+N, M, B, SEEDS, UPDATES = 6, 3, 16, 3, 5
+
+
+def make_agent(algo, seed, **overrides):
+    torch.manual_seed(seed)  # what a single-seed run with this seed does before building its agent
+    fields = dict(actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32), steps=4,
+                  backend="torch", precision="ieee")
+    cfg = TD3SBCConfig.for_algo(algo, **{**fields, **overrides})
+    return TD3SBC(N, M, config=cfg)
+
+
+def make_batch(gen):
+    done = (torch.rand(B, generator=gen) < 0.2).float()
+    return Batch(torch.randn(B, N, generator=gen), torch.rand(B, M, generator=gen) * 2 - 1,
+                 torch.randn(B, generator=gen), torch.randn(B, N, generator=gen),
+                 torch.rand(B, M, generator=gen) * 2 - 1, done, torch.ones(B))
+
+
+@pytest.mark.parametrize("algo, overrides, batched_backend, updates", [
+    ("td3sbc", {}, "torch", UPDATES), ("td3sbc", {"sampler": "ddpm"}, "torch", UPDATES),
+    ("rebrac", {}, "torch", UPDATES), ("td3bc", {}, "torch", UPDATES),
+    ("td3sbc", {}, "triton", 2),  # one update of each kind: the interpreter is slow
+])
+def test_batched_update_equals_single_seed_updates(algo, overrides, batched_backend, updates):
+    """batched_backend "triton": the batched update through the Triton kernels (CPU interpreter, exact
+    fp32 dots) under vmap and torch.func.grad, via the ops' seed-axis vmap rules, against single-seed
+    updates on the torch backend (the same fp32 arithmetic up to summation order: the same tolerance)."""
+    singles = [make_agent(algo, seed, **overrides) for seed in range(SEEDS)]
+    generators = [torch.Generator().manual_seed(100 + seed) for seed in range(SEEDS)]
+    batched = SeedBatch([make_agent(algo, seed, **overrides, backend=batched_backend) for seed in range(SEEDS)],
+                        generators)
+    for seed, agent in enumerate(singles):  # seed k starts from the single-seed run's initial parameters
+        state = batched.agent_state(seed)
+        assert all(torch.equal(state[name], p) for name, p in agent.state_dict().items())
+    for update in range(1, updates + 1):
+        actor_step = update % 2 == 0
+        batches = [make_batch(gen) for gen in generators]
+        noises = [agent.draw_noise(B, "cpu", actor_step, generator=gen) for agent, gen in zip(singles, generators)]
+        expected = [agent.update(b, noise) for agent, b, noise in zip(singles, batches, noises)]
+        metrics = batched.update(stack_batches(batches), stack_noise(noises))
+        assert metrics.keys() == expected[0].keys() and ("actor_loss" in metrics) == actor_step
+        for name, value in metrics.items():
+            torch.testing.assert_close(value, torch.stack([m[name] for m in expected]), rtol=1e-5, atol=1e-6)
+    for seed, agent in enumerate(singles):
+        state = batched.agent_state(seed)
+        for name, p in agent.state_dict().items():
+            torch.testing.assert_close(state[name], p, rtol=0, atol=1e-6, msg=lambda m: f"seed {seed} {name}: {m}")
+        moved = [name for name, p in agent.named_parameters() if not torch.equal(p, make_agent(
+            algo, seed, **overrides).state_dict()[name])]
+        assert len(moved) == len(list(agent.parameters())), "every learner moved: the comparison is not vacuous"
+
+
+def test_each_seed_draws_its_batch_and_noise_from_its_own_stream():
+    """Seed 1's batch indices and noise in a batch of seeds 0, 1, 2 are those of seed 1 alone."""
+    rows = 50
+    data = SimpleNamespace(observations=torch.randn(rows, N), next_observations=torch.randn(rows, N),
+                           actions=torch.rand(rows, M), next_actions=torch.rand(rows, M), rewards=torch.randn(rows),
+                           terminals=torch.zeros(rows), valid=torch.ones(rows), obs_mean=torch.zeros(N),
+                           obs_std=torch.ones(N))
+    buffer = TransitionBuffer(data, "cpu")
+    three = SeedBatch([make_agent("td3sbc", seed) for seed in range(3)],
+                      [torch.Generator().manual_seed(10 + seed) for seed in range(3)])
+    alone = SeedBatch([make_agent("td3sbc", 1)], [torch.Generator().manual_seed(11)])
+    for actor_step in (False, True):
+        (batch3, noise3), (batch1, noise1) = three.draw(buffer, B, actor_step), alone.draw(buffer, B, actor_step)
+        for got, want in zip((*batch3, *noise3), (*batch1, *noise1)):
+            assert (got is None) == (want is None) and (got is None or torch.equal(got[1], want[0]))
+        assert not torch.equal(batch3.obs[0], batch3.obs[1]) and not torch.equal(noise3.policy[0], noise3.policy[1])
+        assert (noise3.sbc_t is not None) == actor_step
+    metrics = [three.step(buffer, B) for _ in range(2)]  # draw + update; the second one moves the actors
+    assert "actor_loss" not in metrics[0] and all(v.shape == (3,) for v in metrics[1].values())
