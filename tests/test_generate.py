@@ -197,12 +197,13 @@ def stored(dataset_id):
 
 
 def signal_after(monkeypatch, cls, method, count, at, signum):
-    """Send `signum` to this process once `count(obj)` equals `at` after a call of cls.method."""
-    original = getattr(cls, method)
+    """Send `signum` to this process the first time `count(obj)` equals `at` after a call of cls.method."""
+    original, sent = getattr(cls, method), []
 
     def then_signal(obj, *args):
         original(obj, *args)
-        if count(obj) == at:
+        if count(obj) == at and not sent:
+            sent.append(signum)
             os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(cls, method, then_signal)
@@ -215,8 +216,8 @@ RESUME_CASES = {  # name: (generation settings, where the signal comes: class, m
     # stopped in the 'full' stage, after the medium level and the medium rollouts
     "hopper-medium-expert": (dict(max_steps=300, size=60), (gen.BehaviourRun, "_step", lambda run: run.steps, 250,
                                                             signal.SIGTERM)),
-    # stopped in the medium rollouts
-    "hopper-medium": (dict(max_steps=300, size=80), (gen.EpisodeRecorder, "step", lambda rec: rec.steps, 30,
+    # stopped in the medium rollouts (16 environments, 5 steps each), at an environment's third step
+    "hopper-medium": (dict(max_steps=300, size=80), (gen.EpisodeRecorder, "step", lambda rec: rec.steps, 3,
                                                      signal.SIGINT)),
 }
 
@@ -263,3 +264,21 @@ def test_recorder_cut_keeps_the_first_transitions(steps, lengths, complete):
     assert rec.steps == sum(lengths)
     for ep in rec.episodes:
         assert len(ep.observations) == len(ep.actions) + 1 and ep.truncations[-1] != ep.terminations[-1]
+
+
+def test_rollouts_in_several_environments_record_each_share_as_its_own_episodes():
+    policy = gen.TD3(11, 3, 1.0, (16, 16)).actor
+    rec = gen.EpisodeRecorder()
+    assert gen.rollouts("hopper", policy, 50, rec, seed=3, noise=0.1, progress=False, desc="", envs=4)
+    assert rec.steps == 50 == sum(len(ep.rewards) for ep in rec.episodes)
+    assert [ep.id for ep in rec.episodes] == list(range(len(rec.episodes)))
+    assert rec.complete.count(False) == 4  # each environment's last episode is cut by its share (13, 13, 12, 12)
+    starts = [ep.observations[0] for ep in rec.episodes]
+    assert len({tuple(o) for o in starts}) == len(starts)  # every reset differs (seeds 3..6, then their RNGs)
+    for ep in rec.episodes:
+        assert len(ep.observations) == len(ep.actions) + 1 and (np.abs(ep.actions) <= 1).all()
+        assert ep.terminations[-1] or ep.truncations[-1]
+    again = gen.EpisodeRecorder()
+    gen.rollouts("hopper", policy, 50, again, seed=3, noise=0.1, progress=False, desc="", envs=4)
+    for a, b in zip(rec.episodes, again.episodes, strict=True):
+        np.testing.assert_array_equal(a.observations, b.observations)

@@ -55,6 +55,8 @@ MEDIUM_REPLAY_BUDGET_S = 14 * 60
 REPLAY_CAPACITY = 1_000_000
 # Training time after which a run prints its estimated time to the step cap (one line, stderr).
 ETA_AFTER_S = 60.0
+# Environments stepped together in the policy rollouts (one batched actor call for all of them).
+ROLLOUT_ENVS = 16
 BEHAVIOURS = {
     "random": "uniform random actions",
     "medium-replay": "TD3 replay buffer until the evaluation return first reaches the medium level",
@@ -207,34 +209,48 @@ def eta_line(desc: str, steps: int, seconds: float, steps_left: int, deadline: O
 
 
 def rollouts(env_name: str, actor, steps: int, recorder: EpisodeRecorder, seed: int, noise: float,
-             progress: bool, desc: str, stop: Optional[StopSignals] = None) -> bool:
-    """Record `steps` transitions of `actor` + N(0, noise^2) (actor None: uniform random actions);
-    False when `stop` was requested first (the recorder then holds part of them)."""
-    env = make_env(env_name)
-    env.action_space.seed(seed)
+             progress: bool, desc: str, stop: Optional[StopSignals] = None, envs: int = 1) -> bool:
+    """Record `steps` transitions of `actor` + N(0, noise^2) (actor None: uniform random actions) into
+    `recorder`; False, and nothing recorded, when `stop` was requested first.
+
+    `envs` environments (environment i seeded seed + i) step together, the actor called once for all
+    of them; each runs its own episodes, which are appended environment by environment at the end, and
+    each stops after its share of `steps` (its last episode cut as truncated)."""
+    made = [make_env(env_name) for _ in range(envs)]
+    streams = [EpisodeRecorder() for _ in range(envs)]
+    shares = np.full(envs, steps // envs) + (np.arange(envs) < steps % envs)
     rng = np.random.default_rng(seed)
-    high = float(env.action_space.high[0])
-    obs, _ = env.reset(seed=seed)
-    recorder.start(obs)
+    high = float(made[0].action_space.high[0])
+    obs = []
+    for i, (env, stream) in enumerate(zip(made, streams)):
+        env.action_space.seed(seed + i)
+        obs.append(env.reset(seed=seed + i)[0])
+        stream.start(obs[i])
     try:
-        for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True):
+        for t in tqdm(range(int(shares.max())), desc=desc, unit="step", unit_scale=envs, disable=not progress,
+                      dynamic_ncols=True):
             if stop is not None and stop.requested:
                 return False
+            active = np.flatnonzero(shares > t)
             if actor is None:
-                action = env.action_space.sample()
+                actions = [made[i].action_space.sample() for i in active]
             else:
                 with torch.no_grad():
-                    mean = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
-                action = np.clip(mean + rng.normal(0.0, noise * high, mean.shape), -high, high).astype(np.float32)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            recorder.step(action, reward, obs, terminated, truncated)
-            if terminated or truncated:
-                obs, _ = env.reset()
-                recorder.start(obs)
+                    mean = actor(torch.as_tensor(np.stack([obs[i] for i in active]), dtype=torch.float32)).numpy()
+                actions = np.clip(mean + rng.normal(0.0, noise * high, mean.shape), -high, high).astype(np.float32)
+            for i, action in zip(active, actions):
+                obs[i], reward, terminated, truncated, _ = made[i].step(action)
+                streams[i].step(action, reward, obs[i], terminated, truncated)
+                if terminated or truncated:
+                    obs[i], _ = made[i].reset()
+                    streams[i].start(obs[i])
+        for stream in streams:
+            stream.close()
+            recorder.extend(stream)
         return True
     finally:
-        recorder.close()
-        env.close()
+        for env in made:
+            env.close()
 
 
 # The stages of each TD3 kind: 'medium' trains until the medium level (recording the replay kinds),
@@ -375,7 +391,7 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
 
     with StopSignals() as stop:
         for index in range(first, len(stages)):
-            stage, recorded = stages[index], recorder.steps
+            stage = stages[index]
             if stage in ("medium", "full"):
                 if kind in ("medium-replay", "full-replay"):
                     run.record_into(recorder, start=not (saved is not None and index == first))
@@ -396,8 +412,8 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
             else:
                 policy = run.medium[1] if stage == "medium rollouts" and run.medium else run.agent.actor
                 rollout_seed = seed + 1 if stage == "medium rollouts" else seed + 2
-                if not rollouts(env, policy, size, recorder, rollout_seed, noise, progress, f"{env} {stage}", stop):
-                    recorder.cut(recorded)
+                if not rollouts(env, policy, size, recorder, rollout_seed, noise, progress, f"{env} {stage}", stop,
+                                ROLLOUT_ENVS):
                     raise GenerationStopped(name, stop.signal, run.steps, save(index))
     run.record_into(None)
     final = run.history[-1][1] if run.history else None
@@ -418,7 +434,9 @@ def main(argv=None) -> int:
                "expert and medium-expert train TD3 for 1,000,000 steps, which takes HOURS on a CPU (1.5-3 h at the "
                "100-170 steps/s of one core) plus 1M-step rollouts; an ETA is printed after the first minute of training. "
                "A run that stops short of its level is kept as the partial dataset fastbdm/ENV/KIND-partial-v0 and "
-               "exits 1 with one line saying what would get there.")
+               "exits 1 with one line saying what would get there. Ctrl-C or SIGTERM stops a TD3 run after its "
+               "current step and keeps its state (as do the time budget and the step cap) in "
+               "MINARI_ROOT/.generation/ENV/KIND.pt; --resume continues it exactly where it stopped.")
     parser.add_argument("--env", required=True, help="dataset name, e.g. halfcheetah-medium-replay")
     parser.add_argument("--max-steps", type=int, default=None, help="TD3 training steps (cap)")
     parser.add_argument("--size", type=int, default=None, help="rollout transitions per policy")

@@ -1,6 +1,8 @@
 """Collects environment steps into Minari EpisodeBuffers (T+1 observations for T actions)."""
 from typing import List
 
+import dataclasses
+
 import numpy as np
 import torch
 from minari.data_collector import EpisodeBuffer
@@ -45,6 +47,13 @@ class EpisodeRecorder:
             rewards=self._rewards, terminations=self._terms, truncations=self._truncs))
         self.complete.append(True)
         self._obs = None
+
+    def extend(self, other: "EpisodeRecorder") -> None:
+        """Append the finished episodes of `other` (renumbered after ours)."""
+        for episode, complete in zip(other.episodes, other.complete):
+            self.episodes.append(dataclasses.replace(episode, id=len(self.episodes)))
+            self.complete.append(complete)
+        self.steps += sum(len(episode.rewards) for episode in other.episodes)
 
     def cut(self, steps: int) -> None:
         """Keep the first `steps` recorded transitions only; the episode running at the cut ends there as
