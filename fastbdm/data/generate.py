@@ -340,9 +340,7 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
     write_minari(stored_id, recorder.episodes, env_id(env), REFERENCE_RETURNS[env], description, info,
                  replace=partial)
     if partial:
-        resumable = f"; or continue it: python -m fastbdm.data.generate --env {name} --resume" + (
-            " --time-budget SECONDS" if level["stop"] == "time budget" else " --max-steps N")
-        raise PartialDatasetError(shortfall_message(info["name"], level, stored_id) + resumable, stored_id)
+        raise PartialDatasetError(shortfall_message(info["name"], level, stored_id), stored_id)
     for path in (checkpoint_path(env, kind), previous_path(checkpoint_path(env, kind))):
         path.unlink(missing_ok=True)
     return dataset_id
