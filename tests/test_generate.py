@@ -283,3 +283,12 @@ def test_rollouts_in_several_environments_record_each_share_as_its_own_episodes(
     gen.rollouts("hopper", policy, 50, again, seed=3, noise=0.1, progress=False, desc="", envs=4)
     for a, b in zip(rec.episodes, again.episodes, strict=True):
         np.testing.assert_array_equal(a.observations, b.observations)
+
+
+def test_resume_without_a_stopped_generation_is_one_line(root, capsys):
+    assert gen.main(["--env", "hopper-medium-replay", "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no stopped generation of hopper-medium-replay" in err[0]
+    assert str(root / ".generation" / "hopper" / "medium-replay.pt") in err[0] and "without --resume" in err[0]
+    assert gen.main(["--env", "hopper-random", "--resume", "--no-progress"]) == 1
+    assert "generated in one go" in capsys.readouterr().err
