@@ -432,8 +432,9 @@ def main(argv=None) -> int:
         prog="python -m fastbdm.data.generate",
         description="Generate a locomotion dataset locally (online TD3 behaviour).",
         epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level (halfcheetah: "
-               "about 10 min on one core; hopper and walker2d: longer, not measured yet - a 14-minute hopper run "
-               "reached normalised 18 of 45; medium-replay stops at a 14-minute budget by default); full-replay, "
+               "about 10 min on one core; hopper: 215k steps, 20 min on a quiet core, so give it --time-budget 1500 "
+               "or more; walker2d: not measured yet; medium-replay stops at a 14-minute budget by default); "
+               "the medium rollouts add ~4 min per 1M steps; full-replay, "
                "expert and medium-expert train TD3 for 1,000,000 steps, which takes HOURS on a CPU (1.5-3 h at the "
                "100-170 steps/s of one core) plus 1M-step rollouts; an ETA is printed after the first minute of training. "
                "A run that stops short of its level is kept as the partial dataset fastbdm/ENV/KIND-partial-v0 and "
