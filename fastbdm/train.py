@@ -481,6 +481,7 @@ def main(argv=None) -> int:
                          "put the call under `if __name__ == '__main__':` (or pass --no-async-eval)")
     args = build_parser().parse_args(argv)
     from .data import DatasetError, load_transitions
+    from .data.errors import GenerationStopped
 
     try:
         batch = resolve_batch_size(args)
@@ -518,6 +519,9 @@ def main(argv=None) -> int:
     except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError, WandbError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except GenerationStopped as stopped:  # the dataset's generation, stopped with its state kept
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130

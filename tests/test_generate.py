@@ -2,6 +2,10 @@
 import errno
 import json
 import os
+import signal
+from pathlib import Path
+
+import minari
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ from minari.dataset._storages.hdf5_storage import HDF5Storage
 
 from fastbdm.data import DatasetError, load_transitions
 from fastbdm.data import generate as gen
-from fastbdm.data.errors import PartialDatasetError
+from fastbdm.data.errors import GenerationStopped, PartialDatasetError
 
 TD3_TINY = dict(warmup=50, hidden=(16, 16), batch_size=16, eval_every=100, eval_episodes=1)
 TINY = dict(TD3_TINY, progress=False)
@@ -100,8 +104,13 @@ def test_long_run_cut_by_its_time_budget_is_partial(root, monkeypatch):
     with pytest.raises(PartialDatasetError, match=r"cut at 0 of 150 TD3 steps.*--time-budget") as err:
         gen.generate_dataset("hopper-expert", max_steps=150, size=60, time_budget_s=0.0, **TINY)
     assert err.value.dataset_id == "fastbdm/hopper/expert-partial-v0"
-    info = metadata(root, gen.generate_dataset("hopper-expert", max_steps=150, size=60, **TINY))["fastbdm"]
+    assert "--resume --time-budget" in str(err.value)
+    with pytest.raises(DatasetError, match="stopped generation of hopper-expert is kept at .*--resume.*--restart"):
+        gen.generate_dataset("hopper-expert", max_steps=150, size=60, **TINY)
+    info = metadata(root, gen.generate_dataset("hopper-expert", resume=True, progress=False))["fastbdm"]
     assert info["level"]["partial"] is False and info["steps"] == 150 and info["transitions"] == 60
+    assert info["td3"]["hidden"] == [16, 16] and info["time_budget_s"] is None  # settings from the checkpoint
+    assert not (root / ".generation" / "hopper" / "expert.pt").exists()  # removed once the dataset is complete
 
 
 def test_interrupted_generation_leaves_nothing(root, monkeypatch):
@@ -174,5 +183,112 @@ def test_an_eta_is_printed_once_after_the_first_interval(root, monkeypatch, caps
     with pytest.raises(PartialDatasetError):
         gen.generate_dataset("hopper-medium-replay", max_steps=120, **TINY)
     err = [line for line in capsys.readouterr().err.splitlines() if "steps/s" in line]
-    assert len(err) == 1 and "1 steps in" in err[0] and "the 119 steps left to the cap take about" in err[0]
+    # measured from the first step with an update (warm-up 50): the warm-up's fast random steps left out
+    assert len(err) == 1 and "1 steps in" in err[0] and "the 69 steps left to the cap take about" in err[0]
     assert "time budget ends this run in 14 min" in err[0]  # medium-replay's default budget
+
+
+def stored(dataset_id):
+    """(every episode's arrays, the 'fastbdm' metadata without its wall time) of a dataset in the Minari root."""
+    episodes = [[ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations]
+                for ep in minari.load_dataset(dataset_id).iterate_episodes()]
+    info = metadata(Path(os.environ["MINARI_DATASETS_PATH"]), dataset_id)["fastbdm"]
+    del info["wall_time_s"]
+    return episodes, info
+
+
+def signal_after(monkeypatch, cls, method, count, at, signum):
+    """Send `signum` to this process the first time `count(obj)` equals `at` after a call of cls.method."""
+    original, sent = getattr(cls, method), []
+
+    def then_signal(obj, *args):
+        original(obj, *args)
+        if count(obj) == at and not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(cls, method, then_signal)
+    return lambda: monkeypatch.setattr(cls, method, original)
+
+
+RESUME_CASES = {  # name: (generation settings, where the signal comes: class, method, counter, value, signal)
+    # stopped while seeking the medium level, an evaluation in flight, then cut by the step cap (partial)
+    "hopper-medium-replay": (dict(max_steps=400), (gen.BehaviourRun, "_step", lambda run: run.steps, 170, signal.SIGINT)),
+    # stopped in the 'full' stage, after the medium level and the medium rollouts
+    "hopper-medium-expert": (dict(max_steps=300, size=60), (gen.BehaviourRun, "_step", lambda run: run.steps, 250,
+                                                            signal.SIGTERM)),
+    # stopped in the medium rollouts (16 environments, 5 steps each), at an environment's third step
+    "hopper-medium": (dict(max_steps=300, size=80), (gen.EpisodeRecorder, "step", lambda rec: rec.steps, 3,
+                                                     signal.SIGINT)),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUME_CASES))
+def test_a_stopped_and_resumed_generation_equals_an_uninterrupted_one(name, root, tmp_path, monkeypatch):
+    settings, (cls, method, count, at, signum) = RESUME_CASES[name]
+    if name != "hopper-medium-replay":
+        monkeypatch.setitem(gen.MEDIUM_SCORE, "hopper", -100.0)  # reached at the first evaluation
+
+    def generate(**kwargs):
+        try:
+            return gen.generate_dataset(name, **kwargs)
+        except PartialDatasetError as err:
+            return err.dataset_id
+
+    expected = stored(generate(**settings, **TINY))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "stopped"))
+    undo = signal_after(monkeypatch, cls, method, count, at, signum)
+    with pytest.raises(GenerationStopped) as stopped:
+        gen.generate_dataset(name, **settings, **TINY)
+    undo()
+    signame = signal.Signals(signum).name
+    assert f"stopped by {signame}" in str(stopped.value) and f"--env {name} --resume" in str(stopped.value)
+    assert stopped.value.exit_code == {"SIGINT": 130, "SIGTERM": 143}[signame]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    resumed = stored(generate(resume=True, progress=False))
+    for got, want in zip(resumed[0], expected[0], strict=True):
+        for got_field, want_field in zip(got, want, strict=True):
+            np.testing.assert_array_equal(got_field, want_field)
+    assert resumed[1] == expected[1]
+
+
+@pytest.mark.parametrize("steps, lengths, complete", [(0, [], []), (3, [3], [True]), (5, [3, 2], [True, False]),
+                                                      (8, [3, 4, 1], [True, True, False]), (20, [3, 4, 2], [True, True, False])])
+def test_recorder_cut_keeps_the_first_transitions(steps, lengths, complete):
+    rec = gen.EpisodeRecorder()
+    for length, ends in ((3, True), (4, True), (2, False)):  # two finished episodes, then a running one
+        rec.start(np.zeros(2))
+        for t in range(length):
+            rec.step(np.ones(1), float(t), np.full(2, t + 1.0), ends and t == length - 1, False)
+    rec.cut(steps)
+    assert [len(ep.rewards) for ep in rec.episodes] == lengths and rec.complete == complete
+    assert rec.steps == sum(lengths)
+    for ep in rec.episodes:
+        assert len(ep.observations) == len(ep.actions) + 1 and ep.truncations[-1] != ep.terminations[-1]
+
+
+def test_rollouts_in_several_environments_record_each_share_as_its_own_episodes():
+    policy = gen.TD3(11, 3, 1.0, (16, 16)).actor
+    rec = gen.EpisodeRecorder()
+    assert gen.rollouts("hopper", policy, 50, rec, seed=3, noise=0.1, progress=False, desc="", envs=4)
+    assert rec.steps == 50 == sum(len(ep.rewards) for ep in rec.episodes)
+    assert [ep.id for ep in rec.episodes] == list(range(len(rec.episodes)))
+    assert rec.complete.count(False) == 4  # each environment's last episode is cut by its share (13, 13, 12, 12)
+    starts = [ep.observations[0] for ep in rec.episodes]
+    assert len({tuple(o) for o in starts}) == len(starts)  # every reset differs (seeds 3..6, then their RNGs)
+    for ep in rec.episodes:
+        assert len(ep.observations) == len(ep.actions) + 1 and (np.abs(ep.actions) <= 1).all()
+        assert ep.terminations[-1] or ep.truncations[-1]
+    again = gen.EpisodeRecorder()
+    gen.rollouts("hopper", policy, 50, again, seed=3, noise=0.1, progress=False, desc="", envs=4)
+    for a, b in zip(rec.episodes, again.episodes, strict=True):
+        np.testing.assert_array_equal(a.observations, b.observations)
+
+
+def test_resume_without_a_stopped_generation_is_one_line(root, capsys):
+    assert gen.main(["--env", "hopper-medium-replay", "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no stopped generation of hopper-medium-replay" in err[0]
+    assert str(root / ".generation" / "hopper" / "medium-replay.pt") in err[0] and "without --resume" in err[0]
+    assert gen.main(["--env", "hopper-random", "--resume", "--no-progress"]) == 1
+    assert "generated in one go" in capsys.readouterr().err

@@ -12,3 +12,14 @@ class PartialDatasetError(DatasetError):
     def __init__(self, message: str, dataset_id: str):
         super().__init__(message)
         self.dataset_id = dataset_id
+
+
+class GenerationStopped(Exception):
+    """A generation stopped by a signal (Ctrl-C: SIGINT, or SIGTERM); its state was saved for --resume."""
+
+    EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+    def __init__(self, name: str, signal_name: str, steps: int, checkpoint):
+        super().__init__(f"{name}: generation stopped by {signal_name} at TD3 step {steps:,}; its state is saved in "
+                         f"{checkpoint}; continue it with: python -m fastbdm.data.generate --env {name} --resume")
+        self.exit_code = self.EXIT_CODES.get(signal_name, 1)

@@ -62,7 +62,7 @@ def level_summary(level: dict) -> str:
 
 def shortfall_message(name: str, level: dict, dataset_id: str) -> str:
     """One line: where the generation of `name` stopped, the level it wanted, where the partial data
-    are, and the generation options that would get there."""
+    are, and how to continue the stopped run (--resume) with the options that would get there."""
     budget = level.get("time_budget_s")
     why = f"its time budget ({budget:.0f} s)" if level["stop"] == "time budget" else f"its step cap ({level['step_cap']:,})"
     if "wanted_score" in level and level["reached_score"] is not None and level["reached_score"] >= level["wanted_score"]:
@@ -76,10 +76,10 @@ def shortfall_message(name: str, level: dict, dataset_id: str) -> str:
     else:
         where = f"was cut at {level['steps']:,} of {level['step_cap']:,} TD3 steps"
     if level["stop"] == "time budget":
-        fix = (f"raise --time-budget (this run: {budget:.0f} s), e.g. python -m fastbdm.data.generate --env {name} "
-               f"--time-budget {3 * budget:.0f}, or set --max-steps (this run: {level['step_cap']:,})")
+        fix = (f"continue the run with more time, e.g. python -m fastbdm.data.generate --env {name} --resume "
+               f"--time-budget {3 * budget:.0f} (this run: {budget:.0f} s), or a --max-steps (this run: {level['step_cap']:,})")
     else:
-        fix = (f"raise --max-steps (this run: {level['step_cap']:,}), e.g. python -m fastbdm.data.generate --env "
-               f"{name} --max-steps {2 * level['step_cap']}" + (f", and --time-budget if {budget:.0f} s is not enough"
-                                                                if budget else ""))
+        fix = (f"continue the run with a higher step cap, e.g. python -m fastbdm.data.generate --env {name} --resume "
+               f"--max-steps {2 * level['step_cap']} (this run: {level['step_cap']:,})"
+               + (f", and --time-budget if {budget:.0f} s is not enough" if budget else ""))
     return f"{name}: generation stopped by {why} and {where}; its data are kept as partial dataset {dataset_id}; {fix}"

@@ -16,6 +16,8 @@ from ..td3sbc import make_adam
 class ReplayBuffer:
     """Preallocated float32 storage of (s, a, r, s', done); capacity rows, uniform sampling."""
 
+    FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")
+
     def __init__(self, obs_dim: int, act_dim: int, capacity: int):
         self.obs = torch.zeros(capacity, obs_dim)
         self.actions = torch.zeros(capacity, act_dim)
@@ -38,6 +40,16 @@ class ReplayBuffer:
         idx = torch.randint(0, self.size, (batch_size,))
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
+    def state_dict(self) -> dict:
+        """The filled rows (not the whole capacity), size and cursor."""
+        rows = {key: getattr(self, key)[:self.size].clone() for key in self.FIELDS}
+        return dict(rows, size=self.size, cursor=self.cursor)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in self.FIELDS:
+            getattr(self, key)[:state["size"]] = state[key]
+        self.size, self.cursor = state["size"], state["cursor"]
+
 
 class TD3:
     """TD3 learner: actor pi, twin critics, target copies; `update` takes one replay minibatch."""
@@ -54,6 +66,18 @@ class TD3:
         self.max_action, self.gamma, self.tau = max_action, gamma, tau
         self.policy_noise, self.noise_clip = policy_noise * max_action, noise_clip * max_action
         self.policy_freq, self.updates = policy_freq, 0
+
+    def state_dict(self) -> dict:
+        """Networks, their targets, both Adam states and the update count."""
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"):
+            getattr(self, key).load_state_dict(state[key])
+        self.updates = state["updates"]
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
