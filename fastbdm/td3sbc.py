@@ -172,8 +172,8 @@ class TD3SBC(nn.Module):
         """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max); normal (B, m) is
         N (UpdateNoise.policy; drawn when None)."""
         cfg = self.config
-        if normal is None:
-            normal = self.draw_noise(next_obs.shape[0], next_obs.device, actor_step=False).policy
+        if normal is None:  # the policy draw alone (draw_noise's first), not the BDM draws behind it
+            normal = torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device)
         noise = (normal * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
         return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
 
