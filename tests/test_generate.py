@@ -185,7 +185,7 @@ def test_an_eta_is_printed_once_after_the_first_interval(root, monkeypatch, caps
     err = [line for line in capsys.readouterr().err.splitlines() if "steps/s" in line]
     # measured from the first step with an update (warm-up 50): the warm-up's fast random steps left out
     assert len(err) == 1 and "1 steps in" in err[0] and "the 69 steps left to the cap take about" in err[0]
-    assert "time budget ends this run in 14 min" in err[0]  # medium-replay's default budget
+    assert "time budget ends this run in 35 min" in err[0]  # hopper-medium-replay's default budget, 35 min
 
 
 def stored(dataset_id):
@@ -292,3 +292,65 @@ def test_resume_without_a_stopped_generation_is_one_line(root, capsys):
     assert str(root / ".generation" / "hopper" / "medium-replay.pt") in err[0] and "without --resume" in err[0]
     assert gen.main(["--env", "hopper-random", "--resume", "--no-progress"]) == 1
     assert "generated in one go" in capsys.readouterr().err
+
+
+def test_a_killed_generation_resumes_from_its_last_periodic_checkpoint(root, tmp_path, monkeypatch):
+    """A run that dies without a word (kill -9, power cut: here an exception raised inside a step, so
+    nothing is saved at the crash) continues from the checkpoint written every CHECKPOINT_EVERY_S."""
+    settings = dict(max_steps=400, **TINY)
+    try:
+        gen.generate_dataset("hopper-medium-replay", **settings)
+    except PartialDatasetError as err:
+        expected = stored(err.dataset_id)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "killed"))
+    monkeypatch.setattr(gen, "CHECKPOINT_EVERY_S", 0.0)  # stands in for five minutes: a checkpoint every step
+    original = gen.BehaviourRun._step
+
+    def dies_at_step_170(run):
+        if run.steps == 170:
+            raise SystemExit("killed")
+        original(run)
+
+    monkeypatch.setattr(gen.BehaviourRun, "_step", dies_at_step_170)
+    with pytest.raises(SystemExit):
+        gen.generate_dataset("hopper-medium-replay", **settings)
+    monkeypatch.setattr(gen.BehaviourRun, "_step", original)
+    with pytest.raises(DatasetError, match="--resume"):  # a fresh start would lose it: refused
+        gen.generate_dataset("hopper-medium-replay", **settings)
+    with pytest.raises(PartialDatasetError) as err:
+        gen.generate_dataset("hopper-medium-replay", resume=True, progress=False)
+    resumed = stored(err.value.dataset_id)
+    for got, want in zip(resumed[0], expected[0], strict=True):
+        for got_field, want_field in zip(got, want, strict=True):
+            np.testing.assert_array_equal(got_field, want_field)
+    assert resumed[1] == expected[1]
+
+
+@pytest.mark.parametrize("kind", ["medium", "medium-expert"])
+def test_the_medium_stage_of_a_medium_replay_run_is_reused(kind, root, tmp_path, monkeypatch, capsys):
+    """medium and medium-expert continue medium-replay's TD3 run from its medium level, and store the
+    same dataset as a generation that trains its own run."""
+    monkeypatch.setitem(gen.MEDIUM_SCORE, "hopper", -100.0)  # reached at the first evaluation
+    settings = dict(max_steps=300, size=80, **TINY)
+    expected = stored(gen.generate_dataset(f"hopper-{kind}", **settings))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "shared"))
+    gen.generate_dataset("hopper-medium-replay", **settings)
+    capsys.readouterr()
+    trained, step = [], gen.BehaviourRun._step
+    monkeypatch.setattr(gen.BehaviourRun, "_step", lambda run: (trained.append(run.steps), step(run))[1])
+    reused = stored(gen.generate_dataset(f"hopper-{kind}", **settings))
+    assert "continuing the medium-replay generation's TD3 run from the medium level (step 100" in capsys.readouterr().err
+    # the medium stage was not trained again (its step-100 evaluation was read at step 200, where it ended)
+    assert min(trained, default=200) >= 200
+    for got, want in zip(reused[0], expected[0], strict=True):
+        for got_field, want_field in zip(got, want, strict=True):
+            np.testing.assert_array_equal(got_field, want_field)
+    assert reused[1].pop("medium_stage")["from"] == "medium-replay"
+    assert reused[1] == expected[1]
+
+
+def test_a_medium_level_run_with_other_settings_is_not_reused(root, monkeypatch, capsys):
+    monkeypatch.setitem(gen.MEDIUM_SCORE, "hopper", -100.0)
+    gen.generate_dataset("hopper-medium-replay", max_steps=300, **TINY)
+    info = metadata(root, gen.generate_dataset("hopper-medium", max_steps=300, size=40, **dict(TINY, seed=1)))["fastbdm"]
+    assert "medium_stage" not in info and "has other settings" in capsys.readouterr().err

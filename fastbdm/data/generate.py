@@ -42,7 +42,8 @@ from .errors import DatasetError, GenerationStopped, PartialDatasetError
 from .levels import LONG_RUN_KINDS, MEDIUM_KINDS, MEDIUM_SCORE, level_of, medium_return, shortfall_message
 from .names import DIMS, env_id, generated_minari_id, make_env, parse_name, partial_minari_id
 from .recorder import EpisodeRecorder
-from .resume import StopSignals, checkpoint_path, env_state, generator_state, load_env_state, set_generator_state
+from .resume import (StopSignals, checkpoint_path, env_state, generator_state, load_env_state, medium_level_path,
+                     set_generator_state)
 from .store import dataset_dir, ensure_absent, write_minari
 from .td3 import TD3, ReplayBuffer
 
@@ -51,8 +52,12 @@ D4RL_SIZE = 1_000_000
 # Training-step caps when max_steps is not given.
 MEDIUM_STEP_CAP = 300_000
 LONG_RUN_STEPS = 1_000_000
-# medium-replay must finish within 15 minutes: 14 minutes of training, the rest for writing.
-MEDIUM_REPLAY_BUDGET_S = 14 * 60
+# medium-replay's default training budget per task, seconds: halfcheetah's fits the README's first
+# command (14 minutes of training, the rest for writing); hopper and walker2d need longer runs
+# (docs/RESULTS.md, "Generated datasets").
+MEDIUM_REPLAY_BUDGET_S = {"halfcheetah": 14 * 60, "hopper": 35 * 60, "walker2d": 60 * 60}
+# Training time between two generation checkpoints (a killed run loses at most this much).
+CHECKPOINT_EVERY_S = 300.0
 REPLAY_CAPACITY = 1_000_000
 # Training time (with updates) after which a run prints its estimated time to the step cap (one line, stderr).
 ETA_AFTER_S = 60.0
@@ -122,15 +127,16 @@ class BehaviourRun:
         return False
 
     def train(self, max_steps: int, target_return: float = None, deadline: float = None,
-              stop: Optional[StopSignals] = None, desc: str = "") -> str:
+              stop: Optional[StopSignals] = None, desc: str = "", checkpoint=None) -> str:
         """Step (and update) until an evaluation reaches `target_return` ('reached'; self.medium holds its
         step and policy), `max_steps` total steps ('step cap'), time.monotonic() passes `deadline`
         ('time budget') or `stop` is requested ('interrupted': the evaluation in flight stays pending).
         After ETA_AFTER_S of steps with updates (the warm-up's much faster random steps left out) it prints
-        an ETA line."""
+        an ETA line; `checkpoint()` (if given) is called every CHECKPOINT_EVERY_S between two steps."""
         bar = tqdm(total=max_steps, initial=self.steps, desc=desc, unit="step", disable=not self.progress,
                    dynamic_ncols=True, smoothing=0.05)
         since = None  # (time, step) of the first step with an update, the ETA rate's origin; False once printed
+        saved_at = time.monotonic()
         try:
             while True:
                 if stop is not None and stop.requested:
@@ -150,6 +156,9 @@ class BehaviourRun:
                     if self._read_evaluation(target_return, bar):
                         return "reached"
                     self._submit_evaluation()
+                if checkpoint is not None and time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
+                    checkpoint()
+                    saved_at = time.monotonic()
         finally:
             bar.close()
 
@@ -265,6 +274,8 @@ STAGES = {"medium-replay": ("medium",), "full-replay": ("full",), "medium": ("me
           "medium-expert": ("medium", "medium rollouts", "full", "expert rollouts")}
 # The generation settings a resumed generation takes from its checkpoint.
 RESUMED_SETTINGS = ("seed", "size", "warmup", "hidden", "lr", "batch_size", "eval_every", "eval_episodes", "noise")
+# The settings that make two TD3 runs the same run up to the medium level.
+MEDIUM_LEVEL_SETTINGS = ("seed", "warmup", "hidden", "lr", "batch_size", "eval_every", "eval_episodes", "noise")
 
 
 def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int = None,
@@ -276,7 +287,8 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
 
     max_steps: TD3 training steps (cap while seeking the medium level: MEDIUM_STEP_CAP; full-replay
     and expert run length: LONG_RUN_STEPS); size: rollout transitions per policy (default D4RL_SIZE);
-    time_budget_s: wall-clock limit on training (default 14 min for medium-replay, none otherwise).
+    time_budget_s: wall-clock limit on training (medium-replay: MEDIUM_REPLAY_BUDGET_S of the task; none
+    otherwise).
     The other arguments are TD3's (hidden widths, Adam lr, batch, uniform warm-up steps, exploration
     noise) and its evaluation (every eval_every steps, eval_episodes deterministic episodes).
     Runs on one torch thread (restored afterwards), evaluations in one more process.
@@ -286,6 +298,13 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
     checkpoint's settings (RESUMED_SETTINGS) and this call's max_steps (if given) and time_budget_s
     (for this session), giving the same dataset as an uninterrupted run. A fresh start over such a
     checkpoint is refused unless restart=True (which deletes it).
+
+    The medium stage is one TD3 run for every kind that starts with it (D4RL's medium and medium-replay
+    data come from one run too): a run that reaches the medium level keeps its state at that point in
+    resume.medium_level_path(env), and a later medium, expert or medium-expert generation with the
+    same settings continues from it instead of training again (the same dataset as training again;
+    the metadata's 'medium_stage' says where it came from). medium-replay cannot: its data are the
+    run's recording. Generate medium-replay first.
     """
     env, kind = parse_name(name)
     dataset_id = generated_minari_id(env, kind)
@@ -300,7 +319,7 @@ def generate_dataset(name: str, seed: int = 0, max_steps: int = None, size: int 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     if time_budget_s is None and kind == "medium-replay":
-        time_budget_s = MEDIUM_REPLAY_BUDGET_S
+        time_budget_s = MEDIUM_REPLAY_BUDGET_S[env]
     size = D4RL_SIZE if size is None else size
     info = {"name": f"{env}-{kind}", "behaviour": BEHAVIOURS[kind], "env_id": env_id(env), "seed": seed,
             "medium_score": MEDIUM_SCORE[env], "medium_return": medium_return(env),
@@ -382,6 +401,15 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
         recorder.load_state_dict(saved["recorder"])
         info, first = saved["info"]["run"], saved["stage"]
         print(f"resuming {name} at stage '{stages[first]}', TD3 step {run.steps:,}", file=sys.stderr)
+    elif stages[0] == "medium" and kind != "medium-replay":
+        medium_level = _reusable_medium_level(env, settings)
+        if medium_level is not None:
+            run.load_state_dict(medium_level["run"])
+            info, first = dict(medium_level["info"]), 1
+            info["medium_stage"] = {"from": medium_level["kind"], "wall_time_s": round(medium_level["wall_time_s"], 1)}
+            print(f"{name}: continuing the {medium_level['kind']} generation's TD3 run from the medium level "
+                  f"(step {run.medium[0]:,}, {medium_level['wall_time_s'] / 60:.1f} min of training there)",
+                  file=sys.stderr)
 
     def save(stage: int) -> Path:
         path = checkpoint_path(env, kind)
@@ -399,7 +427,8 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
                 if kind in ("medium-replay", "full-replay"):
                     run.record_into(recorder, start=not (saved is not None and index == first))
                 reason = run.train(cap, medium_return(env) if stage == "medium" else None, deadline, stop,
-                                   f"{env}-{kind} TD3" if stage == "medium" else f"{env} TD3 to expert")
+                                   f"{env}-{kind} TD3" if stage == "medium" else f"{env} TD3 to expert",
+                                   checkpoint=lambda: save(index))
                 if reason == "interrupted":
                     raise GenerationStopped(name, stop.signal, run.steps, save(index))
                 if reason == "time budget" or (reason == "step cap" and stage == "medium" and kind in MEDIUM_KINDS):
@@ -412,6 +441,8 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
                         run.record_into(None)
                         recorder.cut(reached_at)
                 info["stop"] = reason
+                if stage == "medium" and reason == "reached":
+                    _keep_medium_level(run, kind, settings, info, start, saved)
             else:
                 policy = run.medium[1] if stage == "medium rollouts" and run.medium else run.agent.actor
                 rollout_seed = seed + 1 if stage == "medium rollouts" else seed + 2
@@ -427,20 +458,53 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
     return info
 
 
+def _keep_medium_level(run: BehaviourRun, kind: str, settings: dict, info: dict, start: float,
+                       saved: Optional[dict]) -> None:
+    """Keep the state of a run that has just reached the medium level (for _reusable_medium_level)."""
+    path = medium_level_path(run.env_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = 0.0 if saved is None else saved["wall_time_s"]
+    save_checkpoint(path, {"step": run.steps, "kind": kind, "run": run.state_dict(),
+                           "settings": {key: settings[key] for key in MEDIUM_LEVEL_SETTINGS}, "info": dict(info),
+                           "wall_time_s": earlier + time.monotonic() - start})
+
+
+def _reusable_medium_level(env: str, settings: dict) -> Optional[dict]:
+    """The kept medium-level state of an earlier run of `env` with these settings, else None."""
+    path = medium_level_path(env)
+    if not has_checkpoint(path):
+        return None
+    try:
+        state, note = load_latest(path, "cpu")
+    except CheckpointError as err:
+        print(f"note: not reusing the medium-level run at {path} ({err}); training again", file=sys.stderr)
+        return None
+    wanted = {key: settings[key] for key in MEDIUM_LEVEL_SETTINGS}
+    if state["settings"] != wanted:
+        print(f"note: the medium-level run at {path} has other settings ({state['settings']}); training again",
+              file=sys.stderr)
+        return None
+    return state
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastbdm.data.generate",
         description="Generate a locomotion dataset locally (online TD3 behaviour).",
-        epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level (halfcheetah: "
-               "about 10 min on one core; hopper: 215k steps, 20 min on a quiet core, so give it --time-budget 1500 "
-               "or more; walker2d: not measured yet; medium-replay stops at a 14-minute budget by default); "
+        epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level "
+               "(docs/RESULTS.md has each task's steps and minutes; halfcheetah: about 10 min on one quiet core, "
+               "hopper: about 20, walker2d: longer); medium-replay stops at its task's time budget by default "
+               "(halfcheetah 14 min, to fit the README's first command; hopper 35 min; walker2d 60 min). "
+               "medium, expert and medium-expert continue an earlier medium-replay generation's TD3 run from its "
+               "medium level when one is kept (same seed and settings), so generate medium-replay first; "
                "the medium rollouts add ~4 min per 1M steps; full-replay, "
                "expert and medium-expert train TD3 for 1,000,000 steps, which takes HOURS on a CPU (1.5-3 h at the "
                "100-170 steps/s of one core) plus 1M-step rollouts; an ETA is printed after the first minute of training. "
                "A run that stops short of its level is kept as the partial dataset fastbdm/ENV/KIND-partial-v0 and "
                "exits 1 with one line saying what would get there. Ctrl-C or SIGTERM stops a TD3 run after its "
-               "current step and keeps its state (as do the time budget and the step cap) in "
-               "MINARI_ROOT/.generation/ENV/KIND.pt; --resume continues it exactly where it stopped.")
+               "current step and keeps its state (as do the time budget and the step cap, and every 5 minutes of "
+               "training, so that a killed run loses minutes) in MINARI_ROOT/.generation/ENV/KIND.pt; --resume "
+               "continues it exactly where it stopped.")
     parser.add_argument("--env", required=True, help="dataset name, e.g. halfcheetah-medium-replay")
     parser.add_argument("--max-steps", type=int, default=None, help="TD3 training steps (cap)")
     parser.add_argument("--size", type=int, default=None, help="rollout transitions per policy")

@@ -5,7 +5,9 @@ each step (a second Ctrl-C stops at once, without a checkpoint). env_state/load_
 gymnasium MuJoCo environment fully: MuJoCo's integration state (qpos, qvel, act, the solver's warm
 start, time), the TimeLimit's elapsed steps and the environment's and action space's numpy RNGs.
 The generation checkpoint itself (fastbdm.checkpoint: durable, checksummed, weights_only) lives in a
-hidden directory of the Minari root, invisible to Minari: .generation/<env>/<kind>.pt.
+hidden directory of the Minari root, invisible to Minari: .generation/<env>/<kind>.pt, written when a
+run stops and every generate.CHECKPOINT_EVERY_S of training (so a killed run loses minutes, not the run); the
+medium-level state of a finished run beside it (.generation/<env>/medium-level.pt).
 """
 import signal
 import threading
@@ -24,6 +26,13 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 def checkpoint_path(env: str, kind: str) -> Path:
     """Where a stopped generation of `env`-`kind` keeps its state: <Minari root>/.generation/ENV/KIND.pt."""
     return minari_root() / ".generation" / env / f"{kind}.pt"
+
+
+def medium_level_path(env: str) -> Path:
+    """Where a TD3 run that reached the medium level of `env` keeps its state at that point, for the other
+    kinds whose first stage is the same run (medium, expert, medium-expert):
+    <Minari root>/.generation/ENV/medium-level.pt."""
+    return minari_root() / ".generation" / env / "medium-level.pt"
 
 
 class StopSignals:
