@@ -45,14 +45,19 @@ Two orchestrations of the same tile functions:
   1 + 2 x levels launches; the kernel boundary is the barrier, the slice is reloaded per launch. Runs
   everywhere (the interpreter, and the GPU fallback when the persistent grid would not be resident).
 
-Shared memory per program on sm_90 (triton 3.9, BLOCK_M = 32, hidden 512): the slice BLOCK_NS x H1 plus
-the columns stage's [BLOCK_M, H1] row tile. tf32: BLOCK_NS = 64 (P_c = 8): 128 KB + 64 KB; bf16:
-BLOCK_NS = 128 (P_c = 4): 128 KB + 32 KB (bf16 pre1). Both under the 227 KB a block may hold; one
-program per SM. Registers and spills: tests/test_kernels_forward.py's sm_90 compile (no spills asserted).
+Shared memory and registers per program on sm_90 (triton 3.9, hidden 512, BLOCK_M = 32, BLOCK_NS = 64,
+num_warps = 8; cuobjdump): persistent tf32 200 KB shared (the 128 KB slice, the columns stage's
+[32, 512] row tile, 64 KB, and the rows stage's operand tiles), 222 registers, no stack; bf16 100 KB,
+174 registers, no stack. num_warps = 4 spills (tf32 176 B, bf16 80 B); a 128-wide bf16 slice spills
+too. The staged columns kernel: tf32 200 KB, 83 registers; rows kernel 20 KB, 183 registers. One
+program per SM (shared memory in tf32, registers in bf16: 174 x 256 threads). The held slice is a
+`local_alloc` before the level loop in the TTGIR; the sm_90 compile test checks it.
 
 Performance model against today's chain: docs/PERFORMANCE.md#the-weight-stationary-chain,
 profiling/chain_model.py (`chain_time`).
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -60,25 +65,20 @@ import triton.language as tl
 from .denoiser_mlp import LAYER_NORM_EPS, _bias_relu_store, _ln_output_layer, _mma, _row_stats, _seed_weights
 from .reverse_chain import _chain_first_layer, _cond_base, _level, _sampler_step, PreparedChain
 
-ORCHESTRATIONS = ("persistent", "staged")
+ORCHESTRATIONS = ("auto", "persistent", "staged")
+DESIGNS = ("rows", "weight_stationary")  # reverse_chain.py's row blocks, this module
+MAX_HIDDEN = 512  # widest H1 the design is compiled and modelled for (slice and row tile in shared memory)
 SLICE_BYTES = 128 * 1024  # the stationary slice per program: BLOCK_NS x H1 x element size
-SHARED_LIMIT = 227 * 1024  # sm_90: the most shared memory one block may hold
 
 
-def slice_width(hidden_in, precision):
-    """BLOCK_NS: W2 columns per program, the largest power of two (16..128) whose slice of hidden_in
-    inputs fits SLICE_BYTES (fp32: 64 at hidden 512; bf16: 128)."""
-    size = 2 if precision == "bf16" else 4
-    width = 128
-    while width > 16 and width * triton.next_power_of_2(hidden_in) * size > SLICE_BYTES:
+def slice_width(hidden_in):
+    """BLOCK_NS: W2 columns per program, the largest power of two <= 64 whose fp32 slice of hidden_in
+    inputs fits SLICE_BYTES (64 at hidden 512: P_c = 8). bf16 uses the same width (64 KB): a 128-wide
+    bf16 slice compiles to 255 registers with spills on sm_90."""
+    width = 64
+    while width > 16 and width * triton.next_power_of_2(hidden_in) * 4 > SLICE_BYTES:
         width //= 2
     return width
-
-
-def shared_bytes(hidden_in, block_ns, block_m, precision):
-    """Shared memory of the persistent program: the slice plus the columns stage's row tile (bytes)."""
-    size = 2 if precision == "bf16" else 4
-    return (block_ns + block_m) * triton.next_power_of_2(hidden_in) * size
 
 
 @triton.jit
@@ -95,40 +95,59 @@ def _group_barrier(counter_ptr, target):
 
 
 @triton.jit
-def _stationary_slice(w2_ptr, g1_ptr, beta1_ptr, cb, H1, H2,
-                      BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr):
-    """Column block cb of layer 2, folded: (W2' slice^T [BLOCK_H1, BLOCK_NS] = (W2 diag(g1))[cols, :]^T,
-    in the dot's operand dtype; W2[cols, :] beta1 [BLOCK_NS] fp32). Rows/columns past H1/H2 are 0."""
-    offs_k = tl.arange(0, BLOCK_H1)
-    mask_k = offs_k < H1
+def _fold_slice(w2_ptr, g1_ptr, beta1_ptr, w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_K: tl.constexpr,
+                BLOCK_NS: tl.constexpr):
+    """Fold layer 2's column block cb: w2f[cols, :] = W2[cols, :] diag(g1) (in w2f's dtype), fold (2, H2):
+    fold[0, cols] = colsum of the stored W2' (what the dot multiplies), fold[1, cols] = W2[cols, :] beta1.
+    Streamed in [BLOCK_K, BLOCK_NS] chunks."""
     offs_ns = cb * BLOCK_NS + tl.arange(0, BLOCK_NS)
     mask_ns = offs_ns < H2
-    w = tl.load(w2_ptr + offs_ns[None, :] * H1 + offs_k[:, None], mask=mask_k[:, None] & mask_ns[None, :],
-                other=0.0).to(tl.float32)
-    g = tl.load(g1_ptr + offs_k, mask=mask_k, other=0.0)
-    beta = tl.load(beta1_ptr + offs_k, mask=mask_k, other=0.0)
-    w_beta = tl.sum(w * beta[:, None], axis=0)
-    w = w * g[:, None]
-    if PRECISION == "bf16":
-        w = w.to(tl.bfloat16)
-    return w, w_beta
+    colsum = tl.zeros([BLOCK_NS], dtype=tl.float32)
+    w_beta = tl.zeros([BLOCK_NS], dtype=tl.float32)
+    for k0 in range(0, H1, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = (offs_k < H1)[:, None] & mask_ns[None, :]
+        idx = offs_ns[None, :] * H1 + offs_k[:, None]
+        w = tl.load(w2_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g1_ptr + offs_k, mask=offs_k < H1, other=0.0)
+        beta = tl.load(beta1_ptr + offs_k, mask=offs_k < H1, other=0.0)
+        w_beta += tl.sum(w * beta[:, None], axis=0)
+        wf = (w * g[:, None]).to(w2f_ptr.dtype.element_ty)
+        tl.store(w2f_ptr + idx, wf, mask=mask)
+        colsum += tl.sum(wf.to(tl.float32), axis=0)
+    tl.store(fold_ptr + offs_ns, colsum, mask=mask_ns)
+    tl.store(fold_ptr + H2 + offs_ns, w_beta, mask=mask_ns)
 
 
 @triton.jit
-def _columns_tile(w2s, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, offs_m, mask_m, cb, H1, H2,
-                  BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr):
-    """Layer 2 on one row tile for column block cb: pre2[rows, cols] = ReLU(rstd1 (pre1 - mean1) W2'^T
-    + W2 beta1 + b2), and the tile's partial statistics over the block's columns -> part (R, 2)."""
+def _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr):
+    """Column block cb of the folded layer 2, loaded once and held: (W2'[cols, :]^T [BLOCK_H1, BLOCK_NS]
+    as stored (the dot's B operand, loaded straight into it: no register copy), colsum, W2 beta1
+    [BLOCK_NS]). Rows/columns past H1/H2 are 0."""
     offs_k = tl.arange(0, BLOCK_H1)
-    mask_k = offs_k < H1
-    h = tl.load(pre1_ptr + offs_m[:, None] * H1 + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                other=0.0, cache_modifier=".cg").to(tl.float32)
+    offs_ns = cb * BLOCK_NS + tl.arange(0, BLOCK_NS)
+    mask_ns = offs_ns < H2
+    w = tl.load(w2f_ptr + offs_ns[None, :] * H1 + offs_k[:, None], mask=(offs_k < H1)[:, None] & mask_ns[None, :],
+                other=0.0, cache_modifier=".cg")
+    colsum = tl.load(fold_ptr + offs_ns, mask=mask_ns, other=0.0, cache_modifier=".cg")
+    w_beta = tl.load(fold_ptr + H2 + offs_ns, mask=mask_ns, other=0.0, cache_modifier=".cg")
+    return w, colsum, w_beta
+
+
+@triton.jit
+def _columns_tile(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, offs_m, mask_m, cb, H1, H2,
+                  BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr):
+    """Layer 2 on one row tile for column block cb: pre2[rows, cols] = ReLU(rstd1 (pre1 W2'^T - mean1
+    colsum) + W2 beta1 + b2) (the raw pre1 rows go straight into the dot), and the tile's partial
+    statistics over the block's columns -> part (R, 2)."""
+    offs_k = tl.arange(0, BLOCK_H1)
+    h = tl.load(pre1_ptr + offs_m[:, None] * H1 + offs_k[None, :], mask=mask_m[:, None] & (offs_k < H1)[None, :],
+                other=0.0, cache_modifier=".cg")
     mean = tl.load(stats1_ptr + offs_m * 2, mask=mask_m, other=0.0, cache_modifier=".cg")
     rstd = tl.load(stats1_ptr + offs_m * 2 + 1, mask=mask_m, other=0.0, cache_modifier=".cg")
-    h = tl.where(mask_k[None, :], h - mean[:, None], 0.0)
     acc = _mma(tl.zeros([BLOCK_M, BLOCK_NS], dtype=tl.float32), h, w2s, PRECISION)
+    acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None] + w_beta[None, :]
     offs_ns = cb * BLOCK_NS + tl.arange(0, BLOCK_NS)
-    acc = acc * rstd[:, None] + w_beta[None, :]
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     mean2, m2 = _bias_relu_store(acc, b2_ptr, pre2_ptr, offs_m, mask_m, H2, offs_ns, offs_ns < H2, 0, zero, zero)
     tl.store(part_ptr + offs_m * 2, mean2, mask=mask_m)
@@ -208,7 +227,7 @@ def _rows_tile(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr,
 @triton.jit
 def _program_pointers(w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
                       s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr,
-                      R, n, m, H1, H2, steps, n_col_blocks):
+                      w2f_ptr, fold_ptr, R, n, m, H1, H2, steps, n_col_blocks):
     """The program's seed (program_id(2)): every pointer moved to that seed's weights, rows and scratch."""
     sid = tl.program_id(2).to(tl.int64)
     D_IN = 2 * n + 1 + m
@@ -218,31 +237,19 @@ def _program_pointers(w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr,
     return (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
             s_ptr + sid * R * n, a_ptr + sid * R * m, z_ptr + sid * R * n, noise_ptr + sid * steps * R * n,
             base_ptr + sid * R * H1, pre1_ptr + sid * R * H1, stats1_ptr + sid * R * 2, pre2_ptr + sid * R * H2,
-            part_ptr + sid * n_col_blocks * R * 2, x_ptr + sid * R * n)
+            part_ptr + sid * n_col_blocks * R * 2, x_ptr + sid * R * n, w2f_ptr + sid * H2 * H1,
+            fold_ptr + sid * 2 * H2)
 
 
 @triton.jit
-def _ws_chain_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr,
-    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
-    base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, counter_ptr,
-    R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
-    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """Persistent: program (cb, group, seed) holds W2's column block cb for every level; one barrier per
-    layer stage among the group's P_c = num_programs(0) programs (all resident). x (S, R, n): the samples."""
-    cb = tl.program_id(0)
-    group = tl.program_id(1)
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, R, n, m, H1, H2, steps, n_col_blocks)
-    counter_ptr += tl.program_id(2) * tl.num_programs(1) + group
-    w2s, w_beta = _stationary_slice(w2_ptr, g1_ptr, beta1_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS, PRECISION)
+def _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
+              pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps, c_scale, eps,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+              BLOCK_NS: tl.constexpr, SAMPLER: tl.constexpr, PRECISION: tl.constexpr):
+    """Program (cb, group)'s work before the levels: group 0 folds column block cb (_fold_slice), and
+    every program runs its row tiles' prologue (base, x = z, level 0's layer 1)."""
+    if group == 0:
+        _fold_slice(w2_ptr, g1_ptr, beta1_ptr, w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_K, BLOCK_NS)
     row0 = group * rows_per_group
     n_tiles = tl.cdiv(tl.minimum(rows_per_group, R - row0), BLOCK_M)
     for t in range(cb, n_tiles, n_col_blocks):
@@ -250,88 +257,30 @@ def _ws_chain_kernel(
         _prologue_tile(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr, pre1_ptr, stats1_ptr, offs_m,
                        offs_m < R, n, m, H1, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, SAMPLER,
                        PRECISION)
-    _group_barrier(counter_ptr, n_col_blocks)
-    for lvl in range(0, n_levels):
-        for t in range(0, n_tiles):
-            offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
-            _columns_tile(w2s, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr + cb * R * 2, offs_m,
-                          offs_m < R, cb, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
-        _group_barrier(counter_ptr, (2 * lvl + 2) * n_col_blocks)
-        for t in range(cb, n_tiles, n_col_blocks):
-            offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
-            _rows_tile(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
-                       stats1_ptr, pre2_ptr, part_ptr, offs_m, offs_m < R, R, n, m, H1, H2, n_col_blocks, steps,
-                       n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr,
-                       coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O,
-                       BLOCK_NS, PRECISION)
-        if lvl + 1 < n_levels:
-            _group_barrier(counter_ptr, (2 * lvl + 3) * n_col_blocks)
 
 
 @triton.jit
-def _ws_prologue_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr,
-    R, n, m, H1, H2, steps, c_scale, eps, rows_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    SAMPLER: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged, first launch: the persistent kernel's prologue (same grid, same tiles per program)."""
-    cb = tl.program_id(0)
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, R, n, m, H1, H2, steps, n_col_blocks)
-    row0 = tl.program_id(1) * rows_per_group
-    n_tiles = tl.cdiv(tl.minimum(rows_per_group, R - row0), BLOCK_M)
-    for t in range(cb, n_tiles, n_col_blocks):
-        offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _prologue_tile(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr, pre1_ptr, stats1_ptr, offs_m,
-                       offs_m < R, n, m, H1, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, SAMPLER,
-                       PRECISION)
-
-
-@triton.jit
-def _ws_columns_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr,
-    R, n, m, H1, H2, steps, rows_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged: one level's columns stage (the slice loaded for this launch)."""
-    cb = tl.program_id(0)
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, R, n, m, H1, H2, steps, n_col_blocks)
-    w2s, w_beta = _stationary_slice(w2_ptr, g1_ptr, beta1_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS, PRECISION)
-    row0 = tl.program_id(1) * rows_per_group
+def _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, group, rows_per_group,
+                   R, H1, H2, BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """One level's layer 2 for column block cb on every row tile of the group."""
+    row0 = group * rows_per_group
     n_tiles = tl.cdiv(tl.minimum(rows_per_group, R - row0), BLOCK_M)
     for t in range(0, n_tiles):
         offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _columns_tile(w2s, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr + cb * R * 2, offs_m,
+        _columns_tile(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr + cb * R * 2, offs_m,
                       offs_m < R, cb, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
 
 
 @triton.jit
-def _ws_rows_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr,
-    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
-    lvl, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
-    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged: level lvl's rows stage."""
-    cb = tl.program_id(0)
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, R, n, m, H1, H2, steps, n_col_blocks)
-    row0 = tl.program_id(1) * rows_per_group
+def _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
+                stats1_ptr, pre2_ptr, part_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps,
+                n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr,
+                coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION: tl.constexpr, SAMPLER: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr):
+    """Level lvl's rows stage on the program's row tiles (tiles cb, cb + P_c, ... of the group)."""
+    row0 = group * rows_per_group
     n_tiles = tl.cdiv(tl.minimum(rows_per_group, R - row0), BLOCK_M)
     for t in range(cb, n_tiles, n_col_blocks):
         offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -342,12 +291,129 @@ def _ws_rows_kernel(
                    BLOCK_NS, PRECISION)
 
 
+@triton.jit
+def _ws_chain_kernel(
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
+    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
+    counter_ptr, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
+    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Persistent: program (cb, group, seed) holds W2's folded column block cb for every level. Barriers:
+    after the prologue one for the whole seed (group 0 wrote the fold every group reads; counter
+    (S, groups + 1)[seed, groups]), then one per layer stage among the group's P_c = num_programs(0)
+    programs (counter [seed, group]). Every program of the grid must be resident. x (S, R, n): the samples."""
+    cb = tl.program_id(0)
+    group = tl.program_id(1)
+    n_col_blocks = tl.num_programs(0)
+    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
+        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
+        steps, n_col_blocks)
+    counter_ptr += tl.program_id(2) * (tl.num_programs(1) + 1)
+    _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
+              pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps, c_scale, eps,
+              BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
+    _group_barrier(counter_ptr + tl.num_programs(1), n_col_blocks * tl.num_programs(1))
+    counter_ptr += group
+    w2s, colsum, w_beta = _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS)
+    for lvl in range(0, n_levels):
+        _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, group,
+                       rows_per_group, R, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
+        _group_barrier(counter_ptr, (2 * lvl + 1) * n_col_blocks)
+        _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
+                    stats1_ptr, pre2_ptr, part_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps,
+                    n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr,
+                    coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O,
+                    BLOCK_NS, PRECISION)
+        if lvl + 1 < n_levels:
+            _group_barrier(counter_ptr, (2 * lvl + 2) * n_col_blocks)
+
+
+@triton.jit
+def _ws_prologue_kernel(
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
+    R, n, m, H1, H2, steps, c_scale, eps, rows_per_group,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+    BLOCK_NS: tl.constexpr, SAMPLER: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Staged, first launch: the persistent kernel's prologue (same grid, same tiles per program)."""
+    n_col_blocks = tl.num_programs(0)
+    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
+        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
+        steps, n_col_blocks)
+    _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
+              pre1_ptr, stats1_ptr, tl.program_id(0), tl.program_id(1), n_col_blocks, rows_per_group, R, n, m, H1,
+              H2, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
+
+
+@triton.jit
+def _ws_columns_kernel(
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
+    R, n, m, H1, H2, steps, rows_per_group,
+    BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Staged: one level's columns stage (the folded slice loaded for this launch)."""
+    cb = tl.program_id(0)
+    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
+        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
+        steps, tl.num_programs(0))
+    w2s, colsum, w_beta = _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS)
+    _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, tl.program_id(1),
+                   rows_per_group, R, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
+
+
+@triton.jit
+def _ws_rows_kernel(
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
+    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
+    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
+    lvl, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
+    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Staged: level lvl's rows stage."""
+    n_col_blocks = tl.num_programs(0)
+    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
+        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
+        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
+        steps, n_col_blocks)
+    _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
+                stats1_ptr, pre2_ptr, part_ptr, tl.program_id(0), tl.program_id(1), n_col_blocks, rows_per_group, R, n,
+                m, H1, H2, steps, n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr,
+                sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M, BLOCK_N,
+                BLOCK_K, BLOCK_O, BLOCK_NS, PRECISION)
+
+
 def resident_programs(device):
     """Programs of the persistent grid that are resident at once: one per SM (the slice fills its
     shared memory); on the CPU (interpreter) no bound."""
     if device.type != "cuda":
         return None
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def chain_design(z, hidden_in):
+    """The reverse chain's design for rows z ((R, n) or (S, R, n)) and layer-2 input width hidden_in:
+    FASTBDM_CHAIN ("rows" or "weight_stationary") when set; else "weight_stationary" on a GPU when
+    hidden_in <= MAX_HIDDEN (faster at every B and S of docs/PERFORMANCE.md#the-weight-stationary-chain,
+    profiling/chain_model.py), "rows" in the CPU interpreter (where speed is not the point)."""
+    design = os.environ.get("FASTBDM_CHAIN")
+    if design is not None:
+        if design not in DESIGNS:
+            raise ValueError(f"FASTBDM_CHAIN must be one of {DESIGNS}, got {design!r}")
+        return design
+    return "weight_stationary" if z.device.type == "cuda" and hidden_in <= MAX_HIDDEN else "rows"
 
 
 def group_rows(rows, seeds, col_blocks, block_m, resident):
@@ -360,12 +426,13 @@ def group_rows(rows, seeds, col_blocks, block_m, resident):
 
 def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
                             posterior_std, steps, prediction="sample", sampler="ddim", noise=None, out=None,
-                            precision="tf32", orchestration="staged", block_ns=None, rows_per_group=None,
-                            block_m=32, block_n=64, block_k=32, num_warps=4):
+                            precision="tf32", orchestration="auto", block_ns=None, rows_per_group=None,
+                            block_m=32, block_n=64, block_k=32, num_warps=8, num_stages=2):
     """reverse_chain.reverse_chain (same arguments, shapes and results) in the weight-stationary design.
-    orchestration: "persistent" (one launch, group barriers; every group's programs must be resident:
-    on a GPU the grid is kept within one program per SM, in the interpreter only block_ns >= H2, one
-    program a group) or "staged" (1 + 2 x levels launches). block_ns: W2 columns per program (default
+    orchestration: "auto" (persistent on a GPU when P_c x S programs fit one per SM, else staged),
+    "persistent" (one launch, group barriers; every group's programs must be resident:
+    on a GPU the grid is kept within one program per SM; in the interpreter only one program a seed:
+    block_ns >= H2, rows_per_group >= R) or "staged" (1 + 2 x levels launches). block_ns: W2 columns per program (default
     slice_width); rows_per_group: rows of a group, a multiple of block_m (default group_rows)."""
     if orchestration not in ORCHESTRATIONS:
         raise ValueError(f"orchestration must be one of {ORCHESTRATIONS}, got {orchestration!r}")
@@ -375,16 +442,19 @@ def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev,
     S, R, n = c.z.shape
     m = c.a.shape[2]
     h1, h2 = w1.shape[1], w2.shape[1]
-    block_ns = block_ns or slice_width(h1, precision)
+    block_ns = block_ns or slice_width(h1)
     col_blocks = triton.cdiv(h2, block_ns)
     resident = resident_programs(c.z.device)
-    if orchestration == "persistent" and resident is None and col_blocks > 1:
-        raise ValueError(f"the persistent chain with {col_blocks} programs a group deadlocks in Triton's CPU "
-                         f"interpreter (programs run one after another): use block_ns >= {h2} or 'staged'")
+    if orchestration == "auto":
+        orchestration = "persistent" if resident is not None and col_blocks * S <= resident else "staged"
     rows_per_group = rows_per_group or group_rows(R, S, col_blocks, block_m, resident)
     if rows_per_group % block_m:
         raise ValueError(f"rows_per_group ({rows_per_group}) must be a multiple of block_m ({block_m})")
     groups = triton.cdiv(R, rows_per_group) if R else 0
+    if orchestration == "persistent" and resident is None and col_blocks * groups > 1:
+        raise ValueError(f"the persistent chain with {col_blocks * groups} programs a seed deadlocks in Triton's "
+                         f"CPU interpreter (programs run one after another): use block_ns >= {h2} and "
+                         f"rows_per_group >= {R}, or 'staged'")
     if orchestration == "persistent" and resident is not None and col_blocks * groups * S > resident:
         raise ValueError(f"the persistent chain needs its {col_blocks * groups * S} programs resident at once "
                          f"({resident} SMs): use fewer rows_per_group groups or 'staged'")
@@ -394,28 +464,29 @@ def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev,
     stats1 = torch.empty((S, R, 2), device=dev, dtype=torch.float32)
     pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
     part = torch.empty((S, col_blocks, R, 2), device=dev, dtype=torch.float32)
-    x = c.out
-    grid = (col_blocks, groups, S)
+    w2f = torch.empty((S, h2, h1), device=dev, dtype=w2.dtype)
+    fold = torch.empty((S, 2, h2), device=dev, dtype=torch.float32)
     if groups == 0 or S == 0:
         return c.result()
-    pointers = (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, c.s, c.a, c.z, c.noise, base, pre1, stats1, pre2, part, x)
+    grid = (col_blocks, groups, S)
+    pointers = (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, c.s, c.a, c.z, c.noise, base, pre1, stats1, pre2, part,
+                c.out, w2f, fold)
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_O=c.block_o, PRECISION=precision)
     c_scale = 2.0 / steps
     if orchestration == "persistent":
-        counters = torch.zeros((S, groups), device=dev, dtype=torch.int32)
+        counters = torch.zeros((S, groups + 1), device=dev, dtype=torch.int32)
         _ws_chain_kernel[grid](
-            *pointers[:14], *c.schedule, *pointers[14:], counters,
-            R, n, m, h1, h2, steps, c.n_levels, c_scale, LAYER_NORM_EPS, rows_per_group,
-            PREDICTION=prediction, SAMPLER=sampler, BLOCK_H1=triton.next_power_of_2(h1), BLOCK_NS=block_ns,
-            num_warps=num_warps, **blocks)
+            *pointers, *c.schedule, counters, R, n, m, h1, h2, steps, c.n_levels, c_scale, LAYER_NORM_EPS,
+            rows_per_group, PREDICTION=prediction, SAMPLER=sampler, BLOCK_H1=triton.next_power_of_2(h1),
+            BLOCK_NS=block_ns, num_warps=num_warps, num_stages=num_stages, **blocks)
         return c.result()
     _ws_prologue_kernel[grid](*pointers, R, n, m, h1, h2, steps, c_scale, LAYER_NORM_EPS, rows_per_group,
-                              SAMPLER=sampler, num_warps=num_warps, **blocks)
+                              BLOCK_NS=block_ns, SAMPLER=sampler, num_warps=num_warps, num_stages=num_stages, **blocks)
     for lvl in range(c.n_levels):
         _ws_columns_kernel[grid](*pointers, R, n, m, h1, h2, steps, rows_per_group, BLOCK_M=block_m,
                                  BLOCK_H1=triton.next_power_of_2(h1), BLOCK_NS=block_ns, PRECISION=precision,
-                                 num_warps=num_warps)
+                                 num_warps=num_warps, num_stages=num_stages)
         _ws_rows_kernel[grid](*pointers, *c.schedule, lvl, R, n, m, h1, h2, steps, c.n_levels, c_scale,
                               LAYER_NORM_EPS, rows_per_group, PREDICTION=prediction, SAMPLER=sampler,
-                              BLOCK_NS=block_ns, num_warps=num_warps, **blocks)
+                              BLOCK_NS=block_ns, num_warps=num_warps, num_stages=num_stages, **blocks)
     return c.result()
