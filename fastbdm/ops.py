@@ -147,8 +147,10 @@ _SCHEDULE_BUFFERS = ("sqrt_ab", "sqrt_one_minus_ab", "sqrt_ab_prev", "sqrt_one_m
 def _reverse_chain(weights: List[Tensor], s: Tensor, a: Tensor, z: Tensor, schedule_buffers: List[Tensor],
                    steps: int, prediction: str, sampler: str, noise: Optional[Tensor], precision: str) -> Tensor:
     """schedule_buffers: the DiffusionSchedule buffers named in _SCHEDULE_BUFFERS, in that order. The kernel:
-    weight_stationary_chain.chain_design (FASTBDM_CHAIN, else by device and width)."""
-    if weight_stationary_chain.chain_design(z, weights[4].shape[-1]) == "weight_stationary":
+    weight_stationary_chain.chain_design (FASTBDM_CHAIN, else by device, shape and precision)."""
+    seeds = z.shape[0] if z.dim() == 3 else 1
+    design = weight_stationary_chain.chain_design(z.device, z.shape[-2], seeds, weights[4].shape[-1], precision)
+    if design == "weight_stationary":
         kernel = weight_stationary_chain.weight_stationary_chain
     else:
         kernel = reverse_chain_kernels.reverse_chain

@@ -68,6 +68,7 @@ from .reverse_chain import _chain_first_layer, _cond_base, _level, _sampler_step
 ORCHESTRATIONS = ("auto", "persistent", "staged")
 DESIGNS = ("rows", "weight_stationary")  # reverse_chain.py's row blocks, this module
 MAX_HIDDEN = 512  # widest H1 the design is compiled and modelled for (slice and row tile in shared memory)
+BF16_MIN_ROWS = 3072  # S x R from which profiling/chain_model.py favours this design at bf16
 SLICE_BYTES = 128 * 1024  # the stationary slice per program: BLOCK_NS x H1 x element size
 
 
@@ -403,17 +404,20 @@ def resident_programs(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def chain_design(z, hidden_in):
-    """The reverse chain's design for rows z ((R, n) or (S, R, n)) and layer-2 input width hidden_in:
-    FASTBDM_CHAIN ("rows" or "weight_stationary") when set; else "weight_stationary" on a GPU when
-    hidden_in <= MAX_HIDDEN (faster at every B and S of docs/PERFORMANCE.md#the-weight-stationary-chain,
-    profiling/chain_model.py), "rows" in the CPU interpreter (where speed is not the point)."""
+def chain_design(device, rows, seeds, hidden_in, precision):
+    """The reverse chain's design for S = seeds x R = rows rows on `device`, layer-2 input width hidden_in:
+    FASTBDM_CHAIN ("rows" or "weight_stationary") when set; in the CPU interpreter "rows" (speed is not
+    the point there); on a GPU the faster one by profiling/chain_model.py (H100 and H200 alike,
+    docs/PERFORMANCE.md#the-weight-stationary-chain): weight-stationary for hidden_in <= MAX_HIDDEN at tf32,
+    and at bf16 from S x R >= BF16_MIN_ROWS (below, the 40 us of its 20 barriers outweigh the bytes it saves)."""
     design = os.environ.get("FASTBDM_CHAIN")
     if design is not None:
         if design not in DESIGNS:
             raise ValueError(f"FASTBDM_CHAIN must be one of {DESIGNS}, got {design!r}")
         return design
-    return "weight_stationary" if z.device.type == "cuda" and hidden_in <= MAX_HIDDEN else "rows"
+    if device.type != "cuda" or hidden_in > MAX_HIDDEN:
+        return "rows"
+    return "weight_stationary" if precision != "bf16" or seeds * rows >= BF16_MIN_ROWS else "rows"
 
 
 def group_rows(rows, seeds, col_blocks, block_m, resident):

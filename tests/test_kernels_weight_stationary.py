@@ -15,6 +15,7 @@ magnitude. On a GPU at tf32: test_kernels_tf32's derivation, with layer 2's oper
 fold rounds h, not h - mu): its error grows by sqrt(E h^2 / var h) = (1 - 1/pi)^-1/2 for post-ReLU h
 of a zero-mean Gaussian pre-activation, TOL = 2 sqrt(2 + 1 / (1 - 1/pi)) eps_1.
 """
+import importlib.util
 import math
 import os
 
@@ -23,7 +24,7 @@ import torch
 
 from fastbdm import ops, reference as ref
 from fastbdm.kernels.reverse_chain import reverse_chain
-from fastbdm.kernels.weight_stationary_chain import chain_design, weight_stationary_chain
+from fastbdm.kernels.weight_stationary_chain import MAX_HIDDEN, chain_design, weight_stationary_chain
 from fastbdm.schedule import DiffusionSchedule
 from test_kernels_forward import assert_close_scaled, denoiser_weights, nan_like
 from test_kernels_seeds import chain_args, stacked_weights
@@ -120,12 +121,35 @@ def test_op_dispatch(monkeypatch):
     weights, _, sched, s, z, a, noise = problem(1)
     single = [w[0] for w in weights]
     want = ref.reverse_chain(single, s[0], a[0], z[0], sched, "sample", "ddim")
-    assert chain_design(z, HIDDEN[0]) == ("weight_stationary" if ON_GPU else "rows")
+    assert chain_design(z.device, R, 1, HIDDEN[0], "ieee") == ("weight_stationary" if ON_GPU else "rows")
     monkeypatch.setenv("FASTBDM_CHAIN", "weight_stationary")
     assert_close_scaled(ops.with_precision("ieee").reverse_chain(single, s[0], a[0], z[0], sched), want)
     monkeypatch.setenv("FASTBDM_CHAIN", "fast")
     with pytest.raises(ValueError, match="FASTBDM_CHAIN must be one of"):
         ops.with_precision("ieee").reverse_chain(single, s[0], a[0], z[0], sched)
+
+
+def load_chain_model():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling", "chain_model.py")
+    spec = importlib.util.spec_from_file_location("chain_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gpu_default_is_the_models_faster_design(precision, monkeypatch):
+    """On a GPU the op's default design is the one profiling/chain_model.py predicts faster, at every
+    B = R in 256..4096 and S in 1..8 (H100 and H200)."""
+    monkeypatch.delenv("FASTBDM_CHAIN", raising=False)
+    model = load_chain_model()
+    for gpu in model.GPUS:
+        for rows in (256, 512, 1024, 2048, 4096):
+            for seeds in (1, 2, 3, 4, 8):
+                times = {d: model.chain_time(d, rows, seeds, precision, gpu)["us"] for d in ("rows", "weight_stationary")}
+                assert chain_design(torch.device("cuda"), rows, seeds, MAX_HIDDEN, precision) == min(times, key=times.get), (
+                    gpu, rows, seeds, times)
+    assert chain_design(torch.device("cuda"), 4096, 8, 2 * MAX_HIDDEN, precision) == "rows"  # the slice would not fit
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiled on a CUDA GPU only (FASTBDM_TEST_DEVICE=cuda, gpu_checks.sh kernels)")
