@@ -8,7 +8,7 @@ per chain, levels x that + the prologue (base and the first layer) + one depende
 The hardware constants are public figures (below); `micro` (micro.json of profiling/micro.py) replaces
 the barrier latency, the launch gap and the L2 bandwidths when given.
 
-    python profiling/chain_model.py [--micro profiling/out/micro.json]      # the table of PERFORMANCE.md
+    python profiling/chain_model.py [--micro micro.json] [--measured chains.json]  # PERFORMANCE.md's table
     from chain_model import chain_time; chain_time("weight_stationary", rows=1024, seeds=4, precision="bf16")
 """
 import argparse
@@ -108,15 +108,41 @@ def table(micro=None):
     return "\n".join(lines)
 
 
+def measured_table(measured, micro=None):
+    """Markdown rows: micro.py's `chains` part (chains.json) beside this model's prediction for that GPU."""
+    gpu = next((name for name in GPUS if name in measured.get("device", "")), "H100")
+    lines = [f"Measured on {measured.get('device')} (predicted for {gpu}):", "",
+             "| precision | B | S | rows: measured / predicted us | weight-stationary: measured / predicted us "
+             "| staged: measured us |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, entry in measured["parts"]["chains"].items():
+        if not (isinstance(entry, dict) and "rows_us" in entry):
+            continue
+        precision, rows, seeds = key.split("_")
+        rows, seeds = int(rows[1:]), int(seeds[1:])
+        old = chain_time("rows", rows, seeds, precision, gpu, micro=micro)["us"]
+        new = chain_time("weight_stationary", rows, seeds, precision, gpu, micro=micro)["us"]
+        lines.append(f"| {precision} | {rows} | {seeds} | {entry['rows_us']:.0f} / {old:.0f} | "
+                     f"{entry['weight_stationary_us']:.0f} / {new:.0f} | {entry['weight_stationary_staged_us']:.0f} |")
+    return "\n".join(lines)
+
+
+def _read(path):
+    if not path:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--micro", help="micro.json of profiling/micro.py: measured constants")
+    parser.add_argument("--measured", help="chains.json of profiling/micro.py --parts chains: measured chain times")
     args = parser.parse_args(argv)
-    micro = None
-    if args.micro:
-        with open(args.micro) as f:
-            micro = json.load(f)
+    micro = _read(args.micro)
     print(table(micro))
+    if args.measured:
+        print()
+        print(measured_table(_read(args.measured), micro))
 
 
 if __name__ == "__main__":

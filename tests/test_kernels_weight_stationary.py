@@ -170,3 +170,15 @@ def test_persistent_on_gpu_at_tf32(rows, seeds):
         assert relative_error(got[k], want) <= TOL_CHAIN_TF32
     assert relative_error(got, staged.double()) <= 1e-5
     assert relative_error(got, today.double()) <= 2 * TOL_CHAIN_TF32
+
+
+def test_model_takes_measured_constants():
+    """micro.json's barrier latency replaces the public figure: 20 barriers a 10-level chain."""
+    model = load_chain_model()
+    public = model.chain_time("weight_stationary", 1024, 4, "tf32")
+    measured = model.chain_time("weight_stationary", 1024, 4, "tf32",
+                                micro={"parts": {"grid_barrier": {"us_per_barrier": model.BARRIER_US + 5.0}}})
+    assert public["barriers"] == 20
+    assert measured["us"] - public["us"] == pytest.approx(20 * 5.0)
+    assert model.chain_time("rows", 1024, 4, "tf32", micro={"parts": {"grid_barrier": {"us_per_barrier": 50.0}}}
+                            )["us"] == pytest.approx(model.chain_time("rows", 1024, 4, "tf32")["us"])
