@@ -258,7 +258,10 @@ def compile_ws(fn, constexprs, bf16=()):
 
 for precision, extra in (("tf32", ()), ("bf16", {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr", "w2f_ptr"})):
     ws = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, BLOCK_NS=64, PRECISION=precision)
-    ttgir = compile_ws(_ws_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_H1=512, **ws), extra).asm["ttgir"]
+    persistent = compile_ws(_ws_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_H1=512, **ws), extra)
+    ttgir, ptx = persistent.asm["ttgir"], persistent.asm["ptx"]
+    # the group barrier: one arrival per program (thread 0's release add), acquire polls, CTA barriers around
+    assert re.search(r"@%p\d+ red\.global\.gpu\.release\.add", ptx) and "ld.global.gpu.acquire" in ptx, "barrier"
     held = re.search(r"ttg\.local_alloc %\w+ : \(tensor<512x64x", ttgir)
     assert held and held.start() < ttgir.index("scf.for %lvl"), "the W2 slice is not held across the levels"
     compile_ws(_ws_columns_kernel, dict(BLOCK_M=32, BLOCK_H1=512, BLOCK_NS=64, PRECISION=precision), extra)

@@ -129,6 +129,18 @@ def test_op_dispatch(monkeypatch):
         ops.with_precision("ieee").reverse_chain(single, s[0], a[0], z[0], sched)
 
 
+@pytest.mark.parametrize("orchestration", ["staged", "persistent"] if ON_GPU else ["staged"])
+def test_default_blocks_at_the_paper_width(orchestration):
+    """hidden 512 at the shipped blocks and precision (BLOCK_NS = 64: P_c = 8; BLOCK_M = 32; tf32) against
+    float64; in the interpreter 20 rows and 2 levels (test_kernels_tf32's sizes), compiled 1024 rows, T = 10."""
+    rows, steps = (20, 2) if not ON_GPU else (1024, 10)
+    weights, _, _, s, a, z = paper_problem(rows)
+    sched = DiffusionSchedule(steps)
+    want = chain([w.double() for w in weights], s.double(), a.double(), z.double(), sched.double())
+    got = weight_stationary_chain(weights, s, a, z, *chain_args(sched), "sample", "ddim", orchestration=orchestration)
+    assert relative_error(got, want) <= TOL_CHAIN_TF32
+
+
 def load_chain_model():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling", "chain_model.py")
     spec = importlib.util.spec_from_file_location("chain_model", path)
