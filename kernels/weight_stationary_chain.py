@@ -7,8 +7,9 @@ a *group* (one seed, one block of rows_per_group rows) each hold one slice, fold
 levels, and the rows go round through global memory (L2) instead:
 
     prologue  (rows stage)    base = s W_s^T + a W_a^T; x = z; pre1 = ReLU(x W_x^T + base + c w_c + b1)
-                              and its LayerNorm statistics (mean1, rstd1), per row tile
-    per level (columns stage) pre2[:, slice] = ReLU(rstd1 (pre1 - mean1) W2'_slice^T + W2_slice beta1 + b2)
+                              and its LayerNorm statistics (mean1, rstd1), per row tile; group 0 of
+                              each seed folds W2 (below) into the scratch w2f, fold
+    per level (columns stage) pre2[:, slice] = ReLU(rstd1 (pre1 W2'_slice^T - mean1 colsum) + W2 beta1 + b2)
                               and the slice's partial statistics of pre2 (mean, M2 over its columns)
               (rows stage)    merge the P_c partials -> mean2, rstd2; out = W_out LN2(pre2) + b_out;
                               x <- sampler step; next level's pre1 and (mean1, rstd1)
@@ -16,31 +17,38 @@ levels, and the rows go round through global memory (L2) instead:
 Row tiles of a group are dealt round-robin to its P_c programs in the rows stage (the same program owns
 a tile at every level); in the columns stage each program runs all of the group's tiles against its
 slice. A stage reads what the group's other programs wrote in the stage before: one barrier per layer
-stage, 2 per level (none after the last), 2 x levels in all.
+stage, 2 per level (none after the last), 2 x levels in all, plus one for the whole seed after the
+prologue (the fold is written by group 0 and read by every group).
 
-LayerNorm folded into the next matmul (its statistics travel with the rows). With W (N, K) in
-nn.Linear layout, h (K,) a row, mu, sigma = sqrt(var + eps) its statistics, g, beta the LayerNorm gain
-and bias, and W' = W diag(g):
+LayerNorm 1 folded into layer 2 (its statistics travel with the rows). With W (N, K) in nn.Linear
+layout, h (K,) a row, mu, sigma = sqrt(var + eps) its statistics, g, beta the LayerNorm gain and
+bias, and W' = W diag(g):
 
     W LN(h) + b = W (g * (h - mu) / sigma + beta) + b = (W' h - mu W' 1) / sigma + (W beta + b)
 
-so the stationary slice is W' (gain folded in once, at load) with the constant bias W beta + b, and
-the row brings only (h, mu, 1/sigma): the per-row scale 1/sigma is applied to the [rows, BLOCK_NS]
-product instead of to the [rows, H1] input. The kernel subtracts mu from h as the row tile loads
-((h - mu) W'^T, equal to W' h - mu colsum(W') in exact arithmetic) rather than subtracting
-mu colsum(W') afterwards: tf32 (10-bit mantissa) and bf16 round the dot operands, and rounding h
-instead of h - mu would cost an error proportional to |mu| / sigma; the subtraction is H1 operations
-per row against the slice's H1 x BLOCK_NS multiply-adds. The partial statistics of a slice (count c,
-mean, M2) merge as in Chan et al., as the N-chunks of denoiser_mlp do.
+with W' 1 = colsum(W') (summed over K, one value per output column). The stationary slice is W' with
+the vectors colsum(W') and W beta, computed once per chain (`_fold_slice`; colsum of W' as stored, so
+that in bf16 it is the sum of exactly what the dot multiplies); the row brings (h, mu, 1/sigma); h
+goes from memory straight into the dot (no elementwise work on the [rows, H1] tile, which would route
+it through registers: 128 of them per thread at BLOCK_M = 32, and spills), and mu and 1/sigma act on
+the [rows, BLOCK_NS] product. Precision: the dot rounds h rather than h - mu, so at tf32 its error is
+relative to |h| instead of the centred row: sqrt(E h^2 / var h) = (1 - 1/pi)^-1/2 = 1.21 times larger
+for post-ReLU h (tests/test_kernels_weight_stationary.py derives the chain tolerance from it); in bf16
+h is already stored in bf16 and exact as an operand; the subtraction mu colsum is in fp32 (a large mu,
+~100 sigma, is tested in the interpreter). The partial statistics of a slice (count, mean, M2) merge as
+in Chan et al., as the N-chunks of denoiser_mlp do. Layer 2 -> 3 is not folded: the rows stage streams
+W_out in K-chunks and applies LayerNorm 2 on load (denoiser_mlp._ln_output_layer), a small layer.
 
 Two orchestrations of the same tile functions:
 - persistent (`_ws_chain_kernel`, GPU): one launch, grid (P_c, groups, S); the slice is loaded once
   and held across levels (Triton hoists the loop-invariant operand into shared memory: one
-  `local_alloc` outside the level loop in the TTGIR, checked by the sm_90 compile test); a barrier is
-  an atomic counter per group (release add, acquire spin; the counter only grows, generation j
-  completes at j P_c). Every program of a group must be resident at once: the launcher keeps the grid
-  within one program per SM (the slice fills the shared memory). A grid barrier deadlocks in Triton's
-  CPU interpreter, which runs programs one after another, unless every group is one program (P_c = 1).
+  `local_alloc` outside the level loop in the TTGIR, checked by the sm_90 compile test); a barrier
+  (`_group_barrier`) is an atomic counter per group: thread 0 adds 1 with release semantics and polls
+  with acquire loads at gpu scope, bar.sync before and after (the PTX is checked by the compile test);
+  the counter only grows, generation j completes at j P_c. Every program of the grid must be resident
+  at once: the launcher keeps it within one program per SM (the slice fills the shared memory). A
+  barrier deadlocks in Triton's CPU interpreter, which runs programs one after another, unless a seed
+  is one program (block_ns >= H2, rows_per_group >= R).
 - staged (`_ws_prologue_kernel`, `_ws_columns_kernel`, `_ws_rows_kernel`): one launch per stage,
   1 + 2 x levels launches; the kernel boundary is the barrier, the slice is reloaded per launch. Runs
   everywhere (the interpreter, and the GPU fallback when the persistent grid would not be resident).
@@ -53,8 +61,8 @@ too. The staged columns kernel: tf32 200 KB, 83 registers; rows kernel 20 KB, 18
 program per SM (shared memory in tf32, registers in bf16: 174 x 256 threads). The held slice is a
 `local_alloc` before the level loop in the TTGIR; the sm_90 compile test checks it.
 
-Performance model against today's chain: docs/PERFORMANCE.md#the-weight-stationary-chain,
-profiling/chain_model.py (`chain_time`).
+Performance model against today's chain: profiling/chain_model.py (`chain_time`), docs/PERFORMANCE.md
+section "The weight-stationary chain".
 """
 import os
 
@@ -408,7 +416,7 @@ def chain_design(device, rows, seeds, hidden_in, precision):
     """The reverse chain's design for S = seeds x R = rows rows on `device`, layer-2 input width hidden_in:
     FASTBDM_CHAIN ("rows" or "weight_stationary") when set; in the CPU interpreter "rows" (speed is not
     the point there); on a GPU the faster one by profiling/chain_model.py (H100 and H200 alike,
-    docs/PERFORMANCE.md#the-weight-stationary-chain): weight-stationary for hidden_in <= MAX_HIDDEN at tf32,
+    docs/PERFORMANCE.md's weight-stationary section): weight-stationary for hidden_in <= MAX_HIDDEN at tf32,
     and at bf16 from S x R >= BF16_MIN_ROWS (below, the 40 us of its 20 barriers outweigh the bytes it saves)."""
     design = os.environ.get("FASTBDM_CHAIN")
     if design is not None:

@@ -1,6 +1,6 @@
 """Performance model of the reverse chain: today's row-block kernel (kernels/reverse_chain.py, "rows") against
 the weight-stationary one (kernels/weight_stationary_chain.py), per chain of `levels` levels on R rows
-and S seeds. A written model, no measurement: docs/PERFORMANCE.md#the-weight-stationary-chain.
+and S seeds. A written model, no measurement: docs/PERFORMANCE.md#the-weight-stationary-chain-issue-14-part-4-a-written-model-pending-a-gpu.
 
 Per level, time = max(matmul FLOPs / (tensor-core rate x MMA efficiency x busy SMs / SMs),
 bytes through L2 / min(chip L2 bandwidth, busy SMs x one SM's L2 bandwidth)) + barriers x barrier latency;
