@@ -171,8 +171,9 @@ class PreparedChain:
     """A chain call's tensors on the seed axis, checked and contiguous (its arguments as reverse_chain's;
     schedule: the 7 buffers in order): weights (check_weights, stacked), s, z (S, R, n), a (S, R, m),
     noise (S, steps, R, n) (drawn when None for DDPM; z when not DDPM), schedule, out (S, R, n) (the
-    given `out` with a seed axis, or a new buffer), n_levels, block_o. result(): `out` in the call's own
-    shape (the seed axis dropped for a 2-D call)."""
+    given `out` with a seed axis, or a new buffer), sizes S, R, n, m, h1, h2, n_levels, block_o, and the
+    scratch every chain kernel uses: base (S, R, h1) fp32, pre1 (S, R, h1), pre2 (S, R, h2) in W1's dtype.
+    result(): `out` in the call's own shape (the seed axis dropped for a 2-D call)."""
 
     def __init__(self, weights, s, a, z, schedule, steps, prediction, sampler, noise, out, precision):
         if prediction not in PREDICTIONS:
@@ -195,6 +196,12 @@ class PreparedChain:
         self.out = torch.empty((S, R, n), device=self.z.device, dtype=torch.float32) if out is None else out
         self.n_levels = steps - 1 if sampler == "posterior_mean" else steps
         self.block_o = output_block(n)
+        self.S, self.R, self.n, self.m = S, R, n, self.a.shape[2]
+        w1, w2 = self.weights[0], self.weights[4]
+        self.h1, self.h2 = w1.shape[1], w2.shape[1]
+        self.base = torch.empty((S, R, self.h1), device=self.z.device, dtype=torch.float32)
+        self.pre1 = torch.empty((S, R, self.h1), device=self.z.device, dtype=w1.dtype)
+        self.pre2 = torch.empty((S, R, self.h2), device=self.z.device, dtype=w1.dtype)
 
     def result(self):
         if self.single:
@@ -215,19 +222,10 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
     `out` (optional) receives the samples."""
     c = PreparedChain(weights, s, a, z, (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
                                          posterior_std), steps, prediction, sampler, noise, out, precision)
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = c.weights
-    S, R, n = c.z.shape
-    m = c.a.shape[2]
-    h1, h2 = w1.shape[1], w2.shape[1]
-    dev = c.z.device
-    base = torch.empty((S, R, h1), device=dev, dtype=torch.float32)
-    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
-    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
-    grid = (triton.cdiv(R, block_m), S)
+    grid = (triton.cdiv(c.R, block_m), c.S)
     _reverse_chain_kernel[grid](
-        w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, c.s, c.a, c.z, c.noise, *c.schedule,
-        base, pre1, pre2, c.out,
-        R, n, m, h1, h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS,
+        *c.weights, c.s, c.a, c.z, c.noise, *c.schedule, c.base, c.pre1, c.pre2, c.out,
+        c.R, c.n, c.m, c.h1, c.h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS,
         PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         BLOCK_O=c.block_o, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )

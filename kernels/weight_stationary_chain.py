@@ -40,7 +40,8 @@ in Chan et al., as the N-chunks of denoiser_mlp do. Layer 2 -> 3 is not folded: 
 W_out in K-chunks and applies LayerNorm 2 on load (denoiser_mlp._ln_output_layer), a small layer.
 
 Two orchestrations of the same tile functions:
-- persistent (`_ws_chain_kernel`, GPU): one launch, grid (P_c, groups, S); the slice is loaded once
+One kernel, `_ws_chain_kernel`, with the orchestration a compile-time STAGE:
+- persistent (STAGE "persistent", GPU): one launch, grid (P_c, groups, S); the slice is loaded once
   and held across levels (Triton hoists the loop-invariant operand into shared memory: one
   `local_alloc` outside the level loop in the TTGIR, checked by the sm_90 compile test); a barrier
   (`_group_barrier`) is an atomic counter per group: thread 0 adds 1 with release semantics and polls
@@ -49,17 +50,24 @@ Two orchestrations of the same tile functions:
   at once: the launcher keeps it within one program per SM (the slice fills the shared memory). A
   barrier deadlocks in Triton's CPU interpreter, which runs programs one after another, unless a seed
   is one program (block_ns >= H2, rows_per_group >= R).
-- staged (`_ws_prologue_kernel`, `_ws_columns_kernel`, `_ws_rows_kernel`): one launch per stage,
+- staged (STAGE "prologue", then "columns" and "rows" for each level): one launch per stage,
   1 + 2 x levels launches; the kernel boundary is the barrier, the slice is reloaded per launch. Runs
   everywhere (the interpreter, and the GPU fallback when the persistent grid would not be resident).
 
 Shared memory and registers per program on sm_90 (triton 3.9, hidden 512, BLOCK_M = 32, BLOCK_NS = 64,
-num_warps = 8; cuobjdump): persistent tf32 200 KB shared (the 128 KB slice, the columns stage's
-[32, 512] row tile, 64 KB, and the rows stage's operand tiles), 222 registers, no stack; bf16 100 KB,
-174 registers, no stack. num_warps = 4 spills (tf32 176 B, bf16 80 B); a 128-wide bf16 slice spills
-too. The staged columns kernel: tf32 200 KB, 83 registers; rows kernel 20 KB, 183 registers. One
-program per SM (shared memory in tf32, registers in bf16: 174 x 256 threads). The held slice is a
-`local_alloc` before the level loop in the TTGIR; the sm_90 compile test checks it.
+num_warps = 8; cuobjdump), mma.sync throughout:
+
+    STAGE        tf32: shared, registers   bf16: shared, registers
+    persistent   200 KB, 222               100 KB, 170
+    prologue      20 KB, 218                10 KB, 176
+    columns      200 KB,  84               100 KB,  74
+    rows          20 KB, 183                10 KB, 128
+
+no stack frame (spills) anywhere; persistent's 200 KB = the 128 KB slice + the columns stage's [32, 512]
+row tile (64 KB) + the rows stage's operand tiles. num_warps = 4 spills (persistent tf32 176 B, bf16
+80 B), and so does a 128-wide bf16 slice. One program per SM (shared memory at tf32, registers at
+bf16: 170 x 256 threads). tests/test_kernels_forward.py's sm_90 compile checks the limits, the spills,
+the slice's `local_alloc` before the level loop and the barrier's PTX.
 
 Performance model against today's chain: profiling/chain_model.py (`chain_time`), docs/PERFORMANCE.md
 section "The weight-stationary chain".
@@ -305,15 +313,18 @@ def _ws_chain_kernel(
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
     s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
     sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
-    counter_ptr, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
-    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    counter_ptr, lvl, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
+    STAGE: tl.constexpr, PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_H1: tl.constexpr,
+    BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Persistent: program (cb, group, seed) holds W2's folded column block cb for every level. Barriers:
-    after the prologue one for the whole seed (group 0 wrote the fold every group reads; counter
-    (S, groups + 1)[seed, groups]), then one per layer stage among the group's P_c = num_programs(0)
-    programs (counter [seed, group]). Every program of the grid must be resident. x (S, R, n): the samples."""
+    """Program (cb, group, seed) = program_id (0, 1, 2) of the chain; x (S, R, n): the samples. STAGE:
+    "persistent": the whole chain, holding W2's folded column block cb for every level; barriers: after
+      the prologue one for the whole seed (group 0 wrote the fold every group reads; counter (S, groups + 1)
+      [seed, groups]), then one per layer stage among the group's P_c = num_programs(0) programs (counter
+      [seed, group]). Every program of the grid must be resident.
+    "prologue", "columns", "rows": one stage of the staged orchestration (columns and rows: of level lvl;
+      counter_ptr unused)."""
     cb = tl.program_id(0)
     group = tl.program_id(1)
     n_col_blocks = tl.num_programs(0)
@@ -322,86 +333,37 @@ def _ws_chain_kernel(
         w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
         noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
         steps, n_col_blocks)
-    counter_ptr += tl.program_id(2) * (tl.num_programs(1) + 1)
-    _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
-              pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps, c_scale, eps,
-              BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
-    _group_barrier(counter_ptr + tl.num_programs(1), n_col_blocks * tl.num_programs(1))
-    counter_ptr += group
-    w2s, colsum, w_beta = _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS)
-    for lvl in range(0, n_levels):
+    if STAGE == "persistent" or STAGE == "prologue":
+        _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr,
+                  base_ptr, pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps,
+                  c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
+    if STAGE == "persistent":
+        counter_ptr += tl.program_id(2) * (tl.num_programs(1) + 1)
+        _group_barrier(counter_ptr + tl.num_programs(1), n_col_blocks * tl.num_programs(1))
+        counter_ptr += group
+    if STAGE == "persistent" or STAGE == "columns":
+        w2s, colsum, w_beta = _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS)
+    if STAGE == "persistent":
+        for level in range(0, n_levels):
+            _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, group,
+                           rows_per_group, R, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
+            _group_barrier(counter_ptr, (2 * level + 1) * n_col_blocks)
+            _rows_stage(level, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr,
+                        pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m,
+                        H1, H2, steps, n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr,
+                        sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M,
+                        BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, PRECISION)
+            if level + 1 < n_levels:
+                _group_barrier(counter_ptr, (2 * level + 2) * n_col_blocks)
+    elif STAGE == "columns":
         _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, group,
                        rows_per_group, R, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
-        _group_barrier(counter_ptr, (2 * lvl + 1) * n_col_blocks)
+    elif STAGE == "rows":
         _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
                     stats1_ptr, pre2_ptr, part_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps,
                     n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr,
                     coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O,
                     BLOCK_NS, PRECISION)
-        if lvl + 1 < n_levels:
-            _group_barrier(counter_ptr, (2 * lvl + 2) * n_col_blocks)
-
-
-@triton.jit
-def _ws_prologue_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
-    R, n, m, H1, H2, steps, c_scale, eps, rows_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    BLOCK_NS: tl.constexpr, SAMPLER: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged, first launch: the persistent kernel's prologue (same grid, same tiles per program)."""
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
-        steps, n_col_blocks)
-    _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
-              pre1_ptr, stats1_ptr, tl.program_id(0), tl.program_id(1), n_col_blocks, rows_per_group, R, n, m, H1,
-              H2, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
-
-
-@triton.jit
-def _ws_columns_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
-    R, n, m, H1, H2, steps, rows_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged: one level's columns stage (the folded slice loaded for this launch)."""
-    cb = tl.program_id(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
-        steps, tl.num_programs(0))
-    w2s, colsum, w_beta = _stationary_slice(w2f_ptr, fold_ptr, cb, H1, H2, BLOCK_H1, BLOCK_NS)
-    _columns_stage(w2s, colsum, w_beta, b2_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, cb, tl.program_id(1),
-                   rows_per_group, R, H1, H2, BLOCK_M, BLOCK_H1, BLOCK_NS, PRECISION)
-
-
-@triton.jit
-def _ws_rows_kernel(
-    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
-    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
-    lvl, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
-    PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Staged: level lvl's rows stage."""
-    n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
-        steps, n_col_blocks)
-    _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, base_ptr, pre1_ptr,
-                stats1_ptr, pre2_ptr, part_ptr, tl.program_id(0), tl.program_id(1), n_col_blocks, rows_per_group, R, n,
-                m, H1, H2, steps, n_levels, c_scale, eps, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr,
-                sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION, SAMPLER, BLOCK_M, BLOCK_N,
-                BLOCK_K, BLOCK_O, BLOCK_NS, PRECISION)
 
 
 def resident_programs(device):
@@ -450,10 +412,7 @@ def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev,
         raise ValueError(f"orchestration must be one of {ORCHESTRATIONS}, got {orchestration!r}")
     c = PreparedChain(weights, s, a, z, (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
                                          posterior_std), steps, prediction, sampler, noise, out, precision)
-    w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo = c.weights
-    S, R, n = c.z.shape
-    m = c.a.shape[2]
-    h1, h2 = w1.shape[1], w2.shape[1]
+    S, R, h1, h2 = c.S, c.R, c.h1, c.h2
     block_ns = block_ns or slice_width(h1)
     col_blocks = triton.cdiv(h2, block_ns)
     resident = resident_programs(c.z.device)
@@ -470,35 +429,28 @@ def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev,
     if orchestration == "persistent" and resident is not None and col_blocks * groups * S > resident:
         raise ValueError(f"the persistent chain needs its {col_blocks * groups * S} programs resident at once "
                          f"({resident} SMs): use fewer rows_per_group groups or 'staged'")
-    dev = c.z.device
-    base = torch.empty((S, R, h1), device=dev, dtype=torch.float32)
-    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
-    stats1 = torch.empty((S, R, 2), device=dev, dtype=torch.float32)
-    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
-    part = torch.empty((S, col_blocks, R, 2), device=dev, dtype=torch.float32)
-    w2f = torch.empty((S, h2, h1), device=dev, dtype=w2.dtype)
-    fold = torch.empty((S, 2, h2), device=dev, dtype=torch.float32)
     if groups == 0 or S == 0:
         return c.result()
-    grid = (col_blocks, groups, S)
-    pointers = (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, c.s, c.a, c.z, c.noise, base, pre1, stats1, pre2, part,
-                c.out, w2f, fold)
-    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_O=c.block_o, PRECISION=precision)
-    c_scale = 2.0 / steps
+    dev = c.z.device
+    stats1 = torch.empty((S, R, 2), device=dev, dtype=torch.float32)
+    part = torch.empty((S, col_blocks, R, 2), device=dev, dtype=torch.float32)
+    w2f = torch.empty((S, h2, h1), device=dev, dtype=c.weights[4].dtype)
+    fold = torch.empty((S, 2, h2), device=dev, dtype=torch.float32)
+    counters = torch.zeros((S, groups + 1), device=dev, dtype=torch.int32)
+
+    def launch(stage, lvl=0):
+        _ws_chain_kernel[(col_blocks, groups, S)](
+            *c.weights, c.s, c.a, c.z, c.noise, c.base, c.pre1, stats1, c.pre2, part, c.out, w2f, fold, *c.schedule,
+            counters, lvl, R, c.n, c.m, h1, h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS, rows_per_group,
+            STAGE=stage, PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            BLOCK_O=c.block_o, BLOCK_H1=triton.next_power_of_2(h1), BLOCK_NS=block_ns, PRECISION=precision,
+            num_warps=num_warps, num_stages=num_stages)
+
     if orchestration == "persistent":
-        counters = torch.zeros((S, groups + 1), device=dev, dtype=torch.int32)
-        _ws_chain_kernel[grid](
-            *pointers, *c.schedule, counters, R, n, m, h1, h2, steps, c.n_levels, c_scale, LAYER_NORM_EPS,
-            rows_per_group, PREDICTION=prediction, SAMPLER=sampler, BLOCK_H1=triton.next_power_of_2(h1),
-            BLOCK_NS=block_ns, num_warps=num_warps, num_stages=num_stages, **blocks)
-        return c.result()
-    _ws_prologue_kernel[grid](*pointers, R, n, m, h1, h2, steps, c_scale, LAYER_NORM_EPS, rows_per_group,
-                              BLOCK_NS=block_ns, SAMPLER=sampler, num_warps=num_warps, num_stages=num_stages, **blocks)
-    for lvl in range(c.n_levels):
-        _ws_columns_kernel[grid](*pointers, R, n, m, h1, h2, steps, rows_per_group, BLOCK_M=block_m,
-                                 BLOCK_H1=triton.next_power_of_2(h1), BLOCK_NS=block_ns, PRECISION=precision,
-                                 num_warps=num_warps, num_stages=num_stages)
-        _ws_rows_kernel[grid](*pointers, *c.schedule, lvl, R, n, m, h1, h2, steps, c.n_levels, c_scale,
-                              LAYER_NORM_EPS, rows_per_group, PREDICTION=prediction, SAMPLER=sampler,
-                              BLOCK_NS=block_ns, num_warps=num_warps, num_stages=num_stages, **blocks)
+        launch("persistent")
+    else:
+        launch("prologue")
+        for lvl in range(c.n_levels):
+            launch("columns", lvl)
+            launch("rows", lvl)
     return c.result()

@@ -244,7 +244,7 @@ compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(
 # memory within the 227 KB an sm_90 block may hold, no register spills (cuobjdump: no stack frame), and
 # the persistent kernel's W2 slice allocated in shared memory before the level loop (held for all levels).
 import os, re, subprocess
-from fastbdm.kernels.weight_stationary_chain import _ws_chain_kernel, _ws_columns_kernel, _ws_rows_kernel
+from fastbdm.kernels.weight_stationary_chain import _ws_chain_kernel
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 def compile_ws(fn, constexprs, bf16=()):
@@ -257,15 +257,16 @@ def compile_ws(fn, constexprs, bf16=()):
     return kernel
 
 for precision, extra in (("tf32", ()), ("bf16", {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr", "w2f_ptr"})):
-    ws = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, BLOCK_NS=64, PRECISION=precision)
-    persistent = compile_ws(_ws_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_H1=512, **ws), extra)
+    ws = dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, BLOCK_H1=512,
+              BLOCK_NS=64, PRECISION=precision)
+    persistent = compile_ws(_ws_chain_kernel, dict(STAGE="persistent", **ws), extra)
     ttgir, ptx = persistent.asm["ttgir"], persistent.asm["ptx"]
     # the group barrier: one arrival per program (thread 0's release add), acquire polls, CTA barriers around
     assert re.search(r"@%p\d+ red\.global\.gpu\.release\.add", ptx) and "ld.global.gpu.acquire" in ptx, "barrier"
     held = re.search(r"ttg\.local_alloc %\w+ : \(tensor<512x64x", ttgir)
-    assert held and held.start() < ttgir.index("scf.for %lvl"), "the W2 slice is not held across the levels"
-    compile_ws(_ws_columns_kernel, dict(BLOCK_M=32, BLOCK_H1=512, BLOCK_NS=64, PRECISION=precision), extra)
-    compile_ws(_ws_rows_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **ws), extra)
+    assert held and held.start() < ttgir.index("scf.for %level"), "the W2 slice is not held across the levels"
+    for stage in ("prologue", "columns", "rows"):  # the staged orchestration
+        compile_ws(_ws_chain_kernel, dict(STAGE=stage, **ws), extra)
 """
 
 
