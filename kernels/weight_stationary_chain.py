@@ -47,7 +47,9 @@ One kernel, `_ws_chain_kernel`, with the orchestration a compile-time STAGE:
   (`_group_barrier`) is an atomic counter per group: thread 0 adds 1 with release semantics and polls
   with acquire loads at gpu scope, bar.sync before and after (the PTX is checked by the compile test);
   the counter only grows, generation j completes at j P_c. Every program of the grid must be resident
-  at once: the launcher keeps it within one program per SM (the slice fills the shared memory). A
+  at once: the launcher keeps it within one program per SM (the slice fills the shared memory); a
+  kernel on another stream only delays it, but two persistent chains on two streams at once can each
+  hold SMs the other's waiting programs need (a deadlock): run chains on one stream. A
   barrier deadlocks in Triton's CPU interpreter, which runs programs one after another, unless a seed
   is one program (block_ns >= H2, rows_per_group >= R).
 - staged (STAGE "prologue", then "columns" and "rows" for each level): one launch per stage,
