@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .kernels import denoiser_backward, denoiser_mlp, noising, td_loss as td_loss_kernels
-from .kernels import reverse_chain as reverse_chain_kernels
+from .kernels import reverse_chain as reverse_chain_kernels, weight_stationary_chain
 from .schedule import DiffusionSchedule
 
 # Precision of the MLP kernels' matmuls (fastbdm.kernels.denoiser_mlp.PRECISIONS): "tf32" (default), "tf32x3" or
@@ -146,9 +146,15 @@ _SCHEDULE_BUFFERS = ("sqrt_ab", "sqrt_one_minus_ab", "sqrt_ab_prev", "sqrt_one_m
 @torch.library.custom_op("fastbdm::reverse_chain", mutates_args=())
 def _reverse_chain(weights: List[Tensor], s: Tensor, a: Tensor, z: Tensor, schedule_buffers: List[Tensor],
                    steps: int, prediction: str, sampler: str, noise: Optional[Tensor], precision: str) -> Tensor:
-    """schedule_buffers: the DiffusionSchedule buffers named in _SCHEDULE_BUFFERS, in that order."""
-    return reverse_chain_kernels.reverse_chain(weights, s, a, z, *schedule_buffers, steps, prediction, sampler,
-                                               noise, precision=precision)
+    """schedule_buffers: the DiffusionSchedule buffers named in _SCHEDULE_BUFFERS, in that order. The kernel:
+    weight_stationary_chain.chain_design (FASTBDM_CHAIN, else by device, shape and precision)."""
+    seeds = z.shape[0] if z.dim() == 3 else 1
+    design = weight_stationary_chain.chain_design(z.device, z.shape[-2], seeds, weights[4].shape[-1], precision)
+    if design == "weight_stationary":
+        kernel = weight_stationary_chain.weight_stationary_chain
+    else:
+        kernel = reverse_chain_kernels.reverse_chain
+    return kernel(weights, s, a, z, *schedule_buffers, steps, prediction, sampler, noise, precision=precision)
 
 
 @_reverse_chain.register_fake

@@ -72,6 +72,46 @@ def _chain_first_layer(x, c, base_ptr, w1_ptr, b1_ptr, pre1_ptr, offs_m, mask_m,
 
 
 @triton.jit
+def _level(lvl, steps, SAMPLER: tl.constexpr):
+    """(i, k) of chain level lvl = 0, 1, ...: the network is told level i = steps-1-lvl, the scheduler
+    coefficients are taken at k (i, or i - 1 for "posterior_mean")."""
+    i = steps - 1 - lvl
+    if SAMPLER == "posterior_mean":
+        k = i - 1
+    else:
+        k = i
+    return i, k
+
+
+@triton.jit
+def _sampler_step(x, out, k, noise_ptrs, xo_mask, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr,
+                  coef_x0_ptr, coef_xt_ptr, std_ptr, PREDICTION: tl.constexpr, SAMPLER: tl.constexpr):
+    """The chain state x [BLOCK_M, BLOCK_O] after one sampler level at coefficient index k, from the
+    network output `out` (same tile); noise_ptrs: the tile's DDPM noise at level k (read for "ddpm")."""
+    sab = tl.load(sqrt_ab_ptr + k)
+    s1m = tl.load(sqrt_1m_ab_ptr + k)
+    if PREDICTION == "sample":
+        x0hat = out
+        epshat = (x - sab * x0hat) / s1m
+    elif PREDICTION == "epsilon":
+        epshat = out
+        x0hat = (x - s1m * epshat) / sab
+    else:
+        x0hat = sab * x - s1m * out
+        epshat = s1m * x + sab * out
+    if SAMPLER == "ddim":
+        x = tl.load(sqrt_ab_prev_ptr + k) * x0hat + tl.load(sqrt_1m_ab_prev_ptr + k) * epshat
+    else:
+        x = tl.load(coef_x0_ptr + k) * x0hat + tl.load(coef_xt_ptr + k) * x
+        if SAMPLER == "ddpm":
+            xi = tl.load(noise_ptrs, mask=xo_mask, other=0.0)
+            # level 0 adds no noise (reference: `k > 0`); a select, not 0 * xi, so that a NaN/Inf
+            # or uninitialised noise[0] cannot leak in
+            x = tl.where(k > 0, x + tl.load(std_ptr + k) * xi, x)
+    return x
+
+
+@triton.jit
 def _reverse_chain_kernel(
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
     s_ptr, a_ptr, z_ptr, noise_ptr,
@@ -110,11 +150,7 @@ def _reverse_chain_kernel(
 
     x = tl.load(z_ptr + xo_idx, mask=xo_mask, other=0.0)
     for lvl in range(0, n_levels):
-        i = steps - 1 - lvl
-        if SAMPLER == "posterior_mean":
-            k = i - 1
-        else:
-            k = i
+        i, k = _level(lvl, steps, SAMPLER)
         c = i * c_scale - 1.0
 
         mean1, rstd1 = _chain_first_layer(x, c, base_ptr, w1_ptr, b1_ptr, pre1_ptr, offs_m, mask_m, n, D_IN, H1,
@@ -125,28 +161,52 @@ def _reverse_chain_kernel(
         tl.debug_barrier()
         out = _ln_output_layer(pre2_ptr, mean2, rstd2, g2_ptr, beta2_ptr, H2, wo_ptr, bo_ptr, n, offs_m, mask_m,
                                BLOCK_M, BLOCK_O, BLOCK_K, PRECISION)
-
-        sab = tl.load(sqrt_ab_ptr + k)
-        s1m = tl.load(sqrt_1m_ab_ptr + k)
-        if PREDICTION == "sample":
-            x0hat = out
-            epshat = (x - sab * x0hat) / s1m
-        elif PREDICTION == "epsilon":
-            epshat = out
-            x0hat = (x - s1m * epshat) / sab
-        else:
-            x0hat = sab * x - s1m * out
-            epshat = s1m * x + sab * out
-        if SAMPLER == "ddim":
-            x = tl.load(sqrt_ab_prev_ptr + k) * x0hat + tl.load(sqrt_1m_ab_prev_ptr + k) * epshat
-        else:
-            x = tl.load(coef_x0_ptr + k) * x0hat + tl.load(coef_xt_ptr + k) * x
-            if SAMPLER == "ddpm":
-                xi = tl.load(noise_ptr + k * R * n + xo_idx, mask=xo_mask, other=0.0)
-                # level 0 adds no noise (reference: `k > 0`); a select, not 0 * xi, so that a NaN/Inf
-                # or uninitialised noise[0] cannot leak in
-                x = tl.where(k > 0, x + tl.load(std_ptr + k) * xi, x)
+        x = _sampler_step(x, out, k, noise_ptr + k * R * n + xo_idx, xo_mask, sqrt_ab_ptr, sqrt_1m_ab_ptr,
+                          sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
+                          PREDICTION, SAMPLER)
     tl.store(x_out_ptr + xo_idx, x, mask=xo_mask)
+
+
+class PreparedChain:
+    """A chain call's tensors on the seed axis, checked and contiguous (its arguments as reverse_chain's;
+    schedule: the 7 buffers in order): weights (check_weights, stacked), s, z (S, R, n), a (S, R, m),
+    noise (S, steps, R, n) (drawn when None for DDPM; z when not DDPM), schedule, out (S, R, n) (the
+    given `out` with a seed axis, or a new buffer), sizes S, R, n, m, h1, h2, n_levels, block_o, and the
+    scratch every chain kernel uses: base (S, R, h1) fp32, pre1 (S, R, h1), pre2 (S, R, h2) in W1's dtype.
+    result(): `out` in the call's own shape (the seed axis dropped for a 2-D call)."""
+
+    def __init__(self, weights, s, a, z, schedule, steps, prediction, sampler, noise, out, precision):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.given = out
+        self.z, self.weights, self.single = seed_stacked(z, weights, precision)
+        if self.single:
+            s, a, noise, out = add_seed_axis(s, a, noise, out)
+        self.s, self.a = s.contiguous(), a.contiguous()
+        self.schedule = tuple(b.contiguous() for b in schedule)
+        S, R, n = self.z.shape
+        if sampler == "ddpm":
+            if noise is None:
+                noise = torch.randn((S, steps, R, n), device=self.z.device, dtype=self.z.dtype)
+            self.noise = noise.contiguous()
+        else:
+            self.noise = self.z
+        self.out = torch.empty((S, R, n), device=self.z.device, dtype=torch.float32) if out is None else out
+        self.n_levels = steps - 1 if sampler == "posterior_mean" else steps
+        self.block_o = output_block(n)
+        self.S, self.R, self.n, self.m = S, R, n, self.a.shape[2]
+        w1, w2 = self.weights[0], self.weights[4]
+        self.h1, self.h2 = w1.shape[1], w2.shape[1]
+        self.base = torch.empty((S, R, self.h1), device=self.z.device, dtype=torch.float32)
+        self.pre1 = torch.empty((S, R, self.h1), device=self.z.device, dtype=w1.dtype)
+        self.pre2 = torch.empty((S, R, self.h2), device=self.z.device, dtype=w1.dtype)
+
+    def result(self):
+        if self.single:
+            return self.out[0] if self.given is None else self.given
+        return self.out
 
 
 def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
@@ -160,42 +220,13 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
     PREDICTIONS, sampler in SAMPLERS. precision: as in denoiser_mlp.mlp_forward ("bf16": bf16 weights,
     hidden activations and dot operands; the chain state and the s, a part of layer 1 stay fp32).
     `out` (optional) receives the samples."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    given = out
-    z, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(z, weights, precision)
-    if single:
-        s, a, noise, out = add_seed_axis(s, a, noise, out)
-    s, a = s.contiguous(), a.contiguous()
-    sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std = (
-        b.contiguous() for b in (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std))
-    S, R, n = z.shape
-    m = a.shape[2]
-    h1, h2 = w1.shape[1], w2.shape[1]
-    dev = z.device
-    if sampler == "ddpm":
-        if noise is None:
-            noise = torch.randn((S, steps, R, n), device=dev, dtype=z.dtype)
-        noise = noise.contiguous()
-    else:
-        noise = z
-    base = torch.empty((S, R, h1), device=dev, dtype=torch.float32)
-    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
-    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
-    if out is None:
-        out = torch.empty((S, R, n), device=dev, dtype=torch.float32)
-    n_levels = steps - 1 if sampler == "posterior_mean" else steps
-    grid = (triton.cdiv(R, block_m), S)
+    c = PreparedChain(weights, s, a, z, (sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
+                                         posterior_std), steps, prediction, sampler, noise, out, precision)
+    grid = (triton.cdiv(c.R, block_m), c.S)
     _reverse_chain_kernel[grid](
-        w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo, s, a, z, noise,
-        sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt, posterior_std,
-        base, pre1, pre2, out,
-        R, n, m, h1, h2, steps, n_levels, 2.0 / steps, LAYER_NORM_EPS,
+        *c.weights, c.s, c.a, c.z, c.noise, *c.schedule, c.base, c.pre1, c.pre2, c.out,
+        c.R, c.n, c.m, c.h1, c.h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS,
         PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_O=output_block(n), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_O=c.block_o, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )
-    if single:
-        return out[0] if given is None else given
-    return out
+    return c.result()

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, prepared for one call of the device machine (torch + triton there):
-#   bash profiling/gpu_checks.sh [STAGE ...]        default: env micro kernels graphs benches tune seeds
+#   bash profiling/gpu_checks.sh [STAGE ...]        default: env micro kernels chains graphs benches tune seeds
 # Stages (each under its own time limit; exit status and seconds in the log's summary lines):
 #   env      nvidia-smi, versions
 #   micro    profiling/micro.py: graph launch gap (and with PDL), grid barrier, L2 bandwidth, mma.sync vs
 #            wgmma, kernels per update pair -> micro.json (its own budget 50 s, each part guarded)
 #   kernels  the kernel and op tests compiled on the GPU (FASTBDM_TEST_DEVICE=cuda, tests/conftest.py)
+#   chains   profiling/micro.py --parts chains: today's reverse chain vs the weight-stationary one (persistent,
+#            staged), B = 1024/2048, S = 1/4/8, tf32/bf16 -> chains.json; then profiling/chain_model.py's
+#            predictions with micro.json's constants beside the measured times
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
@@ -13,11 +16,12 @@
 #            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (env 60 + micro 60 + kernels 300 + graphs 240 + benches 300 + 200 + tune 180 + seeds 120 s = 24 min,
+# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + tune 180 + seeds 120 s
+# = 27 min,
 # over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
-# Results go to $OUT (else profiling/out/gpu), at most 8 files: log.txt (every stage's output), micro.json,
+# Results go to $OUT (else profiling/out/gpu), at most 9 files: log.txt (every stage's output), micro.json, chains.json,
 # graph_checks.json, bench.json, bench_table.md, bench2048.json, bench2048_table.md, train_metrics.csv. Needs .gpu/ from
 # profiling/gpu_bundle.sh (carried) for gymnasium, mujoco, minari, nvtx and the dataset; fastbdm
 # itself is installed editable without dependencies.
@@ -44,7 +48,7 @@ run_stage() {  # name, seconds, command...
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env micro kernels graphs benches tune seeds)
+[ ${#stages[@]} -eq 0 ] && stages=(env micro kernels chains graphs benches tune seeds)
 for stage in "${stages[@]}"; do
     case $stage in
     env)
@@ -55,7 +59,12 @@ for stage in "${stages[@]}"; do
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
             tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
-            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_ops.py ;;
+            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_kernels_weight_stationary.py \
+            tests/test_ops.py ;;
+    chains)
+        run_stage chains 150 python3 profiling/micro.py --parts chains --json chains.json --out "$out" --budget 140
+        run_stage chain_model 20 python3 profiling/chain_model.py --micro "$out/micro.json" \
+            --measured "$out/chains.json" ;;
     graphs)
         run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
     benches)
@@ -79,7 +88,7 @@ for stage in "${stages[@]}"; do
             --eval-every 5000 --checkpoint-every 50000 --out /tmp/fastbdm-runs --no-progress "${resume[@]}"
         cp "$run/metrics.csv" "$out/train_metrics.csv" ;;
     *)
-        echo "unknown stage $stage: env, micro, kernels, graphs, benches, tune, seeds or train:N" | tee -a "$log" ;;
+        echo "unknown stage $stage: env, micro, kernels, chains, graphs, benches, tune, seeds or train:N" | tee -a "$log" ;;
     esac
 done
 grep "^=== .*: exit" "$log"

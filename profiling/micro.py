@@ -17,6 +17,10 @@ Parts (CUDA):
                   32, 64, 128 in tf32 and bf16, num_warps 4, grid 4 programs per SM, with the MMA
                   instruction the compiler chose (wgmma or mma.sync, read off the PTX)
   launches        kernels one eager update pair launches (torch.profiler, triton backend, paper size)
+  chains          the reverse chain, today's kernel ("rows") against the weight-stationary one (persistent
+                  and staged), paper shapes, T = 10, B = 1024 and 2048 rows, S = 1, 4, 8 seeds, tf32 and bf16:
+                  us per call and relative difference to "rows" (not in the default parts: gpu_checks.sh
+                  stage `chains` runs it alone, into chains.json; profiling/chain_model.py --measured reads it)
 
 --dry-run (no GPU): the Triton kernels in the interpreter at tiny sizes, checked against torch (grid
 barrier with one program: the interpreter runs programs one after another), the ops one update pair
@@ -25,6 +29,7 @@ dispatches (a TorchDispatchMode count, small size), the JSON; the timed CUDA par
 
     python profiling/micro.py --out profiling/out [--budget 50]
     python profiling/micro.py --dry-run --out /tmp/micro
+    python profiling/micro.py --parts chains --json chains.json --out profiling/out --budget 250
 """
 import argparse
 import json
@@ -44,7 +49,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 CHAIN_TILES = (32, 64, 128)  # BLOCK_M of the chain's [BLOCK_M, 32] x [32, 64] dots
 TILE_N, TILE_K = 64, 32
-PARTS = ("graph_gap", "grid_barrier", "l2_bandwidth", "mma", "launches")
+PARTS = ("graph_gap", "grid_barrier", "l2_bandwidth", "mma", "launches", "chains")
+DEFAULT_PARTS = PARTS[:-1]  # chains: its own stage (compiling six chain kernels takes most of a minute)
+CHAIN_ROWS, CHAIN_SEEDS = (1024, 2048), (1, 4, 8)
 MAX_SPINS = 1 << 22  # ~ tens of ms of atomic reads: a barrier that never completes ends as a timeout
 
 
@@ -273,12 +280,57 @@ def launches(device, dry_run: bool) -> dict:
             "triton_kernels_per_pair": sum(1 for e in kernels if e.name.startswith("_"))}
 
 
+def chains(device, dry_run: bool) -> dict:
+    from fastbdm.kernels.reverse_chain import reverse_chain
+    from fastbdm.kernels.weight_stationary_chain import weight_stationary_chain
+    from fastbdm.networks import Denoiser
+    from fastbdm.schedule import DiffusionSchedule
+
+    n, m, hidden, steps = (11, 3, 64, 2) if dry_run else (17, 6, 512, 10)
+    sched = DiffusionSchedule(steps).to(device)
+    buffers = (sched.sqrt_ab, sched.sqrt_one_minus_ab, sched.sqrt_ab_prev, sched.sqrt_one_minus_ab_prev,
+               sched.coef_x0, sched.coef_xt, sched.posterior_std, steps)
+    # the interpreter runs the persistent kernel only as one program a seed
+    one_program = dict(block_ns=hidden, rows_per_group=64) if dry_run else {}
+    result = {"shapes": dict(n=n, m=m, hidden=hidden, steps=steps)}
+    for precision in ("ieee",) if dry_run else ("tf32", "bf16"):
+        for rows in (37,) if dry_run else CHAIN_ROWS:
+            for seeds in (2,) if dry_run else CHAIN_SEEDS:
+                nets = [Denoiser(n, m, hidden=(hidden, hidden)).to(device) for _ in range(seeds)]
+                weights = [torch.stack(ws).detach() for ws in zip(*(net.weights() for net in nets))]
+                s, z = torch.randn(2, seeds, rows, n, device=device)
+                a = torch.rand(seeds, rows, m, device=device) * 2 - 1
+                args = (weights, s, a, z, *buffers, "sample", "ddim")
+                calls = {
+                    "rows": lambda: reverse_chain(*args, precision=precision),
+                    "weight_stationary": lambda: weight_stationary_chain(
+                        *args, precision=precision, orchestration="persistent", **one_program),
+                    "weight_stationary_staged": lambda: weight_stationary_chain(
+                        *args, precision=precision, orchestration="staged"),
+                }
+                want = calls["rows"]()
+                entry = {}
+                for name, call in calls.items():
+                    got = call()
+                    entry[f"{name}_rel_diff"] = ((got - want).norm() / want.norm()).item()
+                    if dry_run:
+                        assert entry[f"{name}_rel_diff"] < 1e-5, (name, entry)
+                    else:
+                        entry[f"{name}_us"] = median_ms(call, device, reps=10) * 1e3
+                result[f"{precision}_B{rows}_S{seeds}"] = entry
+    if dry_run:
+        result["status"] = "cuda-only"
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profiling/out", help="directory for micro.json")
     parser.add_argument("--budget", type=float, default=50.0, help="seconds; parts not started by then are skipped")
     parser.add_argument("--dry-run", action="store_true", help="no GPU: interpreter checks, op counts, the JSON")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts, in this order")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
+                        help="which parts, in this order (default: all but chains)")
+    parser.add_argument("--json", default="micro.json", help="file name of the results in --out")
     args = parser.parse_args(argv)
     dry_run = args.dry_run
     if not dry_run and not torch.cuda.is_available():
@@ -289,7 +341,7 @@ def main(argv=None) -> dict:
                "torch": torch.__version__, "triton": triton.__version__, "dry_run": dry_run, "sms": sms, "parts": {}}
     parts = {"graph_gap": lambda: graph_gap(device, dry_run), "grid_barrier": lambda: grid_barrier(device, dry_run, sms),
              "l2_bandwidth": lambda: l2_bandwidth(device, dry_run, sms), "mma": lambda: mma(device, dry_run, sms),
-             "launches": lambda: launches(device, dry_run)}
+             "launches": lambda: launches(device, dry_run), "chains": lambda: chains(device, dry_run)}
     start = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     for name in args.parts:
@@ -303,7 +355,7 @@ def main(argv=None) -> dict:
         except Exception as exc:  # noqa: BLE001 (one part's failure keeps the others' numbers)
             results["parts"][name] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         results.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 2)
-        with open(os.path.join(args.out, "micro.json"), "w") as f:  # after each part: a cut run keeps them
+        with open(os.path.join(args.out, args.json), "w") as f:  # after each part: a cut run keeps them
             json.dump(results, f, indent=1)
         print(name, json.dumps(results["parts"][name]), flush=True)
     return results

@@ -21,3 +21,15 @@ def test_micro_dry_run_checks_its_kernels_and_writes_the_json(tmp_path):
     assert written["parts"]["grid_barrier"]["cluster_barrier"].startswith("not exposed")
     assert written["parts"]["mma"]["tf32_32x64x32"] == "checked in the interpreter"
     assert written["parts"]["mma"]["bf16_128x64x32"] == "cuda-only"
+
+
+def test_micro_chains_dry_run_agree_in_the_interpreter(tmp_path):
+    """The `chains` part (gpu_checks.sh stage chains): today's chain, the persistent and the staged
+    weight-stationary chain on the same inputs agree (checked inside the part) and land in the JSON."""
+    spec = importlib.util.spec_from_file_location("micro", os.path.join(ROOT, "profiling", "micro.py"))
+    micro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(micro)
+    micro.main(["--dry-run", "--out", str(tmp_path), "--parts", "chains", "--json", "chains.json"])
+    part = json.loads((tmp_path / "chains.json").read_text())["parts"]["chains"]
+    assert part["status"] == "cuda-only", part
+    assert part["ieee_B37_S2"]["weight_stationary_rel_diff"] < 1e-5
