@@ -158,3 +158,29 @@ def test_a_batch_the_device_cannot_hold_is_refused_in_one_line(dataset, tmp_path
     assert run(dataset, tmp_path / "none", "--steps", "10", "--seed", "0") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--seeds-per-batch 1 does not fit either: pass a smaller --batch-size" in err[0]
+
+
+def test_divergence_in_a_batch_names_the_seed_and_keeps_every_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    from fastbdm.seed_batch import SeedBatch
+
+    original = SeedBatch.update
+
+    def seed_1_nan_at_update_27(self, batch, noise):
+        metrics = original(self, batch, noise)
+        if self.num_updates == 27:
+            metrics["bdm_loss"] = metrics["bdm_loss"] * torch.tensor([1.0, float("nan")])
+        return metrics
+
+    monkeypatch.setattr(SeedBatch, "update", seed_1_nan_at_update_27)
+    assert run(dataset, tmp_path, "--steps", "60", "--checkpoint-every", "20", "--eval-every", "1000",
+               "--seeds", "0", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged: seed 1's bdm_loss became NaN/inf at update 27" in err[0], err
+    for seed in (0, 1):
+        assert load_checkpoint(tmp_path / ENV / f"seed{seed}" / "checkpoint.pt", "cpu")["step"] == 20
+        assert [r["step"] for r in rows(tmp_path, seed)] == [10, 20]
+
+
+def test_the_progress_bar_score_over_seeds():
+    assert seed_runs.score_postfix([12.34]) == "12.3"
+    assert seed_runs.score_postfix([10.0, 20.0, 60.0]) == "30.0 (10.0..60.0)"
