@@ -126,7 +126,8 @@ class SeedRecord:
                 print(f"note: {note}", file=sys.stderr, flush=True)
             trained = self.state.get("algo", "td3sbc")
             if trained != args.algo:
-                raise TrainingError(f"--resume: {self.run_dir} was trained with --algo {trained}; pass --algo {trained}")
+                raise TrainingError(f"--resume: {self.run_dir} was trained with --algo {trained}; "
+                                    f"pass --algo {trained}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     @property

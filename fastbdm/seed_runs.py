@@ -191,8 +191,8 @@ def train_batch(args, records: List[SeedRecord], device: torch.device, transitio
         if not args.no_progress:
             from tqdm import tqdm
 
-            progress = cleanup.enter_context(tqdm(total=args.steps, initial=start, desc=f"{args.env} {seeds_label(seeds)}",
-                                                  unit="upd", dynamic_ncols=True))
+            progress = cleanup.enter_context(tqdm(total=args.steps, initial=start, unit="upd", dynamic_ncols=True,
+                                                  desc=f"{args.env} {seeds_label(seeds)}"))
         t_log = time.perf_counter()
         while step < args.steps:
             boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in

@@ -2,6 +2,8 @@
 
 Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation with the D4RL
 normalised score, metrics (CSV, JSONL, TensorBoard when installed), durable checkpoints, exact resume.
+Several seeds (--seeds) train together in batched runs (fastbdm.seed_runs), each in its own run
+directory (fastbdm.run_record), as many per batch as the device holds (fastbdm.seed_memory).
 """
 import argparse
 import contextlib
@@ -319,9 +321,9 @@ def main(argv=None) -> int:
             for seed in seeds:
                 locks.enter_context(run_dir_lock(Path(args.out) / args.env / f"seed{seed}"))
             records = [SeedRecord(args, seed) for seed in seeds]
-            for batch in plan_batches(args, records, config, transitions, device):
-                run = run_settings(args, transitions, device, config)
-                for record, score in zip(batch, train_batch(args, batch, device, transitions, config, run)):
+            run = run_settings(args, transitions, device, config)
+            for group in plan_batches(args, records, config, transitions, device):
+                for record, score in zip(group, train_batch(args, group, device, transitions, config, run)):
                     scores[record.seed] = score
                     print(f"seed {record.seed}: final normalised score {score:.1f}{note}", flush=True)
     except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError, WandbError) as exc:

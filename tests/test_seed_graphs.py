@@ -55,7 +55,8 @@ def test_a_graphed_seed_batch_advances_every_seeds_stream():
     for k in range(3):
         assert torch.equal(eager_gens[k], graphed_gens[k]), f"seed {k}'s stream"
         for name, value in eager[k].items():
-            torch.testing.assert_close(graphed[k][name], value, rtol=0, atol=1e-6, msg=lambda m: f"seed {k} {name}: {m}")
+            torch.testing.assert_close(graphed[k][name], value, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"seed {k} {name}: {m}")
         assert eager_metrics[k].keys() == graphed_metrics[k].keys()
 
 

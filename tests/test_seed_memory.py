@@ -51,7 +51,8 @@ def test_dataset_bytes_count_the_buffer_on_the_device():
                        terminals=torch.zeros(rows), valid=torch.ones(rows), obs_mean=torch.zeros(N),
                        obs_std=torch.ones(N), obs_dim=N, act_dim=M)
     buffer = TransitionBuffer(data, "cpu")
-    held = [buffer.obs, buffer.next_obs, buffer.actions, buffer.next_actions, buffer.rewards, buffer.dones, buffer.valid]
+    held = [buffer.obs, buffer.next_obs, buffer.actions, buffer.next_actions, buffer.rewards, buffer.dones,
+            buffer.valid]
     assert dataset_bytes(data) == sum(t.numel() * t.element_size() for t in held)
 
 

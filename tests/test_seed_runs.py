@@ -150,7 +150,8 @@ def test_a_batch_the_device_cannot_hold_is_refused_in_one_line(dataset, tmp_path
     monkeypatch.setattr(seed_memory, "free_memory", lambda device: int(free))
     assert run(dataset, tmp_path, "--steps", "10", "--eval-every", "10", "--seeds", "0", "1", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: 3 seeds per batch need ") and "pass --seeds-per-batch 2" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: 3 seeds per batch need ")
+    assert "pass --seeds-per-batch 2" in err[0]
     assert not (tmp_path / ENV / "seed0" / "metrics.jsonl").exists()
     assert run(dataset, tmp_path, "--steps", "10", "--eval-every", "10", "--seeds", "0", "1", "2",
                "--seeds-per-batch", "2") == 0
