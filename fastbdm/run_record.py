@@ -105,9 +105,10 @@ def finished(evaluation: Future) -> bool:
 class SeedRecord:
     """Seed `seed`'s run directory under args.out/args.env. On creation: refuses a finished run without
     --resume and --resume without a checkpoint; with --resume, `state` is the checkpoint continued from
-    (tensors on the CPU; its note, when it fell back to the previous checkpoint, printed), else None."""
+    (tensors on `device`, where a CUDA Adam keeps its tensor lr; its note, when it fell back to the
+    previous checkpoint, printed), else None."""
 
-    def __init__(self, args, seed: int):
+    def __init__(self, args, seed: int, device: torch.device):
         self.seed, self.algo, self.env = seed, args.algo, args.env
         self.run_dir = Path(args.out) / args.env / f"seed{seed}"
         self.ckpt_path = self.run_dir / CHECKPOINT
@@ -119,7 +120,7 @@ class SeedRecord:
         self.state = None
         if args.resume:
             try:
-                self.state, note = load_latest(self.ckpt_path, "cpu")
+                self.state, note = load_latest(self.ckpt_path, device)
             except CheckpointError as exc:
                 raise TrainingError(f"{exc}; start a new run or point --out at another run") from None
             if note:
@@ -138,7 +139,8 @@ class SeedRecord:
     def generator_state(self):
         """The checkpoint's state of the seed's update stream (torch.Generator.get_state), or None: none
         resumed, or a checkpoint from before per-seed streams (its resumed updates then draw afresh)."""
-        return None if self.state is None else self.state["rng"].get("updates")
+        state = None if self.state is None else self.state["rng"].get("updates")
+        return None if state is None else state.cpu()  # Generator.set_state takes a CPU ByteTensor
 
     def write_config(self, run: dict) -> None:
         """config.json: `run` (the command's settings) with this seed."""

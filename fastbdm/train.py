@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         with contextlib.ExitStack() as locks, torch_matmul_precision(args.precision):
             for seed in seeds:
                 locks.enter_context(run_dir_lock(Path(args.out) / args.env / f"seed{seed}"))
-            records = [SeedRecord(args, seed) for seed in seeds]
+            records = [SeedRecord(args, seed, device) for seed in seeds]
             run = run_settings(args, transitions, device, config)
             for group in plan_batches(args, records, config, transitions, device):
                 for record, score in zip(group, train_batch(args, group, device, transitions, config, run)):

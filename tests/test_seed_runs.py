@@ -131,7 +131,8 @@ def test_a_killed_batched_run_resumes_every_seed(dataset, tmp_path):
         assert load_checkpoint(out / ENV / f"seed{seed}" / "checkpoint.pt", "cpu")["step"] == target
 
 
-@pytest.mark.parametrize("option, sizes", [(["--seeds-per-batch", "2"], [2, 1]), (["--no-seed-batch"], [1, 1, 1])])
+@pytest.mark.parametrize("option, sizes", [(["--seeds-per-batch", "2", "--async-eval"], [2, 1]),  # + the worker
+                                           (["--no-seed-batch"], [1, 1, 1])])
 def test_seeds_per_batch_and_no_seed_batch(dataset, tmp_path, capsys, batch_sizes, option, sizes):
     assert run(dataset, tmp_path, "--steps", "20", "--eval-every", "20", "--seeds", "0", "1", "2", *option) == 0
     assert batch_sizes == sizes
@@ -185,3 +186,26 @@ def test_divergence_in_a_batch_names_the_seed_and_keeps_every_checkpoint(dataset
 def test_the_progress_bar_score_over_seeds():
     assert seed_runs.score_postfix([12.34]) == "12.3"
     assert seed_runs.score_postfix([10.0, 20.0, 60.0]) == "30.0 (10.0..60.0)"
+
+
+def test_wandb_logs_each_seed_of_a_batch_to_its_own_run(dataset, tmp_path, monkeypatch):
+    """Two seeds' wandb runs are open at once in a batch (reinit "create_new"): each gets its seed's rows."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged, real_init = {}, wandb.init
+
+    def spying_init(*args, **kwargs):
+        run = real_init(*args, **kwargs)
+        rows_of_run, real_log = logged.setdefault(kwargs["config"]["seed"], []), run.log
+        run.log = lambda data, step=None: (rows_of_run.append((step, data)), real_log(data, step=step))[1]
+        return run
+
+    monkeypatch.setattr(wandb, "init", spying_init)
+    assert run(dataset, tmp_path, "--steps", "20", "--eval-every", "20", "--seeds", "0", "1",
+               "--wandb", "fastbdm-test") == 0
+    for seed in (0, 1):
+        expected = rows(tmp_path, seed)
+        assert [step for step, _ in logged[seed]] == [r["step"] for r in expected] == [10, 20]
+        assert [data["critic_loss"] for _, data in logged[seed]] == [r["critic_loss"] for r in expected]
