@@ -170,6 +170,9 @@ def check_args(args) -> None:
                  "graph_pairs", "seeds_per_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.no_seed_batch and args.seeds_per_batch is not None:
+        raise TrainingError(f"--no-seed-batch trains one seed at a time and --seeds-per-batch {args.seeds_per_batch} "
+                            "batches them: pass one of the two")
     if args.seeds and len(set(args.seeds)) < len(args.seeds):
         raise TrainingError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
     if args.wandb:

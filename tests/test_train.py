@@ -137,6 +137,9 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     (["--device", "cuda"], "CUDA"),
     (["--backend", "torch", "--precision", "bf16"], "use backend 'triton'"),
     (["--algo", "rebrac", "--w-rel", "0.1"], "rebrac has no state-BC term"),
+    (["--seeds", "0", "1", "0"], "--seeds 0 1 0: give each seed once"),
+    (["--seeds-per-batch", "0"], "--seeds-per-batch must be a positive integer"),
+    (["--seeds", "0", "1", "--no-seed-batch", "--seeds-per-batch", "2"], "pass one of the two"),
 ])
 def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
