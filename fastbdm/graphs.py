@@ -2,8 +2,12 @@
 
 Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
 batch sampling, noise, losses, backward passes, the fused capturable Adam steps, the target lerps and
-the device-side metric recording all sit in the graph. The host only replays it.
+the device-side metric recording all sit in the graph. The host only replays it. The generators that
+the updates draw from (a seed's own, UpdateRunner's generator; a SeedBatch's, one per seed) are
+registered with the graph, so that every replay advances their streams.
 """
+from typing import List
+
 import torch
 
 from .monitor import UpdateMonitor
@@ -34,13 +38,15 @@ class UpdateRunner:
     """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2.
 
     pairs_per_graph: K pairs of updates unrolled in one graph (one replay = 2K updates); updates that
-    do not fill a whole replay run eagerly.
+    do not fill a whole replay run eagerly. generator: the stream of the batches and the update noise
+    (a torch.Generator on the agent's device; default torch's global one).
     """
 
     def __init__(self, agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor, batch_size: int,
-                 graphs: bool = False, pairs_per_graph: int = 1):
+                 graphs: bool = False, pairs_per_graph: int = 1, generator: torch.Generator = None):
         self.agent, self.buffer, self.monitor, self.batch_size = agent, buffer, monitor, batch_size
         self.graphs, self.pairs_per_graph = graphs, pairs_per_graph
+        self.generator = generator
         self.graph = None
         self.warmup_pairs_left = WARMUP_PAIRS
         if graphs and agent.config.policy_freq != 2:
@@ -49,8 +55,10 @@ class UpdateRunner:
     def step(self) -> None:
         """One update, eagerly: sample, update, record metrics on the device."""
         with phase("sample"):
-            batch = self.buffer.sample(self.batch_size)
-        metrics = self.agent.update(batch)
+            batch = self.buffer.sample(self.batch_size, generator=self.generator)
+            actor_step = (self.agent.num_updates + 1) % self.agent.config.policy_freq == 0
+            noise = self.agent.draw_noise(self.batch_size, batch.obs.device, actor_step, generator=self.generator)
+        metrics = self.agent.update(batch, noise)
         with phase("metrics"):
             self.monitor.record(metrics)
 
@@ -67,6 +75,8 @@ class UpdateRunner:
     def _capture(self) -> None:
         """Records 2K updates into self.graph without running them; on failure the runner is unchanged."""
         graph, updates_before = torch.cuda.CUDAGraph(), self.agent.num_updates
+        for generator in self.generators():
+            graph.register_generator_state(generator)  # each replay moves the stream on
         try:
             with torch.cuda.graph(graph):
                 for _ in range(2 * self.pairs_per_graph):
@@ -76,6 +86,10 @@ class UpdateRunner:
         finally:
             self.agent.num_updates = updates_before
         self.graph = graph
+
+    def generators(self) -> List[torch.Generator]:
+        """The generators the captured updates draw from, besides torch's global one."""
+        return [] if self.generator is None else [self.generator]
 
     def run(self, n: int, done=None) -> None:
         """n updates; done(k) (optional) is called as each k of them is issued (1 per eager update, 2 per
@@ -105,6 +119,22 @@ class UpdateRunner:
                 count = per_replay
             n -= count
             done(count)
+
+
+class SeedBatchRunner(UpdateRunner):
+    """UpdateRunner of a SeedBatch (fastbdm.seed_batch): each update draws every seed's batch and noise from
+    that seed's generator (batch.generators, registered with the graph) and updates all seeds at once;
+    monitors[k] records seed k's metrics: SeedBatchRunner(batch, buffer, monitors, batch_size, graphs,
+    pairs_per_graph)."""
+
+    def step(self) -> None:
+        metrics = self.agent.step(self.buffer, self.batch_size)
+        with phase("metrics"):
+            for seed, monitor in enumerate(self.monitor):
+                monitor.record({name: value[seed] for name, value in metrics.items()})
+
+    def generators(self) -> List[torch.Generator]:
+        return list(self.agent.generators)
 
 
 class GraphedPolicy:

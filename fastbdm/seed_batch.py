@@ -9,8 +9,12 @@ rounding of batched against single matmuls, whichever other seeds share the batc
 from its own seed, and its batches and noise come from its own generator (`generators`).
 
 On CUDA (pending a GPU): the generators are torch.Generator(device="cuda"), and a CUDA graph that
-captures `draw` must register each of them (torch.cuda.CUDAGraph.register_generator_state) so that
-every replay advances its Philox offset; the fused Adam is capturable with a tensor lr (make_adam).
+captures `draw` registers each of them (torch.cuda.CUDAGraph.register_generator_state,
+graphs.SeedBatchRunner) so that every replay advances its Philox offset; the fused Adam is capturable
+with a tensor lr (make_adam).
+
+Seed k's state in a single-seed layout (agent_state, optimizer_state) is what its checkpoint holds
+(fastbdm.checkpoint's format, as a single-seed run writes it); `load` puts S such states back in.
 The Triton ops join vmap and torch.func.grad through their seed-axis vmap rules and the
 autograd.Functions of fastbdm.ops.
 """
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .networks import Actor, normalize_states
 from .td3sbc import TD3SBC, Batch, UpdateNoise, make_adam
 
 # Parameter-name prefixes of each learner's online network, as in TD3SBC.optimizers.
@@ -37,6 +42,26 @@ class _Method(nn.Module):
 
     def forward(self, *args):
         return getattr(self.agent, self.name)(*args)
+
+
+class StackedPolicy(nn.Module):
+    """S seeds' deterministic policies on raw observations in one vmapped call: obs (S N, n), seed k's N
+    rows together (k-th block) -> actions (S N, m). actor: the seeds' shared architecture (its own
+    parameters are not used); parameters: its parameter names -> (S, ...) tensors, read as they are
+    (live while training, or a snapshot: SeedBatch.cpu_policy)."""
+
+    def __init__(self, actor: Actor, parameters: Dict[str, torch.Tensor], obs_mean: torch.Tensor,
+                 obs_std: torch.Tensor):
+        super().__init__()
+        self.actor, self.stacked = actor, parameters
+        self.register_buffer("obs_mean", obs_mean)
+        self.register_buffer("obs_std", obs_std)
+        self.seeds = next(iter(parameters.values())).shape[0]
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        rows = normalize_states(obs, self.obs_mean, self.obs_std).reshape(self.seeds, -1, obs.shape[-1])
+        act = vmap(lambda params, s: functional_call(self.actor, params, (s,)))
+        return act(self.stacked, rows).reshape(obs.shape[0], -1)
 
 
 def stack_batches(batches: Sequence[Batch]) -> Batch:
@@ -143,6 +168,48 @@ class SeedBatch:
                  for target, source in TARGETS.items() if name.startswith(target)]
         torch._foreach_lerp_([self.parameters[t] for t, _ in pairs], [self.parameters[o] for _, o in pairs],
                              self.config.tau)
+
+    @property
+    def obs_mean(self) -> torch.Tensor:
+        return self.template.obs_mean
+
+    def _actor_parameters(self) -> Dict[str, torch.Tensor]:
+        return {name[len("actor."):]: p.detach() for name, p in self.parameters.items() if name.startswith("actor.")}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Every seed's deterministic action: raw obs (S N, n), seed k's N rows the k-th block -> (S N, m)."""
+        return StackedPolicy(self.template.actor, self._actor_parameters(), self.template.obs_mean,
+                             self.template.obs_std)(obs)
+
+    def cpu_policy(self) -> StackedPolicy:
+        """`act` as a picklable snapshot on the CPU that later updates do not change (TD3SBC.cpu_policy)."""
+        actor = copy.deepcopy(self.template.actor).cpu().requires_grad_(False)
+        return StackedPolicy(actor, {n: p.to("cpu", copy=True) for n, p in self._actor_parameters().items()},
+                             self.template.obs_mean.to("cpu", copy=True), self.template.obs_std.to("cpu", copy=True))
+
+    def optimizer_state(self, seed: int) -> Dict[str, dict]:
+        """Seed `seed`'s Adam states, keyed and laid out as {learner: TD3SBC.optimizers[learner].state_dict()}
+        of a single-seed agent (the moments' seed slice; the step count, shared by the seeds, copied)."""
+        states = {}
+        for learner, opt in self.optimizers.items():
+            full = opt.state_dict()
+            states[learner] = {"param_groups": copy.deepcopy(full["param_groups"]), "state": {
+                i: {k: (v.clone() if k == "step" else v[seed].clone()) for k, v in s.items()}
+                for i, s in full["state"].items()}}
+        return states
+
+    @torch.no_grad()
+    def load(self, agent_states: Sequence[dict], optimizer_states: Sequence[dict]) -> None:
+        """Seed k's parameters from agent_states[k] (a single-seed TD3SBC.state_dict(), agent_state's layout)
+        and its Adam states from optimizer_states[k] (optimizer_state's); the seeds' step counts must agree."""
+        for name, p in self.parameters.items():
+            p.copy_(torch.stack([state[name] for state in agent_states]))
+        for learner, opt in self.optimizers.items():
+            per_seed = [states[learner] for states in optimizer_states]
+            opt.load_state_dict({"param_groups": per_seed[0]["param_groups"], "state": {
+                i: {k: (v if k == "step" else torch.stack([s["state"][i][k] for s in per_seed])) for k, v in s0.items()}
+                for i, s0 in per_seed[0]["state"].items()}})
 
     def agent_state(self, seed: int) -> Dict[str, torch.Tensor]:
         """Seed `seed`'s parameters and buffers, keyed as TD3SBC.state_dict() of a single-seed agent."""

@@ -2,47 +2,35 @@
 
 Dataset (local, downloaded or generated), training, periodic MuJoCo evaluation with the D4RL
 normalised score, metrics (CSV, JSONL, TensorBoard when installed), durable checkpoints, exact resume.
+Several seeds (--seeds) train together in batched runs (fastbdm.seed_runs), each in its own run
+directory (fastbdm.run_record), as many per batch as the device holds (fastbdm.seed_memory).
 """
 import argparse
 import contextlib
-import csv
 import dataclasses
 import fcntl
-import io
+import itertools
 import json
-import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import time
-from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 
 import torch
 
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend, torch_matmul_precision
-from .checkpoint import (CheckpointError, estimated_size, has_checkpoint, load_latest, rng_state, save_checkpoint,
-                         set_rng_state, space_needed)
+from .checkpoint import CheckpointError, has_checkpoint, load_latest
 from .compat import CompatFlags
-from .durable import DurableWriteError, megabytes, sync_file, write_durable, write_error
-from .graphs import GraphCaptureError, GraphedPolicy, UpdateRunner, first_line
-from .monitor import METRICS, UpdateMonitor
-from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset, split_name
-from .replay import TransitionBuffer
+from .durable import DurableWriteError
+from .graphs import GraphCaptureError
+from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset
+from .run_record import CHECKPOINT, COLUMNS, SeedRecord, TrainingError  # noqa: F401 (COLUMNS: the metrics' columns)
 from .schedule import PREDICTIONS
+from .seed_memory import dataset_bytes, seed_memory, seeds_per_batch
+from .seed_runs import train_batch
 from .td3sbc import TD3SBC, TD3SBCConfig
-from .wandb_log import WandbError, WandbMirror
-
-EVAL_COLUMNS = ("eval_return", "eval_score")
-COLUMNS = ("step", "updates_per_s", *METRICS, *EVAL_COLUMNS)
-CHECKPOINT = "checkpoint.pt"
-
-
-class TrainingError(Exception):
-    """A run cannot go on; the message is one line for the user."""
+from .wandb_log import WandbError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -78,7 +66,16 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                         "files, the recorded one for Minari and generated data, v5 there)")
     p.add_argument("--steps", type=int, default=1_000_000, help="number of updates (of the --algo chosen)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, run one after another (instead of --seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="several seeds (instead of --seed), trained together: one batched update of all seeds, up "
+                        "to --seeds-per-batch at a time; each seed writes and resumes its own run directory and "
+                        "trains as it does alone")
+    p.add_argument("--seeds-per-batch", type=int, default=None, metavar="K",
+                   help="at most K seeds in one batched run, the rest in further batches (default: on CUDA as "
+                        "many as the free device memory holds, on the CPU all); a batch the device cannot hold "
+                        "is refused before it starts")
+    p.add_argument("--no-seed-batch", action="store_true",
+                   help="train the seeds one after another, each alone (as --seed does)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="BDM kernels: auto = triton on CUDA, torch on CPU")
     p.add_argument("--precision", choices=PRECISIONS, default="tf32",
@@ -170,9 +167,14 @@ def algo_line(args, batch: str) -> str:
 
 def check_args(args) -> None:
     for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "threads",
-                 "graph_pairs"):
-        if getattr(args, name) < 1:
+                 "graph_pairs", "seeds_per_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.no_seed_batch and args.seeds_per_batch is not None:
+        raise TrainingError(f"--no-seed-batch trains one seed at a time and --seeds-per-batch {args.seeds_per_batch} "
+                            "batches them: pass one of the two")
+    if args.seeds and len(set(args.seeds)) < len(args.seeds):
+        raise TrainingError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
     if args.wandb:
         try:
             import wandb  # noqa: F401
@@ -180,67 +182,6 @@ def check_args(args) -> None:
             raise TrainingError("--wandb needs the wandb package: pip install -e '.[sweep]'") from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
-
-
-class MetricsLog:
-    """metrics.csv and metrics.jsonl (one row per log step), TensorBoard events when available.
-
-    keep_until (resume): the rows up to that update are kept, rewritten durably; a line that does not
-    parse (cut short by a crash; rows up to a checkpoint are synced before it) is dropped with a note."""
-
-    def __init__(self, run_dir: Path, keep_until: int = None):
-        self.csv_path, self.jsonl_path = run_dir / "metrics.csv", run_dir / "metrics.jsonl"
-        rows = []
-        if keep_until is not None and self.jsonl_path.exists():
-            rows = [r for r in self._read_rows() if r["step"] <= keep_until]
-        csv_text = io.StringIO(newline="")
-        writer = csv.DictWriter(csv_text, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_durable(self.csv_path, csv_text.getvalue().encode())
-        write_durable(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in rows).encode())
-        self.tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            pass
-
-    def _read_rows(self) -> list:
-        rows = []
-        for number, line in enumerate(self.jsonl_path.read_text().splitlines(), 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"note: {self.jsonl_path} line {number} was cut short by a crash and is dropped", file=sys.stderr)
-        return rows
-
-    def _append(self, row: dict) -> None:
-        try:
-            with self.csv_path.open("a", newline="") as f:
-                csv.DictWriter(f, COLUMNS).writerow(row)
-            with self.jsonl_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as exc:
-            raise TrainingError(str(write_error(self.csv_path.parent, f"cannot append the row of update {row['step']}",
-                                                len(json.dumps(row)), exc))) from None
-
-    def sync(self) -> None:
-        """Make the rows written so far durable (before a checkpoint that counts on them)."""
-        sync_file(self.csv_path)
-        sync_file(self.jsonl_path)
-
-    def write(self, row: dict) -> None:
-        self._append(row)
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.tensorboard.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
 
 
 def resolve_eval_env(args, transitions) -> str:
@@ -260,155 +201,29 @@ def dataset_note(transitions) -> str:
     return f" (partial dataset: {level_summary(transitions.level)})" if transitions.partial else ""
 
 
-def run_seed(args, seed: int, device: torch.device, transitions) -> float:
-    """One training run; returns the final evaluation's mean normalised score. args.eval_env: the
-    evaluation environment's gymnasium id (resolve_eval_env)."""
-    from .evaluation import BackgroundEvaluator, Evaluator
-
-    config = resolve_config(args)
-    env_name, _ = split_name(args.env)
-    run_dir = Path(args.out) / args.env / f"seed{seed}"
-    ckpt_path = run_dir / CHECKPOINT
-    if has_checkpoint(ckpt_path) and not args.resume:
-        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
-    if args.resume and not has_checkpoint(ckpt_path):
-        raise TrainingError(f"--resume: no checkpoint in {run_dir}; run without --resume to start it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(seed)
-    buffer = TransitionBuffer(transitions, device)
-    agent = TD3SBC(transitions.obs_dim, transitions.act_dim, 1.0, config, device)
-    agent.obs_mean.copy_(buffer.obs_mean)
-    agent.obs_std.copy_(buffer.obs_std)
-    monitor = UpdateMonitor(device)
-    check_free_space(ckpt_path, estimated_size(agent, agent.optimizers.values()))
-    start = 0
-    if args.resume:
-        try:
-            state, note = load_latest(ckpt_path, device)
-        except CheckpointError as exc:
-            raise TrainingError(f"{exc}; start a new run or point --out at another run") from None
-        if note:
-            print(f"note: {note}", file=sys.stderr, flush=True)
-        trained = state.get("algo", "td3sbc")
-        if trained != args.algo:
-            raise TrainingError(f"--resume: {run_dir} was trained with --algo {trained}; pass --algo {trained}")
-        agent.load_state_dict(state["agent"])
-        for name, opt in agent.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        agent.num_updates = start = state["step"]
-        monitor.load_state_dict(state["monitor"])
-        set_rng_state(state["rng"])
-    write_durable(run_dir / "config.json", json.dumps({
-        "env": args.env, "seed": seed, "dataset": transitions.provenance(), "transitions": len(transitions),
-        "allow_partial_dataset": args.allow_partial_dataset, "eval_env": args.eval_env, "algo": args.algo,
-        "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
-        "graphs": bool(args.graphs), "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config),
-    }, indent=2, default=str).encode())
-    runner = UpdateRunner(agent, buffer, monitor, args.batch_size, graphs=bool(args.graphs),
-                          pairs_per_graph=args.graph_pairs)
-
-    def checkpoint(step: int) -> None:
-        log.sync()  # the rows up to `step` are on disk before the checkpoint that counts on them
-        try:
-            save_checkpoint(ckpt_path, {
-                "step": step, "agent": agent.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in agent.optimizers.items()},
-                "monitor": monitor.state_dict(), "rng": rng_state(), "env": args.env, "seed": seed,
-                "algo": args.algo,
-            })
-        except DurableWriteError as exc:
-            kept = "the previous checkpoint and every metric row are" if has_checkpoint(ckpt_path) else "every metric row is"
-            raise TrainingError(f"{exc}; {kept} kept") from None
-
-    def policy(obs):
-        return agent.act(obs.to(device)).cpu()
-
-    pending = deque()  # (row, Future of its evaluation or None): rows are written in step order
-    score, last_score, step = math.nan, None, start
-
-    def write_rows(wait: bool = False, abandon: bool = False) -> None:
-        """Writes the waiting rows in step order: those whose evaluations have finished, or every one
-        after its evaluation (wait), or every one now with what has finished (abandon: the run ends)."""
-        nonlocal score, last_score
-        while pending and (wait or abandon or pending[0][1] is None or pending[0][1].done()):
-            row, evaluation = pending.popleft()
-            if evaluation is not None and (not abandon or finished(evaluation)):
-                try:
-                    result = evaluation.result()
-                except Exception as exc:
-                    raise TrainingError(f"the evaluation at update {row['step']} failed in the worker process "
-                                        f"({first_line(exc)}); --no-async-eval runs it inline") from exc
-                row["eval_return"], row["eval_score"] = result.mean_return, result.mean_score
-                score = last_score = result.mean_score
-            log.write(row)
-
-    with contextlib.ExitStack() as cleanup:
-        log = MetricsLog(run_dir, keep_until=start if args.resume else None)
-        if args.wandb:
-            log = WandbMirror(log, args.wandb, run_dir, json.loads((run_dir / "config.json").read_text()),
-                              args.wandb_group)
-        cleanup.callback(log.close)
-        if args.async_eval:
-            background = BackgroundEvaluator(args.eval_env, args.eval_episodes, env_name)
-            cleanup.callback(background.close)
-        else:
-            evaluator = Evaluator(args.eval_env, args.eval_episodes, env_name)
-            cleanup.callback(evaluator.close)
-            if args.graphs:
-                policy = GraphedPolicy(agent, args.eval_episodes)
-        cleanup.callback(write_rows, abandon=True)  # runs first: an error keeps the rows before it
-
-        def submit_evaluation(step: int) -> Future:
-            seed_of_step = seed * 1_000_003 + step
-            if args.async_eval:
-                return background.submit(agent.cpu_policy(), seed_of_step)
-            done = Future()
-            done.set_result(evaluator(policy, seed_of_step))
-            return done
-
-        progress = None
-        if not args.no_progress:
-            from tqdm import tqdm
-
-            progress = cleanup.enter_context(tqdm(total=args.steps, initial=start, desc=f"{args.env} seed {seed}",
-                                                  unit="upd", dynamic_ncols=True))
-        t_log = time.perf_counter()
-        while step < args.steps:
-            boundaries = [args.steps, *(math.ceil((step + 1) / k) * k for k in
-                                        (args.log_every, args.eval_every, args.checkpoint_every))]
-            n = min(boundaries) - step
-            runner.run(n, None if progress is None else progress.update)  # the bar moves with every update
-            step += n
-            row = {"step": step, **monitor.read()}
-            bad = monitor.nonfinite()
-            if bad:
-                term, at = bad[0]
-                kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                raise TrainingError(f"diverged: {term} became NaN/inf at update {at}; {kept} (try a smaller lr "
-                                    "or BC weights)")
-            now = time.perf_counter()
-            row["updates_per_s"] = n / (now - t_log)
-            evaluates = step % args.eval_every == 0 or step == args.steps
-            pending.append((row, submit_evaluation(step) if evaluates else None))
-            checkpoints = step % args.checkpoint_every == 0 or step == args.steps
-            write_rows(wait=checkpoints)  # a checkpoint comes after every row up to its step
-            if checkpoints:
-                checkpoint(step)
-            if progress is not None:
-                progress.set_postfix(upd_s=f"{row['updates_per_s']:.1f}",
-                                     score="-" if last_score is None else f"{last_score:.1f}")
-            t_log = time.perf_counter()
-    return score
+def plan_batches(args, records, config: TD3SBCConfig, transitions, device: torch.device) -> list:
+    """The batched runs, in seed order: seeds at the same update count (resumed seeds whose batch was
+    killed between their checkpoints may differ) in batches of at most the seeds per batch
+    (fastbdm.seed_memory; 1 with --no-seed-batch). TrainingError when the device cannot hold a batch."""
+    per_seed = seed_memory(TD3SBC(transitions.obs_dim, transitions.act_dim, 1.0, config, "cpu"), args.batch_size)
+    try:
+        per_batch = seeds_per_batch(len(records), 1 if args.no_seed_batch else args.seeds_per_batch, per_seed,
+                                    dataset_bytes(transitions), device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    batches = []
+    for _, group in itertools.groupby(sorted(records, key=lambda r: r.start), key=lambda r: r.start):
+        group = list(group)
+        batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
+    return batches
 
 
-def check_free_space(ckpt_path: Path, size: int) -> None:
-    """TrainingError unless the run directory has room for the run's checkpoints of `size` bytes."""
-    needed, free = space_needed(ckpt_path, size), shutil.disk_usage(ckpt_path.parent).free
-    if free < needed:
-        raise TrainingError(f"{ckpt_path.parent} has {megabytes(free)} free but the run's checkpoints need "
-                            f"{megabytes(needed)} there ({megabytes(size)} each: the latest, the previous and one "
-                            "being written); free some space or pass --out elsewhere")
+def run_settings(args, transitions, device: torch.device, config: TD3SBCConfig) -> dict:
+    """What every seed's config.json records (the seed is filled in per seed)."""
+    return {"env": args.env, "seed": None, "dataset": transitions.provenance(), "transitions": len(transitions),
+            "allow_partial_dataset": args.allow_partial_dataset, "eval_env": args.eval_env, "algo": args.algo,
+            "steps": args.steps, "batch_size": args.batch_size, "device": str(device), "graphs": bool(args.graphs),
+            "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config)}
 
 
 @contextlib.contextmanager
@@ -451,12 +266,6 @@ def load_agent(run_dir, device) -> tuple:
     agent.load_state_dict(state["agent"])
     agent.num_updates = state["step"]
     return agent, run
-
-
-def finished(evaluation: Future) -> bool:
-    """Whether an evaluation ended with a result (not pending, cancelled or failed)."""
-    return evaluation.done() and not evaluation.cancelled() and evaluation.exception() is None
-
 
 
 def kernel_backend(args, device) -> str:
@@ -510,12 +319,16 @@ def main(argv=None) -> int:
         note = dataset_note(transitions)
         print(f"dataset: {len(transitions)} transitions from {transitions.source} ({transitions.source_kind})"
               + note, flush=True)
-        scores = []
-        with torch_matmul_precision(args.precision):
-            for seed in args.seeds or [args.seed]:
-                with run_dir_lock(Path(args.out) / args.env / f"seed{seed}"):
-                    scores.append(run_seed(args, seed, device, transitions))
-                print(f"seed {seed}: final normalised score {scores[-1]:.1f}{note}", flush=True)
+        seeds, scores = args.seeds or [args.seed], {}
+        with contextlib.ExitStack() as locks, torch_matmul_precision(args.precision):
+            for seed in seeds:
+                locks.enter_context(run_dir_lock(Path(args.out) / args.env / f"seed{seed}"))
+            records = [SeedRecord(args, seed, device) for seed in seeds]
+            run = run_settings(args, transitions, device, config)
+            for group in plan_batches(args, records, config, transitions, device):
+                for record, score in zip(group, train_batch(args, group, device, transitions, config, run)):
+                    scores[record.seed] = score
+                    print(f"seed {record.seed}: final normalised score {score:.1f}{note}", flush=True)
     except (TrainingError, DatasetError, GraphCaptureError, DurableWriteError, WandbError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -525,7 +338,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
-    print(final_score_line(args.seeds or [args.seed], scores, args.eval_episodes) + note)
+    print(final_score_line(seeds, [scores[seed] for seed in seeds], args.eval_episodes) + note)
     return 0
 
 

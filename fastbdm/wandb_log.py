@@ -1,4 +1,5 @@
-"""Mirror a run's metric rows to Weights & Biases (`--wandb PROJECT`): one wandb run per training run.
+"""Mirror a run's metric rows to Weights & Biases (`--wandb PROJECT`): one wandb run per training run
+(a batch of seeds keeps one open per seed: reinit="create_new").
 
 The wandb run id is drawn once and kept in RUN_DIR/wandb_id, so a resumed training run logs to the
 same wandb run online (rows re-logged after a resume at steps wandb already has are dropped by wandb).
@@ -24,7 +25,7 @@ class WandbMirror:
         name = f"{config['env']}-seed{config['seed']}" if group is None else f"{group}-{config['env']}-seed{config['seed']}"
         try:
             self.run = wandb.init(project=project, dir=str(run_dir), config=config, group=group,
-                                  id=id_file.read_text().strip(), name=name, resume="allow", reinit="finish_previous")
+                                  id=id_file.read_text().strip(), name=name, resume="allow", reinit="create_new")
         except Exception as exc:  # wandb raises its own kinds (no key, no network, bad project)
             log.close()
             raise WandbError(f"--wandb {project}: wandb could not start ({type(exc).__name__}: "

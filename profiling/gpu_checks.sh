@@ -13,11 +13,12 @@
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   seeds    profiling/tune_chain.py --seeds 1 2 4 8: the chain on S stacked seeds at B = 1024, time per
-#            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu)
+#            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu);
+#            tests/test_seed_graphs.py: graphed updates draw from each seed's registered generator (120 s)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + tune 180 + seeds 120 s
-# = 27 min,
+# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + tune 180 + seeds 240 s
+# = 29 min,
 # over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
@@ -78,8 +79,11 @@ for stage in "${stages[@]}"; do
         done ;;
     tune)
         run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
-    seeds)  # the chain with S seeds stacked (issue 12): time per seed and programs per SM, S = 1, 2, 4, 8
-        run_stage seeds 120 python3 profiling/tune_chain.py --rows 1024 --seeds 1 2 4 8 --block-m 32 64 ;;
+    seeds)  # the chain with S seeds stacked (issue 12): time per seed and programs per SM, S = 1, 2, 4, 8;
+            # the graphed update draws from each seed's registered generator (graphed == eager)
+        run_stage seeds 120 python3 profiling/tune_chain.py --rows 1024 --seeds 1 2 4 8 --block-m 32 64
+        run_stage seedgraphs 120 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
+            tests/test_seed_graphs.py ;;
     train:*)  # a later call on the same warm machine continues from the last checkpoint
         run=/tmp/fastbdm-runs/halfcheetah-medium-replay/seed0
         resume=()

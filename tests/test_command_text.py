@@ -32,7 +32,7 @@ def test_the_command_prints_the_overridden_value(tmp_path, capsys, monkeypatch):
     path = tmp_path / "tiny.npz"
     np.savez(path, observations=rng.normal(size=(8, 17)), actions=rng.uniform(-1, 1, (8, 6)), rewards=np.zeros(8),
              terminals=np.zeros(8, bool))
-    monkeypatch.setattr(train_cli, "run_seed", lambda *args: 0.0)
+    monkeypatch.setattr(train_cli, "train_batch", lambda args, records, *rest: [0.0] * len(records))
     code = train_cli.main(["--env", "halfcheetah-medium-replay", "--w-rel", "0", "--device", "cpu",
                            "--dataset", str(path), "--no-progress", "--out", str(tmp_path)])
     assert code == 0

@@ -148,8 +148,8 @@ def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
     actor_steps = []
     original = TD3SBC.update
 
-    def counted(self, batch):
-        metrics = original(self, batch)
+    def counted(self, batch, noise=None):
+        metrics = original(self, batch, noise)
         actor_steps.append("actor_loss" in metrics)
         return metrics
 

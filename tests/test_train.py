@@ -12,6 +12,7 @@ import torch
 from datasets import ACT, OBS, write_tiny_npz
 
 from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm import run_record
 from fastbdm import train as train_cli
 from fastbdm.checkpoint import load_checkpoint
 from fastbdm.presets import ALGOS
@@ -110,8 +111,8 @@ def test_batch_size_default_per_algorithm_and_the_rebrac_note(dataset, tmp_path,
 def nan_bdm_loss_at_update_27(monkeypatch):
     original = TD3SBC.update
 
-    def update_with_nan(self, batch):
-        metrics = original(self, batch)
+    def update_with_nan(self, batch, noise=None):
+        metrics = original(self, batch, noise)
         if self.num_updates == 27:
             metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
         return metrics
@@ -136,6 +137,9 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     (["--device", "cuda"], "CUDA"),
     (["--backend", "torch", "--precision", "bf16"], "use backend 'triton'"),
     (["--algo", "rebrac", "--w-rel", "0.1"], "rebrac has no state-BC term"),
+    (["--seeds", "0", "1", "0"], "--seeds 0 1 0: give each seed once"),
+    (["--seeds-per-batch", "0"], "--seeds-per-batch must be a positive integer"),
+    (["--seeds", "0", "1", "--no-seed-batch", "--seeds-per-batch", "2"], "pass one of the two"),
 ])
 def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
@@ -173,13 +177,13 @@ def test_background_evaluation_writes_the_same_run_as_inline(dataset, tmp_path, 
     """Evaluating CPU snapshots in a worker process while updates go on changes neither the evaluations
     nor the rows' order, and every checkpoint comes after the rows up to its step."""
     written_before_checkpoint = []
-    save = train_cli.save_checkpoint
+    save = run_record.save_checkpoint
 
     def save_after_rows(path, state):
         written_before_checkpoint.append((state["step"], rows(path.parent)[-1]["step"]))
         save(path, state)
 
-    monkeypatch.setattr(train_cli, "save_checkpoint", save_after_rows)
+    monkeypatch.setattr(run_record, "save_checkpoint", save_after_rows)
     common = ["--steps", "40", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "20", "--seed", "2"]
     assert run(dataset, tmp_path / "inline", "--no-async-eval", *common) == 0
     assert run(dataset, tmp_path / "background", "--async-eval", *common) == 0
@@ -282,14 +286,14 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_rows_and_previous_ch
                                                                                         monkeypatch, capsys):
     from test_checkpoint import fail_writes_to
 
-    save = train_cli.save_checkpoint
+    save = run_record.save_checkpoint
 
     def second_save_hits_a_full_disk(path, state):
         if state["step"] == 40:
             fail_writes_to("checkpoint.pt.tmp", monkeypatch)
         save(path, state)
 
-    monkeypatch.setattr(train_cli, "save_checkpoint", second_save_hits_a_full_disk)
+    monkeypatch.setattr(run_record, "save_checkpoint", second_save_hits_a_full_disk)
     assert run(dataset, tmp_path, "--steps", "60", *RESUME) == 2
     err = capsys.readouterr().err.strip().splitlines()
     run_dir = tmp_path / "halfcheetah-medium-replay" / "seed3"
@@ -301,7 +305,7 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_rows_and_previous_ch
 
 
 def test_a_disk_without_room_for_the_checkpoints_stops_the_run_at_start(dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_cli.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10_000_000})())
+    monkeypatch.setattr(run_record.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10_000_000})())
     assert run(dataset, tmp_path, "--steps", "4") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has 10.0 MB free but the run's checkpoints need" in err[0]
@@ -329,19 +333,19 @@ def test_precision_sets_torch_matmuls_while_training_and_restores_them(dataset, 
     also when the run fails."""
     seen = []
 
-    def run_seed(args, seed, device, transitions):
+    def train_batch(args, records, device, transitions, config, run):
         seen.append(torch.backends.cuda.matmul.allow_tf32)
         if len(seen) == 2:
             raise train_cli.TrainingError("stop")
-        return 0.0
+        return [0.0] * len(records)
 
-    monkeypatch.setattr(train_cli, "run_seed", run_seed)
+    monkeypatch.setattr(train_cli, "train_batch", train_batch)
     # the CPU refuses bf16 and tf32x3 (Triton on CUDA only): skip that check to see what the trainer sets
     monkeypatch.setattr(train_cli, "kernel_backend", lambda args, device: "triton")
     outside = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = before
     try:
-        assert run(dataset, tmp_path, "--precision", precision, "--seeds", "0", "1") == 2
+        assert run(dataset, tmp_path, "--precision", precision, "--seeds", "0", "1", "--no-seed-batch") == 2
         assert seen == [during, during]
         assert torch.backends.cuda.matmul.allow_tf32 is before
     finally:
