@@ -1,8 +1,10 @@
 """Running updates: eagerly, or on CUDA by replaying a captured CUDA graph of K pairs of updates.
 
-Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
-batch sampling, noise, losses, backward passes, the fused capturable Adam steps, the target lerps and
-the device-side metric recording all sit in the graph. The host only replays it.
+Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update), run
+as TD3SBC.update_pair: both batches and both updates' noise drawn first (in the order two single
+updates draw them), the frozen networks' outputs of both updates (one reverse chain), then the two
+updates' losses, backward passes, fused capturable Adam steps, the target lerps and the device-side
+metric recording, all in the graph. The host only replays it.
 """
 import torch
 
@@ -33,8 +35,9 @@ class GraphCaptureError(RuntimeError):
 class UpdateRunner:
     """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2.
 
-    pairs_per_graph: K pairs of updates unrolled in one graph (one replay = 2K updates); updates that
-    do not fill a whole replay run eagerly.
+    With policy_freq 2 the updates run by pairs (TD3SBC.update_pair) from an even update count, a
+    single update (TD3SBC.update) where a pair does not fit. pairs_per_graph: K pairs of updates
+    unrolled in one graph (one replay = 2K updates); updates that do not fill a whole replay run eagerly.
     """
 
     def __init__(self, agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor, batch_size: int,
@@ -54,13 +57,26 @@ class UpdateRunner:
         with phase("metrics"):
             self.monitor.record(metrics)
 
+    def pair(self) -> None:
+        """One update pair, eagerly (policy_freq 2, even update count): both batches and noises drawn in
+        the order two `step` calls draw them, TD3SBC.update_pair, each update's metrics recorded."""
+        agent, draws = self.agent, []
+        for actor_step in (False, True):
+            with phase("sample"):
+                batch = self.buffer.sample(self.batch_size)
+            with phase("noise"):
+                draws.append((batch, agent.draw_noise(self.batch_size, batch.obs.device, actor_step)))
+        batches, noises = zip(*draws)
+        for metrics in agent.update_pair(batches, noises):
+            with phase("metrics"):
+                self.monitor.record(metrics)
+
     def _warmup_pair(self) -> None:
-        """Two real updates on a side stream: optimizer state and kernels exist before capture."""
+        """One real pair on a side stream: optimizer state and kernels exist before capture."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.step()
-            self.step()
+            self.pair()
         torch.cuda.current_stream().wait_stream(side)
         self.warmup_pairs_left -= 1
 
@@ -69,8 +85,8 @@ class UpdateRunner:
         graph, updates_before = torch.cuda.CUDAGraph(), self.agent.num_updates
         try:
             with torch.cuda.graph(graph):
-                for _ in range(2 * self.pairs_per_graph):
-                    self.step()
+                for _ in range(self.pairs_per_graph):
+                    self.pair()
         except RuntimeError as error:
             raise GraphCaptureError.of("the update", error) from error
         finally:
@@ -78,25 +94,24 @@ class UpdateRunner:
         self.graph = graph
 
     def run(self, n: int, done=None) -> None:
-        """n updates; done(k) (optional) is called as each k of them is issued (1 per eager update, 2 per
-        warm-up pair, 2K per graph replay), from the host's count: no device synchronisation."""
+        """n updates; done(k) (optional) is called as each k of them is issued (1 per single update, 2 per
+        eager pair or warm-up pair, 2K per graph replay), from the host's count: no device synchronisation."""
         done = done or (lambda count: None)
-        if not self.graphs:
-            for _ in range(n):
-                self.step()
-                done(1)
-            return
+        by_pairs = self.agent.config.policy_freq == 2
         per_replay = 2 * self.pairs_per_graph
         while n > 0:
-            if n == 1 or self.agent.num_updates % 2:
+            if n == 1 or not by_pairs or self.agent.num_updates % 2:
                 self.step()
                 count = 1
+            elif not self.graphs:
+                self.pair()
+                count = 2
             elif self.graph is None and self.warmup_pairs_left:
                 self._warmup_pair()
                 count = 2
             elif n < per_replay:
-                self.step()
-                count = 1
+                self.pair()
+                count = 2
             else:
                 if self.graph is None:
                     self._capture()

@@ -26,6 +26,8 @@ class phase:
         self.name, self._record = name, None
 
     def __enter__(self):
+        if torch.compiler.is_compiling():  # a traced region: no NVTX call (dynamo cannot trace it)
+            return self
         ACTIVE.append(self.name)
         if nvtx is not None:
             nvtx.push_range(self.name, domain=DOMAIN)
@@ -35,6 +37,8 @@ class phase:
         return self
 
     def __exit__(self, *exc):
+        if torch.compiler.is_compiling():
+            return False
         if self._record is not None:
             self._record.__exit__(*exc)
             self._record = None
