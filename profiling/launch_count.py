@@ -29,16 +29,15 @@ def count_pair(algo: str, backend: str, size, device, cuda: bool = False) -> dic
     (the rule's count), "phases" {phase: {aten, triton, total}}, "syncs", and with cuda "cuda" (the
     profiler's kernels, memcpy, memset)}."""
     loop = UpdateLoop(backend, size, device, algo=algo)
-    pair = loop.model.config.policy_freq
-    for _ in range(WARMUP_PAIRS * pair):
+    assert loop.steps_per_call == 2, "the eager step of UpdateLoop is one update pair"
+    for _ in range(WARMUP_PAIRS):
         loop.step()
     with LaunchCounter() as counter:
-        for _ in range(pair):
-            loop.step()
+        loop.step()
     result = {"algo": algo, "backend": backend, "size": size.name, "launches": counter.total(),
               "phases": counter.by_phase(), "syncs": counter.syncs}
     if cuda:
-        result["cuda"] = cuda_kernels(lambda: [loop.step() for _ in range(pair)])
+        result["cuda"] = cuda_kernels(loop.step)
     return result
 
 
