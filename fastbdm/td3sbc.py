@@ -63,8 +63,8 @@ class FrozenOutputs(NamedTuple):
     BDM target chain's x0 on (s', a'). sbc_states (2B, n) and sbc_actions (2B, m) = pi(S) with its
     graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0."""
 
-    next_action: torch.Tensor
-    q_next: torch.Tensor
+    next_action: Optional[torch.Tensor] = None
+    q_next: Optional[torch.Tensor] = None
     samples: Optional[torch.Tensor] = None
     sbc_states: Optional[torch.Tensor] = None
     sbc_actions: Optional[torch.Tensor] = None
