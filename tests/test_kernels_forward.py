@@ -187,63 +187,14 @@ def test_reverse_chain_hidden_512(sampler):
     assert_close_scaled(got, ref.reverse_chain(weights, s, a, z, sched, "v", sampler))
 
 
-SM90_COMPILE = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fastbdm.kernels.denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
-from fastbdm.kernels.denoiser_mlp import _mlp_forward_kernel
-from fastbdm.kernels.noising import _noised_rows_kernel
-from fastbdm.kernels.reverse_chain import _reverse_chain_kernel
-from fastbdm.kernels.td_loss import _td_loss_kernel
-
-FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
-# What the JIT sees at R = 1024, hidden 512 (backward: the inner layer, K = H = 512): divisibility-16 hints.
-DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
-
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=()):
-    # bf16: pointer arguments that point to bf16 data (precision "bf16"); the other pointers fp32
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = "*i64" if name == "t_ptr" else "*bf16" if name in bf16 else "*fp32"
-        else:
-            sig[name] = "fp32" if name in FLOATS else "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or name in divisible}
-    kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=num_warps, num_stages=num_stages))
-    assert kernel.metadata.shared < 200 * 1024, (fn.__name__, kernel.metadata.shared)
-
-mlp = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, PRECISION="tf32")
-compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **mlp))
-compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32)))
-compile_sm90(_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64))
-compile_sm90(_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32))
-# mlp_backward defaults (block_r=32, block_h=64, block_k=32): the last hidden layer (K = n_out = 11 ->
-# BLOCK_K 16, weight grads + db_out sums), the inner one (K = H = 512), the input-gradient-only path.
-bwd = dict(PRECISION="tf32", BLOCK_R=32, BLOCK_K=32, BLOCK_H=64)
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(bwd, BLOCK_K=16)),
-             divisible={"R", "H", "stride_w"})
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **bwd))
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **bwd))
-compile_sm90(_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), divisible=set())
-# precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
-bf16 = {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr"}
-compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **dict(mlp, PRECISION="bf16")), bf16=bf16)
-compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32, PRECISION="bf16")),
-             bf16=bf16)
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(bwd, PRECISION="bf16")),
-             bf16={"pre_ptr"})
-"""
+SM90_COMPILE = "from fastbdm.kernels.sm90_compile import resources; resources()"
 
 
 def test_kernels_compile_for_sm90():
     """Each kernel, forward and backward, at its H100 defaults compiles for sm_90 (tf32 tl.dot, and the
-    MLP kernels also with precision "bf16"; shared memory < 200 KB), offline: a subprocess without TRITON_INTERPRET, as the interpreter replaces the
-    @triton.jit functions."""
+    MLP kernels also with precision "bf16"; shared memory < 200 KB; fastbdm.kernels.sm90_compile, which
+    also reads the registers off the cubin), offline: a subprocess without TRITON_INTERPRET, as the
+    interpreter replaces the @triton.jit functions."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
