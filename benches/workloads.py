@@ -239,9 +239,8 @@ def update_flops(size: Size, algo: str = "td3sbc") -> int:
     if (size.name, algo) not in _UPDATE_FLOPS:
         loop = UpdateLoop("torch", size, "cpu", algo=algo)
         with FlopCounterMode(display=False) as counter:
-            for _ in range(loop.model.config.policy_freq):
-                loop.step()
-        _UPDATE_FLOPS[size.name, algo] = counter.get_total_flops() // 2
+            loop.step()  # one update pair (policy_freq 2): the mean over the actor period
+        _UPDATE_FLOPS[size.name, algo] = counter.get_total_flops() // loop.steps_per_call
     return _UPDATE_FLOPS[size.name, algo]
 
 
