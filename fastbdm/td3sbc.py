@@ -343,18 +343,20 @@ class TD3SBC(nn.Module):
             chain_a.append(A.detach())
             chain_z.append(noise.sbc_z)
             chain_noise.append(noise.sbc_chain)
-        samples = [None] * (len(steps) + 1)
+        samples, sbc_samples = [None] * len(steps), None
         if chain_s:
             with phase("chain"):
                 noise = None if chain_noise[0] is None else torch.cat(chain_noise, -2)
                 x0 = self.bdm.sample(torch.cat(chain_s, -2), torch.cat(chain_a, -2), torch.cat(chain_z, -2),
                                      noise=noise)
-                parts = x0.split([s.shape[-2] for s in chain_s], -2)
-                samples = ([None] * len(steps) if not targets else list(parts[:len(steps)])) + (
-                    [parts[-1]] if S is not None else [None])
+                parts = list(x0.split([s.shape[-2] for s in chain_s], -2))
+                if S is not None:
+                    sbc_samples = parts.pop()
+                if targets:
+                    samples = parts
         outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_next, samples)]
         if S is not None:
-            outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=samples[-1])
+            outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples)
         return outputs
 
     def update(self, b: Batch, noise: UpdateNoise = None) -> Dict[str, torch.Tensor]:
@@ -370,8 +372,8 @@ class TD3SBC(nn.Module):
     def update_pair(self, batches: Sequence[Batch], noises: Sequence[UpdateNoise]) -> List[Dict[str, torch.Tensor]]:
         """The two updates of one actor period (policy_freq 2, starting after an even number of updates):
         the critic-side update on batches[0], noises[0], then the critic-side and actor update on
-        batches[1], noises[1] (UpdateNoise with the actor's draws), learning exactly as two `update`
-        calls, with the frozen networks evaluated once for both (frozen_outputs: one reverse chain of
+        batches[1], noises[1] (UpdateNoise with the actor's draws), learning as two `update` calls (up
+        to the float rounding of merged matmuls), with the frozen networks evaluated once for both (frozen_outputs: one reverse chain of
         T levels instead of three). Returns each update's metrics."""
         if self.config.policy_freq != 2 or self.num_updates % 2:
             raise ValueError(f"update_pair needs policy_freq 2 and an even update count (policy_freq "
