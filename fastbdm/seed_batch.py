@@ -5,7 +5,8 @@ kernels/seed_axis.py).
 
 Seed k's update is a function of its parameters, its batch and its noise (TD3SBC.update with injected
 UpdateNoise; a pair of updates: TD3SBC.update_pair, its frozen networks' outputs for both updates, one
-reverse chain, vmapped over the seeds too), so seed k in a batch of seeds follows the single-seed run of seed k up to the float
+reverse chain, vmapped over the seeds too), so seed k in a batch of seeds follows the single-seed run of
+seed k up to the float
 rounding of batched against single matmuls, whichever other seeds share the batch: its agent is built
 from its own seed, and its batches and noise come from its own generator (`generators`).
 

@@ -373,8 +373,8 @@ class TD3SBC(nn.Module):
         """The two updates of one actor period (policy_freq 2, starting after an even number of updates):
         the critic-side update on batches[0], noises[0], then the critic-side and actor update on
         batches[1], noises[1] (UpdateNoise with the actor's draws), learning as two `update` calls (up
-        to the float rounding of merged matmuls), with the frozen networks evaluated once for both (frozen_outputs: one reverse chain of
-        T levels instead of three). Returns each update's metrics."""
+        to the float rounding of merged matmuls), with the frozen networks evaluated once for both
+        (frozen_outputs: one reverse chain of T levels instead of three). Returns each update's metrics."""
         if self.config.policy_freq != 2 or self.num_updates % 2:
             raise ValueError(f"update_pair needs policy_freq 2 and an even update count (policy_freq "
                              f"{self.config.policy_freq}, {self.num_updates} updates done): call update()")

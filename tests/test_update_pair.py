@@ -14,7 +14,6 @@ import torch
 
 from fastbdm import Batch, TD3SBC, TD3SBCConfig
 from fastbdm.launch_count import LaunchCounter
-from fastbdm.replay import TransitionBuffer  # noqa: F401  (the buffer the runner samples)
 
 N, M, B, PAIRS = 5, 3, 16, 3
 
