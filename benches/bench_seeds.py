@@ -1,8 +1,8 @@
 """Many seeds in one process (fastbdm.seed_batch): the whole update of S seeds, sampling included, batched
-(one SeedBatch.step for all S) for S = 1, 2, 4, 8, and S = 4 run one after another (four TD3SBC agents,
-TD3SBC.update each) as today's sequential --seeds does. td3sbc at the size's batch, eager, the torch
+(one SeedBatch.pair_step for all S per update pair) for S = 1, 2, 4, 8, and S = 4 run one after another
+(four TD3SBC agents, TD3SBC.update_pair each) as today's sequential --seeds does. td3sbc at the size's batch, eager, the torch
 backend on the CPU and triton on CUDA (graphs for the batch: pending, see docs/PERFORMANCE.md). One round
-= policy_freq updates of every seed; extra_info: seeds, updates_per_round (per seed) and
+= one update pair (policy_freq = 2 updates) of every seed; extra_info: seeds, updates_per_round (per seed) and
 per_seed_update_s = median / (seeds x updates_per_round), the number to compare across S."""
 import pytest
 import torch
@@ -34,14 +34,17 @@ def test_seeds(seeds, mode, measure, bench_setup, benchmark):
     freq = learners[0].config.policy_freq
     if mode == "batched":
         batch = SeedBatch(learners, [torch.Generator(device).manual_seed(seed) for seed in range(seeds)])
-        update = lambda: batch.step(buffer, size.batch)  # noqa: E731
-    else:
-        update = lambda: [agent.update(buffer.sample(size.batch)) for agent in learners]  # noqa: E731
+        pair = lambda: batch.pair_step(buffer, size.batch)  # noqa: E731
+    else:  # each agent's pair of updates, as the trainer's runner does (UpdateRunner.pair)
+        def pair():
+            for agent in learners:
+                draws = [(b, agent.draw_noise(size.batch, device, actor_step))
+                         for actor_step in (False, True) for b in [buffer.sample(size.batch)]]
+                agent.update_pair(*zip(*draws))
 
     def round_():
         with torch_matmul_precision("tf32"):
-            for _ in range(freq):
-                update()
+            pair()
 
     measure(round_, component="update_seeds", variant=f"S={seeds} {mode}", backend=backend, updates=freq,
             flops=seeds * freq * update_flops(size, "td3sbc"), bytes=seeds * freq * update_bytes(size, "td3sbc"))

@@ -4,8 +4,9 @@
 Per benchmark: median time (per update for the update rows), FLOPs, compulsory bytes, achieved
 rates, the floor max(FLOPs / measured matmul rate, bytes / measured copy bandwidth) from the
 roofline benchmarks of the same run, time / floor, the speed-up over the reference (the research
-variant for the update, the torch reference for a kernel), and the H100 bound
-max(FLOPs / 495 TFLOP/s TF32 dense, bytes / 3.35 TB/s).
+variant for the update, the torch reference for a kernel), the H100 bound
+max(FLOPs / 495 TFLOP/s TF32 dense, bytes / 3.35 TB/s), and for the eager update rows the kernels one
+update pair launches (fastbdm.launch_count's rule; on CUDA torch.profiler's count beside it).
 """
 import argparse
 import json
@@ -22,8 +23,17 @@ def rows_of(data: dict) -> list:
         per = info.get("updates_per_round", 1)
         rows.append({"component": info["component"], "variant": info["variant"],
                      "time": bench["stats"]["median"] / per, "flops": info["flops"] / per,
-                     "bytes": info["bytes"] / per, "rounds": bench["stats"]["rounds"]})
+                     "bytes": info["bytes"] / per, "rounds": bench["stats"]["rounds"],
+                     "launches": launches(info)})
     return rows
+
+
+def launches(info: dict) -> str:
+    """'528' (the rule's count per pair), '528 (CUDA 540)' with torch.profiler's, '' when not counted."""
+    if "launches_per_pair" not in info:
+        return ""
+    cuda = info.get("cuda_kernels_per_pair")
+    return f"{info['launches_per_pair']}" + (f" (CUDA {cuda['kernels']})" if cuda else "")
 
 
 def ceilings(rows: list) -> tuple:
@@ -55,8 +65,9 @@ def table(data: dict) -> str:
         + (", ".join(f"{k} ({v})" for k, v in fb.get("omitted_variants", {}).items()) or "none"),
         f"Measured ceilings: matmul {flop_rate / 1e9:.1f} GFLOP/s, copy {byte_rate / 1e9:.1f} GB/s",
         "",
-        "| component | variant | median | GFLOP | MB | GFLOP/s | GB/s | floor | x floor | speed-up vs ref | H100 bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| component | variant | median | GFLOP | MB | GFLOP/s | GB/s | floor | x floor | speed-up vs ref | H100 bound "
+        "| launches / pair |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["component"].startswith("roofline"):
@@ -68,7 +79,7 @@ def table(data: dict) -> str:
             f"| {r['component']} | {r['variant']} | {fmt_time(r['time'])} | {r['flops'] / 1e9:.4g} | "
             f"{r['bytes'] / 1e6:.3g} | {r['flops'] / r['time'] / 1e9:.3g} | {r['bytes'] / r['time'] / 1e9:.3g} | "
             f"{fmt_time(floor)} | {r['time'] / floor:.3g} | {ref / r['time'] if ref else float('nan'):.3g} | "
-            f"{fmt_time(h100)} |")
+            f"{fmt_time(h100)} | {r['launches']} |")
     return "\n".join(lines)
 
 

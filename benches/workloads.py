@@ -141,11 +141,12 @@ def research_buffer(buffer: TransitionBuffer) -> NumpyReplayBuffer:
 
 class UpdateLoop:
     """One variant's training step of `algo` (td3sbc, or a baseline with BASELINE_VARIANTS, all at
-    batch size.batch); `actor_next`: the next step moves the actor.
+    batch size.batch); `actor_next`: the next step moves the actor; steps_per_call: updates per step.
 
-    research: ResearchCode.learn on NumpyReplayBuffer batches. torch / triton: the trainer's eager
-    step (fastbdm.graphs.UpdateRunner: TransitionBuffer sample, TD3SBC.update with that backend,
-    device-side metrics). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
+    research: ResearchCode.learn on NumpyReplayBuffer batches, one update per step. torch / triton: the
+    trainer's eager step (fastbdm.graphs.UpdateRunner: TransitionBuffer samples, TD3SBC.update_pair
+    with that backend, device-side metrics), one pair of updates per step (one update with a
+    policy_freq other than 2). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
     CUDA graph; one step is then pairs_per_graph pairs of updates (steps_per_call = 2 pairs_per_graph),
     captured here after the runner's warm-up. Every fastbdm step runs under the trainer's torch matmul
     setting for its precision (backends.torch_matmul_precision: TF32 on CUDA for tf32 and bf16); the
@@ -170,6 +171,8 @@ class UpdateLoop:
         backend, precision = variant_kernels(variant)
         self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend, precision, algo), device=device)
         graphs = variant.endswith("+graphs")
+        if not graphs and self.model.config.policy_freq == 2:
+            self.steps_per_call = 2
         runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=graphs,
                               pairs_per_graph=pairs_per_graph)
 
@@ -236,9 +239,8 @@ def update_flops(size: Size, algo: str = "td3sbc") -> int:
     if (size.name, algo) not in _UPDATE_FLOPS:
         loop = UpdateLoop("torch", size, "cpu", algo=algo)
         with FlopCounterMode(display=False) as counter:
-            for _ in range(loop.model.config.policy_freq):
-                loop.step()
-        _UPDATE_FLOPS[size.name, algo] = counter.get_total_flops() // 2
+            loop.step()  # one update pair (policy_freq 2): the mean over the actor period
+        _UPDATE_FLOPS[size.name, algo] = counter.get_total_flops() // loop.steps_per_call
     return _UPDATE_FLOPS[size.name, algo]
 
 

@@ -80,9 +80,12 @@ class BellmanDiffusion(nn.Module):
             self._net(target).weights(), s, a, z, self.schedule, self.prediction, self.sampler, noise
         )
 
-    def td_loss(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None) -> torch.Tensor:
+    def td_loss(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None,
+                samples=None) -> torch.Tensor:
         """Scalar BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss); gradients reach self.denoiser only.
-        t, eps, z are drawn when None; chain_noise (steps, B, obs_dim): the DDPM sampler's (drawn when None)."""
+        t, eps, z are drawn when None; chain_noise (steps, B, obs_dim): the DDPM sampler's (drawn when None).
+        samples (B, obs_dim): the target chain's x0 on (s_next, a_next) from z and chain_noise when the
+        caller ran it already (TD3SBC.frozen_outputs); else sampled here."""
         ops, sch = self.ops(s), self.schedule
         if t is None:
             t = torch.randint(0, self.steps, (s.shape[0],), device=s.device)
@@ -92,7 +95,7 @@ class BellmanDiffusion(nn.Module):
             z = eps if self.flags.shared_noise else torch.randn_like(s_next)
         done = torch.zeros_like(done, dtype=torch.bool) if self.flags.unmasked_terminals else done.bool()
         with torch.no_grad():
-            s_f = self.sample(s_next, a_next, z, noise=chain_noise)
+            s_f = self.sample(s_next, a_next, z, noise=chain_noise) if samples is None else samples
             s_f = torch.where(done.unsqueeze(-1), s_next, s_f)
             x2_rows = ops.noised_rows(s_f, eps, t, s_next, a_next, sch)
             y2 = ops.denoiser_forward(x2_rows, self.target_denoiser.weights())

@@ -1,10 +1,12 @@
 """Running updates: eagerly, or on CUDA by replaying a captured CUDA graph of K pairs of updates.
 
-Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update):
-batch sampling, noise, losses, backward passes, the fused capturable Adam steps, the target lerps and
-the device-side metric recording all sit in the graph. The host only replays it. The generators that
-the updates draw from (a seed's own, UpdateRunner's generator; a SeedBatch's, one per seed) are
-registered with the graph, so that every replay advances their streams.
+Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update), run
+as TD3SBC.update_pair: both batches and both updates' noise drawn first (in the order two single
+updates draw them), the frozen networks' outputs of both updates (one reverse chain), then the two
+updates' losses, backward passes, fused capturable Adam steps, the target lerps and the device-side
+metric recording, all in the graph. The host only replays it. The generators that the updates draw
+from (a seed's own, UpdateRunner's generator; a SeedBatch's, one per seed) are registered with the
+graph, so that every replay advances their streams.
 """
 from typing import List
 
@@ -37,9 +39,11 @@ class GraphCaptureError(RuntimeError):
 class UpdateRunner:
     """`run(n)` performs n TD3-SBC updates; graphs=True needs CUDA and a policy_freq of 2.
 
-    pairs_per_graph: K pairs of updates unrolled in one graph (one replay = 2K updates); updates that
-    do not fill a whole replay run eagerly. generator: the stream of the batches and the update noise
-    (a torch.Generator on the agent's device; default torch's global one).
+    With policy_freq 2 the updates run by pairs (TD3SBC.update_pair) from an even update count, a
+    single update (TD3SBC.update) where a pair does not fit. pairs_per_graph: K pairs of updates
+    unrolled in one graph (one replay = 2K updates); updates that do not fill a whole replay run eagerly.
+    generator: the stream of the batches and the update noise (a torch.Generator on the agent's device;
+    default torch's global one).
     """
 
     def __init__(self, agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor, batch_size: int,
@@ -54,21 +58,34 @@ class UpdateRunner:
 
     def step(self) -> None:
         """One update, eagerly: sample, update, record metrics on the device."""
+        actor_step = (self.agent.num_updates + 1) % self.agent.config.policy_freq == 0
+        batch, noise = self._draw(actor_step)
+        self._record(self.agent.update(batch, noise))
+
+    def _draw(self, actor_step: bool):
+        """One update's batch and noise, from self.generator."""
         with phase("sample"):
             batch = self.buffer.sample(self.batch_size, generator=self.generator)
-            actor_step = (self.agent.num_updates + 1) % self.agent.config.policy_freq == 0
-            noise = self.agent.draw_noise(self.batch_size, batch.obs.device, actor_step, generator=self.generator)
-        metrics = self.agent.update(batch, noise)
+        with phase("noise"):
+            return batch, self.agent.draw_noise(self.batch_size, batch.obs.device, actor_step, generator=self.generator)
+
+    def _record(self, metrics: dict) -> None:
         with phase("metrics"):
             self.monitor.record(metrics)
 
+    def pair(self) -> None:
+        """One update pair, eagerly (policy_freq 2, even update count): both batches and noises drawn in
+        the order two `step` calls draw them, TD3SBC.update_pair, each update's metrics recorded."""
+        batches, noises = zip(*(self._draw(actor_step) for actor_step in (False, True)))
+        for metrics in self.agent.update_pair(batches, noises):
+            self._record(metrics)
+
     def _warmup_pair(self) -> None:
-        """Two real updates on a side stream: optimizer state and kernels exist before capture."""
+        """One real pair on a side stream: optimizer state and kernels exist before capture."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.step()
-            self.step()
+            self.pair()
         torch.cuda.current_stream().wait_stream(side)
         self.warmup_pairs_left -= 1
 
@@ -79,8 +96,8 @@ class UpdateRunner:
             graph.register_generator_state(generator)  # each replay moves the stream on
         try:
             with torch.cuda.graph(graph):
-                for _ in range(2 * self.pairs_per_graph):
-                    self.step()
+                for _ in range(self.pairs_per_graph):
+                    self.pair()
         except RuntimeError as error:
             raise GraphCaptureError.of("the update", error) from error
         finally:
@@ -92,25 +109,24 @@ class UpdateRunner:
         return [] if self.generator is None else [self.generator]
 
     def run(self, n: int, done=None) -> None:
-        """n updates; done(k) (optional) is called as each k of them is issued (1 per eager update, 2 per
-        warm-up pair, 2K per graph replay), from the host's count: no device synchronisation."""
+        """n updates; done(k) (optional) is called as each k of them is issued (1 per single update, 2 per
+        eager pair or warm-up pair, 2K per graph replay), from the host's count: no device synchronisation."""
         done = done or (lambda count: None)
-        if not self.graphs:
-            for _ in range(n):
-                self.step()
-                done(1)
-            return
+        by_pairs = self.agent.config.policy_freq == 2
         per_replay = 2 * self.pairs_per_graph
         while n > 0:
-            if n == 1 or self.agent.num_updates % 2:
+            if n == 1 or not by_pairs or self.agent.num_updates % 2:
                 self.step()
                 count = 1
+            elif not self.graphs:
+                self.pair()
+                count = 2
             elif self.graph is None and self.warmup_pairs_left:
                 self._warmup_pair()
                 count = 2
             elif n < per_replay:
-                self.step()
-                count = 1
+                self.pair()
+                count = 2
             else:
                 if self.graph is None:
                     self._capture()
@@ -128,7 +144,13 @@ class SeedBatchRunner(UpdateRunner):
     pairs_per_graph)."""
 
     def step(self) -> None:
-        metrics = self.agent.step(self.buffer, self.batch_size)
+        self._record(self.agent.step(self.buffer, self.batch_size))
+
+    def pair(self) -> None:
+        for metrics in self.agent.pair_step(self.buffer, self.batch_size):
+            self._record(metrics)
+
+    def _record(self, metrics: dict) -> None:
         with phase("metrics"):
             for seed, monitor in enumerate(self.monitor):
                 monitor.record({name: value[seed] for name, value in metrics.items()})

@@ -4,7 +4,9 @@ torch.func.vmap over the seed axis (batched matmuls; the Triton kernels take the
 kernels/seed_axis.py).
 
 Seed k's update is a function of its parameters, its batch and its noise (TD3SBC.update with injected
-UpdateNoise), so seed k in a batch of seeds follows the single-seed run of seed k up to the float
+UpdateNoise; a pair of updates: TD3SBC.update_pair, its frozen networks' outputs for both updates, one
+reverse chain, vmapped over the seeds too), so seed k in a batch of seeds follows the single-seed run of
+seed k up to the float
 rounding of batched against single matmuls, whichever other seeds share the batch: its agent is built
 from its own seed, and its batches and noise come from its own generator (`generators`).
 
@@ -24,9 +26,10 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
 from .networks import Actor, normalize_states
-from .td3sbc import TD3SBC, Batch, UpdateNoise, make_adam
+from .td3sbc import TD3SBC, Batch, FrozenOutputs, UpdateNoise, make_adam
 
 # Parameter-name prefixes of each learner's online network, as in TD3SBC.optimizers.
 LEARNERS = {"actor": "actor.", "critic": "critic.", "denoiser": "bdm.denoiser.", "data_denoiser": "data_denoiser."}
@@ -74,6 +77,11 @@ def stack_noise(noises: Sequence[UpdateNoise]) -> UpdateNoise:
     return UpdateNoise(*(None if field[0] is None else torch.stack(field) for field in zip(*noises)))
 
 
+def seed_dims(args):
+    """vmap in_dims for args: 0 for every tensor (its seed axis), None for anything else (None fields, flags)."""
+    return tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, args)
+
+
 class SeedBatch:
     """The learners of `agents` (one TD3SBC per seed, same config and shapes) stacked: parameters[name]
     (S, *shape of the agent's parameter `name`). The agents are templates only: their own parameters
@@ -99,15 +107,17 @@ class SeedBatch:
         self.num_updates = 0
         self._critic_side = grad(self._loss("critic_side_losses"), has_aux=True)
         self._actor = grad(self._loss("actor_loss"), has_aux=True)
+        self._frozen_outputs = self._loss("frozen_outputs")
 
     def _loss(self, method: str):
-        """f(trainable, frozen, batch, noise) -> (loss, metrics) of one seed, for grad over `trainable`."""
+        """f(trainable, frozen, *args) -> agent.<method>(*args) of one seed on those parameters (a loss
+        and its metrics, for grad over `trainable`)."""
         call = _Method(self.template, method)
 
-        def loss(trainable, frozen, batch, noise):
+        def loss(trainable, frozen, *args):
             params = {f"agent.{name}": p for name, p in {**trainable, **frozen}.items()}
             buffers = {f"agent.{name}": b for name, b in self.buffers.items()}
-            return functional_call(call, {**params, **buffers}, (batch, noise), strict=False, tie_weights=False)
+            return functional_call(call, {**params, **buffers}, args, strict=False, tie_weights=False)
 
         return loss
 
@@ -130,29 +140,54 @@ class SeedBatch:
         actor_step = (self.num_updates + 1) % self.config.policy_freq == 0
         return self.update(*self.draw(buffer, batch_size, actor_step))
 
-    def update(self, batch: Batch, noise: UpdateNoise) -> Dict[str, torch.Tensor]:
+    def update(self, batch: Batch, noise: UpdateNoise, outputs: FrozenOutputs = None) -> Dict[str, torch.Tensor]:
         """One update of every seed on batch (S, B, ...) and noise (stacked UpdateNoise; with the actor
-        fields on every policy_freq-th update): TD3SBC.update per seed, batched. Returns detached (S,)
-        metric tensors."""
+        fields on every policy_freq-th update): TD3SBC.update per seed, batched. outputs: the seeds'
+        stacked FrozenOutputs of this update (update_pair; evaluated by the losses when None).
+        Returns detached (S,) metric tensors."""
         self.num_updates += 1
         actor_step = self.num_updates % self.config.policy_freq == 0
         side = [learner for learner in ("critic", "denoiser", "data_denoiser") if learner in self.learners]
         trainable, frozen = self._split(side)
-        grads, metrics = self._per_seed(self._critic_side, trainable, frozen, batch, noise)
+        grads, metrics = self._per_seed(self._critic_side, trainable, frozen, batch, noise, outputs)
         self._step(side, grads)
         if actor_step:
             trainable, frozen = self._split(["actor"])
-            grads, terms = self._per_seed(self._actor, trainable, frozen, batch, noise)
+            grads, terms = self._per_seed(self._actor, trainable, frozen, batch, noise, outputs)
             self._step(["actor"], grads)
             self.update_targets()
             metrics.update(terms)
         return {k: v.detach() for k, v in metrics.items()}
 
+    def pair_step(self, buffer, batch_size: int) -> List[Dict[str, torch.Tensor]]:
+        """One update pair of every seed (update_pair), each seed's two batches and noises drawn from its
+        own generator in the order two `step` calls draw them."""
+        draws = [self.draw(buffer, batch_size, actor_step) for actor_step in (False, True)]
+        return self.update_pair(*zip(*draws))
+
+    def update_pair(self, batches: Sequence[Batch], noises: Sequence[UpdateNoise]) -> List[Dict[str, torch.Tensor]]:
+        """TD3SBC.update_pair per seed, batched: the two updates of an actor period (policy_freq 2, from
+        an even count) on stacked batches and noises (the second with the actor's draws), the frozen
+        networks' outputs of both computed first in one vmapped call (one reverse chain for all seeds
+        and both updates). Returns each update's detached (S,) metrics."""
+        if self.config.policy_freq != 2 or self.num_updates % 2:
+            raise ValueError(f"update_pair needs policy_freq 2 and an even update count (policy_freq "
+                             f"{self.config.policy_freq}, {self.num_updates} updates done): call update()")
+        def present(trainable, frozen, steps):  # vmap returns tensors only: each FrozenOutputs' present fields
+            return [{k: v for k, v in out._asdict().items() if v is not None}
+                    for out in self._frozen_outputs(trainable, frozen, steps, True)]
+
+        with torch.no_grad():
+            steps = [list(pair) for pair in zip(batches, noises)]
+            frozen = [FrozenOutputs(**fields) for fields in self._per_seed(present, {}, self.parameters, steps)]
+        # pi(S) without its graph: the actor loss evaluates it again under torch.func.grad
+        frozen[-1] = frozen[-1]._replace(sbc_actions=None)
+        return [self.update(b, noise, f) for b, noise, f in zip(batches, noises, frozen)]
+
     @staticmethod
-    def _per_seed(fn, trainable, frozen, batch, noise):
-        """fn vmapped over the leading seed axis of every argument (noise's None fields: none)."""
-        noise_dims = UpdateNoise(*(None if field is None else 0 for field in noise))
-        return vmap(fn, in_dims=(0, 0, 0, noise_dims))(trainable, frozen, batch, noise)
+    def _per_seed(fn, *args):
+        """fn vmapped over the leading seed axis of every tensor in args (None fields: none)."""
+        return vmap(fn, in_dims=seed_dims(args))(*args)
 
     def _step(self, learners: Sequence[str], grads: Dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

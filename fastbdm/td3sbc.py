@@ -3,7 +3,7 @@
 state-BC term and its learners) and TD3+BC (Q scaled by alpha / mean|Q1|, mean-squared actor BC, no critic BC)."""
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -52,6 +52,23 @@ class UpdateNoise(NamedTuple):
     sbc_eps: Optional[torch.Tensor] = None
     sbc_z: Optional[torch.Tensor] = None
     sbc_chain: Optional[torch.Tensor] = None
+
+
+class FrozenOutputs(NamedTuple):
+    """One update's outputs of the networks that do not move between its pair's start and its own
+    steps (pi', Q', D', and pi before the actor's step), computed for all updates of a pair at its start
+    (TD3SBC.frozen_outputs). B rows; None where the algorithm or the step has none.
+
+    next_action (B, m): the target action a'. q_next (B,): min of Q1', Q2' at (s', a'). samples (B, n): the
+    BDM target chain's x0 on (s', a'). sbc_states (2B, n) and sbc_actions (2B, m) = pi(S) with its
+    graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0."""
+
+    next_action: Optional[torch.Tensor] = None
+    q_next: Optional[torch.Tensor] = None
+    samples: Optional[torch.Tensor] = None
+    sbc_states: Optional[torch.Tensor] = None
+    sbc_actions: Optional[torch.Tensor] = None
+    sbc_samples: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -177,11 +194,14 @@ class TD3SBC(nn.Module):
         noise = (normal * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
         return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
 
-    def critic_loss(self, b: Batch, next_action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and Q(s, a) (2, B)."""
+    def critic_loss(self, b: Batch, next_action: torch.Tensor, q_next: torch.Tensor = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and Q(s, a) (2, B).
+        q_next (B,): min of the target critics at (s', a') (evaluated here when None)."""
         cfg = self.config
         with torch.no_grad():
-            q_next = self.critic_target(b.next_obs, next_action).min(0).values
+            if q_next is None:
+                q_next = self.critic_target(b.next_obs, next_action).min(0).values
             penalty = cfg.w_critic_bc * b.valid * (next_action - b.next_actions).square().sum(-1)
             not_done = cfg.gamma * (1 - b.dones)
             if self.flags.broadcast_critic_penalty:
@@ -216,18 +236,23 @@ class TD3SBC(nn.Module):
         s_rand = mean + std * (torch.randn_like(s) if normal is None else normal)
         return torch.cat([s, s_rand])
 
-    def actor_loss(self, b: Batch, noise: UpdateNoise = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def actor_loss(self, b: Batch, noise: UpdateNoise = None, frozen: FrozenOutputs = None
+                   ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """-lambda Q1(s, pi(s)) + actor BC (+ state-BC for td3sbc), lambda = alpha / mean|Q1| (detached).
         Actor BC: w_a mean_rows ||pi(s) - a||^2, for td3bc w_a mean over all elements of (pi(s) - a)^2.
-        noise: an actor step's UpdateNoise (drawn when None). Returns the loss and its terms (with their graphs)."""
+        noise: an actor step's UpdateNoise (drawn when None); frozen: this update's FrozenOutputs (the SBC
+        states, pi(S) and chain samples; computed here when None). Returns the loss and its terms (with
+        their graphs)."""
         cfg = self.config
         if self.bdm is None:
             a_pi = self.actor(b.obs)
         else:
             if noise is None:
                 noise = self.draw_noise(b.obs.shape[0], b.obs.device)
-            S = self.sbc_states(b.obs, noise.sbc_normal)
-            A = self.actor(S)
+            if frozen is None:
+                frozen = self.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]
+            S = frozen.sbc_states
+            A = self.actor(S) if frozen.sbc_actions is None else frozen.sbc_actions
             a_pi = A[:b.obs.shape[0]]
         squared = (a_pi - b.actions).square()
         bc = cfg.w_actor_bc * (squared.mean() if cfg.algo == "td3bc" else squared.sum(-1).mean())
@@ -236,20 +261,22 @@ class TD3SBC(nn.Module):
         loss = -lam * q1.mean() + bc
         terms = {"bc": bc, "lambda": lam}
         if self.bdm is not None:
-            terms["sbc"] = self.state_bc_loss(S, A, noise)
+            terms["sbc"] = self.state_bc_loss(S, A, noise, frozen.sbc_samples)
             loss = loss + terms["sbc"]
         return loss, {"actor_loss": loss, **terms}
 
-    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor, noise: UpdateNoise) -> torch.Tensor:
+    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor, noise: UpdateNoise,
+                      samples: torch.Tensor = None) -> torch.Tensor:
         """sbc = w_rel w_a mean_rows(eta_t ||E(x_t, t) - D'(x_t, S, A, t)||^2) on S (2B, n), A = pi(S) (2B, m),
         t, eps, z and the chain noise from an actor step's noise; the gradient reaches the actor only
-        through the target denoiser's action input."""
+        through the target denoiser's action input. samples (2B, n): the chain's x0 on (S, A) when the
+        caller ran it (TD3SBC.frozen_outputs); else sampled here."""
         cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
         ops = bdm.ops(S)
         t, eps = noise.sbc_t, noise.sbc_eps
         eta = sch.eta[t]
         eta = eta / eta.mean()
-        x0 = bdm.sample(S, A.detach(), noise.sbc_z, noise=noise.sbc_chain)
+        x0 = bdm.sample(S, A.detach(), noise.sbc_z, noise=noise.sbc_chain) if samples is None else samples
         with torch.no_grad():
             x_t = sch.q_sample(x0, t, eps)
             c = sch.time_input(t)
@@ -261,54 +288,129 @@ class TD3SBC(nn.Module):
         weighted = eta.mean() * err.mean() if self.flags.broadcast_sbc_weights else (eta * err).mean()
         return cfg.w_rel * cfg.w_actor_bc * weighted
 
-    def critic_side_losses(self, b: Batch, noise: UpdateNoise) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def critic_side_losses(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
+                           ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The losses of the learners stepped on every update (critics; for td3sbc D and E too), summed
-        (each reaches its own learner only), and their detached metrics."""
+        (each reaches its own learner only), and their detached metrics. frozen: this update's
+        FrozenOutputs (a', Q'(s', a') and the BDM chain's samples; computed here when None)."""
+        if frozen is None:
+            frozen = self.frozen_outputs([(b, noise)], actor_last=False)[0]
         with phase("critic"):
-            with torch.no_grad():
-                next_action = self.target_action(b.next_obs, noise.policy)
-            critic_loss, q = self.critic_loss(b, next_action)
+            critic_loss, q = self.critic_loss(b, frozen.next_action, frozen.q_next)
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
         loss = critic_loss
         if self.bdm is not None:
             with phase("bdm"):
-                bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones, noise.bdm_t,
-                                            noise.bdm_eps, noise.bdm_z, noise.bdm_chain)
+                bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
+                                            noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
+                                            frozen.samples)
             with phase("data_denoiser"):
                 data_loss = self.data_denoiser_loss(b, noise)
             metrics.update(bdm_loss=bdm_loss.detach(), data_loss=data_loss.detach())
             loss = loss + bdm_loss + data_loss
         return loss, metrics
 
+    def frozen_outputs(self, steps: Sequence[Tuple[Batch, UpdateNoise]], actor_last: bool,
+                       targets: bool = True) -> List[FrozenOutputs]:
+        """FrozenOutputs of consecutive updates `steps` (batch, noise), of which only the last steps the
+        actor (when actor_last), evaluated together before any of them: pi' and Q' once over all their
+        next states, and one reverse chain of D' over the BDM target rows of every update and the SBC
+        rows of the last (ordered [update 1's B; ...; SBC's 2B], each with its own z and chain noise).
+        Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
+        targets=False: the SBC part only (next_action and q_next None)."""
+        rows = [b.next_obs.shape[-2] for b, _ in steps]
+        with torch.no_grad():
+            next_action = q_next = [None] * len(steps)
+            chain_s, chain_a, chain_z, chain_noise = [], [], [], []
+            if targets:
+                with phase("critic"):
+                    next_obs = torch.cat([b.next_obs for b, _ in steps], -2)
+                    merged = self.target_action(next_obs, torch.cat([n.policy for _, n in steps], -2))
+                    q = self.critic_target(next_obs, merged).min(0).values
+                    next_action, q_next = merged.split(rows, -2), q.split(rows, -1)
+                if self.bdm is not None:
+                    chain_s += [b.next_obs for b, _ in steps]
+                    chain_a += next_action
+                    chain_z += [n.bdm_z for _, n in steps]
+                    chain_noise += [n.bdm_chain for _, n in steps]
+        S = A = None
+        if actor_last and self.bdm is not None:
+            b, noise = steps[-1]
+            with phase("actor"):
+                S = self.sbc_states(b.obs, noise.sbc_normal)
+                A = self.actor(S)
+            chain_s.append(S)
+            chain_a.append(A.detach())
+            chain_z.append(noise.sbc_z)
+            chain_noise.append(noise.sbc_chain)
+        samples, sbc_samples = [None] * len(steps), None
+        if chain_s:
+            with phase("chain"):
+                noise = None if chain_noise[0] is None else torch.cat(chain_noise, -2)
+                x0 = self.bdm.sample(torch.cat(chain_s, -2), torch.cat(chain_a, -2), torch.cat(chain_z, -2),
+                                     noise=noise)
+                parts = list(x0.split([s.shape[-2] for s in chain_s], -2))
+                if S is not None:
+                    sbc_samples = parts.pop()
+                if targets:
+                    samples = parts
+        outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_next, samples)]
+        if S is not None:
+            outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples)
+        return outputs
+
     def update(self, b: Batch, noise: UpdateNoise = None) -> Dict[str, torch.Tensor]:
         """One update of config.algo; the actor and the targets move on every policy_freq-th call.
         noise: this update's random numbers (drawn from torch's global generator when None).
         Returns detached scalar metric tensors (no host synchronisation); the terms an algorithm does
         not have (bdm_loss, data_loss, sbc) are absent."""
-        self.num_updates += 1
-        actor_step = self.num_updates % self.config.policy_freq == 0
-        opt = self.optimizers
         if noise is None:
+            actor_step = (self.num_updates + 1) % self.config.policy_freq == 0
             noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step)
-        loss, metrics = self.critic_side_losses(b, noise)
+        return self._updates([(b, noise)])[0]
+
+    def update_pair(self, batches: Sequence[Batch], noises: Sequence[UpdateNoise]) -> List[Dict[str, torch.Tensor]]:
+        """The two updates of one actor period (policy_freq 2, starting after an even number of updates):
+        the critic-side update on batches[0], noises[0], then the critic-side and actor update on
+        batches[1], noises[1] (UpdateNoise with the actor's draws), learning as two `update` calls (up
+        to the float rounding of merged matmuls), with the frozen networks evaluated once for both
+        (frozen_outputs: one reverse chain of T levels instead of three). Returns each update's metrics."""
+        if self.config.policy_freq != 2 or self.num_updates % 2:
+            raise ValueError(f"update_pair needs policy_freq 2 and an even update count (policy_freq "
+                             f"{self.config.policy_freq}, {self.num_updates} updates done): call update()")
+        return self._updates(list(zip(batches, noises)))
+
+    def _updates(self, steps: Sequence[Tuple[Batch, UpdateNoise]]) -> List[Dict[str, torch.Tensor]]:
+        """Consecutive updates on (batch, noise) of which only the last may step the actor."""
+        freq, opt = self.config.policy_freq, self.optimizers
+        actor_steps = [(self.num_updates + k + 1) % freq == 0 for k in range(len(steps))]
+        assert not any(actor_steps[:-1]), "the actor moves only at the last of the updates"
+        frozen = self.frozen_outputs(steps, actor_last=actor_steps[-1])
         learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
-        with phase("backward_step"):
-            for name in learners:
-                opt[name].zero_grad(set_to_none=True)
-            loss.backward()
-            for name in learners:
-                opt[name].step()
-        if actor_step:
-            with phase("actor"):
-                loss, terms = self.actor_loss(b, noise)
-                params = list(self.actor.parameters())
-                for p, g in zip(params, torch.autograd.grad(loss, params)):
-                    p.grad = g
-                opt["actor"].step()
-            with phase("targets"):
-                self.update_targets()
-            metrics.update({k: v.detach() for k, v in terms.items()})
-        return metrics
+        all_metrics = []
+        for (b, noise), outputs, actor_step in zip(steps, frozen, actor_steps):
+            self.num_updates += 1
+            loss, metrics = self.critic_side_losses(b, noise, outputs)
+            with phase("backward"):
+                for name in learners:
+                    opt[name].zero_grad(set_to_none=True)
+                loss.backward()
+            with phase("optimizers"):
+                for name in learners:
+                    opt[name].step()
+            if actor_step:
+                with phase("actor"):
+                    loss, terms = self.actor_loss(b, noise, outputs)
+                    params = list(self.actor.parameters())
+                    for p, g in zip(params, torch.autograd.grad(loss, params)):
+                        p.grad = g
+                with phase("optimizers"):
+                    opt["actor"].step()
+                with phase("targets"):
+                    self.update_targets()
+                metrics.update({k: v.detach() for k, v in terms.items()})
+            all_metrics.append(metrics)
+        return all_metrics
 
     @torch.no_grad()
     def update_targets(self) -> None:

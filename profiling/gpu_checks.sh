@@ -10,15 +10,17 @@
 #            staged), B = 1024/2048, S = 1/4/8, tf32/bf16 -> chains.json; then profiling/chain_model.py's
 #            predictions with micro.json's constants beside the measured times
 #   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
-#   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables
+#   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables (with
+#            launches_per_pair and torch.profiler's cuda_kernels_per_pair), then profiling/kernel_model.py
+#            on micro.json and bench.json: the designs' predicted us per update beside the measured
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   seeds    profiling/tune_chain.py --seeds 1 2 4 8: the chain on S stacked seeds at B = 1024, time per
 #            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu);
 #            tests/test_seed_graphs.py: graphed updates draw from each seed's registered generator (120 s)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + tune 180 + seeds 240 s
-# = 29 min,
+# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + 90 + tune 180
+# + seeds 240 s = 30 min,
 # over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
@@ -76,7 +78,10 @@ for stage in "${stages[@]}"; do
         for name in bench bench2048; do
             python3 benches/table.py "$out/$name.json" > "$out/${name}_table.md" 2>> "$log"
             cat "$out/${name}_table.md" >> "$log"
-        done ;;
+        done
+        model_inputs=(--bench "$out/bench.json")  # the update's model, measured beside predicted (issue 14)
+        [ -f "$out/micro.json" ] && model_inputs+=(--micro "$out/micro.json")
+        run_stage kernel_model 90 python3 profiling/kernel_model.py "${model_inputs[@]}" --kernels ;;
     tune)
         run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
     seeds)  # the chain with S seeds stacked (issue 12): time per seed and programs per SM, S = 1, 2, 4, 8;

@@ -39,7 +39,7 @@ def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc") -> dict:
     """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included)."""
     backend = "triton" if algo == "td3sbc" else "torch"
     eager = UpdateLoop(backend, size, device, seed=0, algo=algo)
-    for _ in range(updates):
+    for _ in range(updates // eager.steps_per_call):
         eager.step()
     sync(device)
     eager_params, eager_rng = flat_parameters(eager.model), torch.cuda.get_rng_state(device)

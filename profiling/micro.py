@@ -16,15 +16,16 @@ Parts (CUDA):
   mma             tl.dot throughput (TFLOP/s) on register-resident tiles BLOCK_M x 64 x 32 for BLOCK_M
                   32, 64, 128 in tf32 and bf16, num_warps 4, grid 4 programs per SM, with the MMA
                   instruction the compiler chose (wgmma or mma.sync, read off the PTX)
-  launches        kernels one eager update pair launches (torch.profiler, triton backend, paper size)
+  launches        kernels one eager update pair launches (profiling/launch_count.py: the dispatch rule per
+                  phase, and torch.profiler's count; triton backend, paper size)
   chains          the reverse chain, today's kernel ("rows") against the weight-stationary one (persistent
                   and staged), paper shapes, T = 10, B = 1024 and 2048 rows, S = 1, 4, 8 seeds, tf32 and bf16:
                   us per call and relative difference to "rows" (not in the default parts: gpu_checks.sh
                   stage `chains` runs it alone, into chains.json; profiling/chain_model.py --measured reads it)
 
 --dry-run (no GPU): the Triton kernels in the interpreter at tiny sizes, checked against torch (grid
-barrier with one program: the interpreter runs programs one after another), the ops one update pair
-dispatches (a TorchDispatchMode count, small size), the JSON; the timed CUDA parts are marked
+barrier with one program: the interpreter runs programs one after another), the kernels one update pair
+launches by fastbdm.launch_count's rule (small size), the JSON; the timed CUDA parts are marked
 "cuda-only".
 
     python profiling/micro.py --out profiling/out [--budget 50]
@@ -42,10 +43,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit runs
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # profiling/launch_count.py
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 CHAIN_TILES = (32, 64, 128)  # BLOCK_M of the chain's [BLOCK_M, 32] x [32, 64] dots
 TILE_N, TILE_K = 64, 32
@@ -243,41 +244,18 @@ def mma(device, dry_run: bool, sms: int) -> dict:
     return result
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the ops dispatched (aten and fastbdm custom ops), an upper bound on launches per op."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def launches(device, dry_run: bool) -> dict:
-    from benches.workloads import SIZES, UpdateLoop
+    """One eager triton-backend update pair (profiling/launch_count.py): the dispatch rule's count per
+    phase, and on CUDA torch.profiler's kernels."""
+    from launch_count import count_pair
+
+    from benches.workloads import SIZES
 
     size = SIZES["small" if dry_run else "paper"]
-    loop = UpdateLoop("triton", size, device)
-    for _ in range(2 if dry_run else 4):  # optimizer state, compilation, the monitor's index tensors
-        loop.step()
+    result = count_pair("td3sbc", "triton", size, device, cuda=not dry_run)
     if dry_run:
-        with OpCounter() as counter:
-            loop.step()
-            loop.step()
-        return {"status": "cuda-only", "size": size.name, "dispatched_ops_per_pair": counter.count}
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        loop.step()
-        loop.step()
-        torch.cuda.synchronize(device)
-    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels = [e for e in device_events if "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
-    return {"size": size.name, "kernels_per_pair": len(kernels), "device_events_per_pair": len(device_events),
-            "triton_kernels_per_pair": sum(1 for e in kernels if e.name.startswith("_"))}
+        result["status"] = "cuda-only"
+    return result
 
 
 def chains(device, dry_run: bool) -> dict:

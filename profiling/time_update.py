@@ -1,5 +1,6 @@
 """Shows: the wall time of single updates of one algorithm (batch sampling included, device synchronised
-after each), median over N updates, split into actor and non-actor steps; prints one summary line with
+after each), median over N updates, split into actor and non-actor steps (the research variant) or timed by pairs
+(the trainer's eager step, TD3SBC.update_pair; per update: half a pair); prints one summary line with
 the process's CPU time / wall time (below the thread count: other processes took the cores).
 
     python profiling/time_update.py --variant torch --size paper --updates 50 --threads 1

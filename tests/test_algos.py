@@ -89,8 +89,9 @@ def denoiser_calls(monkeypatch):
 def test_baselines_run_no_chain_and_no_denoiser(algo, denoiser_calls):
     agent = make_agent("td3sbc")
     train(agent, 2)
-    # per update: the TD loss's chain, D' on the targets, D on 2B rows, E; the actor step: the SBC chain, E, D'
-    assert denoiser_calls == {"reverse_chain": 3, "denoiser_forward": 2 * 3 + 2}
+    # per update: one chain (the TD loss's; on the actor step merged with the SBC chain), D' on the targets, D on
+    # 2B rows, E; the actor step: E, D'
+    assert denoiser_calls == {"reverse_chain": 2, "denoiser_forward": 2 * 3 + 2}
     denoiser_calls.update(reverse_chain=0, denoiser_forward=0)
     agent = make_agent(algo)
     metrics = [agent.update(make_batch(i)) for i in range(2)]

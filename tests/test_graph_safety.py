@@ -110,13 +110,16 @@ def test_runner_without_graphs_is_the_plain_update_loop():
     torch.manual_seed(5)
     progress = []
     UpdateRunner(agents[0], buffers[0], monitors[0], B, graphs=False).run(5, progress.append)
-    assert progress == [1] * 5  # the progress bar moves with every update
+    assert progress == [2, 2, 1]  # the progress bar moves with every pair (update_pair) and single update
     torch.manual_seed(5)
     for _ in range(5):
         monitors[1].record(agents[1].update(buffers[1].sample(B)))
+    # a pair evaluates its frozen networks on 2B and 4B rows: the same up to float rounding
+    # (tests/test_update_pair.py)
     for p, q in zip(agents[0].parameters(), agents[1].parameters()):
-        assert torch.equal(p, q)
-    assert monitors[0].read() == monitors[1].read()
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    read = monitors[1].read()
+    assert monitors[0].read() == pytest.approx(read, rel=1e-4, abs=1e-6)
 
 
 class ReplayAsEager:
@@ -128,10 +131,9 @@ class ReplayAsEager:
         self.replays = 0
 
     def replay(self):
-        updates = 2 * self.runner.pairs_per_graph
-        for _ in range(updates):
-            self.runner.step()
-        self.runner.agent.num_updates -= updates
+        for _ in range(self.runner.pairs_per_graph):
+            self.runner.pair()
+        self.runner.agent.num_updates -= 2 * self.runner.pairs_per_graph
         self.replays += 1
 
 
@@ -146,18 +148,17 @@ def test_graph_runner_bookkeeping(monkeypatch, chunks, pairs):
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), monitor, B, graphs=True,
                           pairs_per_graph=pairs)
     actor_steps = []
-    original = TD3SBC.update
+    original = TD3SBC._updates
 
-    def counted(self, batch, noise=None):
-        metrics = original(self, batch, noise)
-        actor_steps.append("actor_loss" in metrics)
+    def counted(self, steps):
+        metrics = original(self, steps)
+        actor_steps.extend("actor_loss" in m for m in metrics)
         return metrics
 
-    monkeypatch.setattr(TD3SBC, "update", counted)
+    monkeypatch.setattr(TD3SBC, "_updates", counted)
 
     def eager_warmup_pair():
-        runner.step()
-        runner.step()
+        runner.pair()
         runner.warmup_pairs_left -= 1
 
     monkeypatch.setattr(runner, "_warmup_pair", eager_warmup_pair)
@@ -197,14 +198,14 @@ def test_failed_capture_leaves_the_runner_unchanged_and_says_no_graphs(monkeypat
     agent = small_agent()
     runner = UpdateRunner(agent, TransitionBuffer(fake_transitions(), "cpu"), UpdateMonitor("cpu"), B, graphs=True,
                           pairs_per_graph=2)
-    eager_step = runner.step
+    eager_pair = runner.pair
 
-    def step():
-        if capturing and agent.num_updates == 3:
+    def pair():
+        if capturing and agent.num_updates == 4:  # the graph's second pair
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
-        eager_step()
+        eager_pair()
 
-    monkeypatch.setattr(runner, "step", step)
+    monkeypatch.setattr(runner, "pair", pair)
     runner.warmup_pairs_left = 0
     runner.run(2)
     with pytest.raises(GraphCaptureError) as failure:

@@ -188,93 +188,27 @@ def test_reverse_chain_hidden_512(sampler):
 
 
 SM90_COMPILE = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fastbdm.kernels.denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
-from fastbdm.kernels.denoiser_mlp import _mlp_forward_kernel
-from fastbdm.kernels.noising import _noised_rows_kernel
-from fastbdm.kernels.reverse_chain import _reverse_chain_kernel
-from fastbdm.kernels.td_loss import _td_loss_kernel
+import re
+from fastbdm.kernels.sm90_compile import compile_config, resources
 
-FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
-# What the JIT sees at R = 1024, hidden 512 (backward: the inner layer, K = H = 512): divisibility-16 hints.
-DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
-
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=(), shared_limit=200 * 1024):
-    # bf16: pointer arguments that point to bf16 data (precision "bf16"); the other pointers fp32
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name == "t_ptr" else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16
-                         else "*fp32")
-        else:
-            sig[name] = "fp32" if name in FLOATS else "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or name in divisible}
-    kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=num_warps, num_stages=num_stages))
-    assert kernel.metadata.shared < shared_limit, (fn.__name__, kernel.metadata.shared)
-    return kernel
-
-mlp = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, PRECISION="tf32")
-compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **mlp))
-compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32)))
-compile_sm90(_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64))
-compile_sm90(_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32))
-# mlp_backward defaults (block_r=32, block_h=64, block_k=32): the last hidden layer (K = n_out = 11 ->
-# BLOCK_K 16, weight grads + db_out sums), the inner one (K = H = 512), the input-gradient-only path.
-bwd = dict(PRECISION="tf32", BLOCK_R=32, BLOCK_K=32, BLOCK_H=64)
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(bwd, BLOCK_K=16)),
-             divisible={"R", "H", "stride_w"})
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **bwd))
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **bwd))
-compile_sm90(_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), divisible=set())
-# precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
-bf16 = {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr"}
-compile_sm90(_mlp_forward_kernel, dict(SAVE_STATS=True, **dict(mlp, PRECISION="bf16")), bf16=bf16)
-compile_sm90(_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(mlp, BLOCK_M=32, PRECISION="bf16")),
-             bf16=bf16)
-compile_sm90(_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(bwd, PRECISION="bf16")),
-             bf16={"pre_ptr"})
-
-# The weight-stationary chain at its defaults (BLOCK_M=32, BLOCK_NS=64, num_warps=8), tf32 and bf16: shared
-# memory within the 227 KB an sm_90 block may hold, no register spills (cuobjdump: no stack frame), and
-# the persistent kernel's W2 slice allocated in shared memory before the level loop (held for all levels).
-import os, re, subprocess
-from fastbdm.kernels.weight_stationary_chain import _ws_chain_kernel
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-def compile_ws(fn, constexprs, bf16=()):
-    kernel = compile_sm90(fn, constexprs, num_warps=8, divisible=DIVISIBLE | {"rows_per_group"}, bf16=bf16,
-                          shared_limit=227 * 1024)
-    with open("ws.cubin", "wb") as f:
-        f.write(kernel.asm["cubin"])
-    usage = subprocess.run([CUOBJDUMP, "-res-usage", "ws.cubin"], capture_output=True, text=True, check=True).stdout
-    assert re.search(r"STACK:0\b", usage), (fn.__name__, constexprs["PRECISION"], usage)
-    return kernel
-
-for precision, extra in (("tf32", ()), ("bf16", {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr", "w2f_ptr"})):
-    ws = dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, BLOCK_H1=512,
-              BLOCK_NS=64, PRECISION=precision)
-    persistent = compile_ws(_ws_chain_kernel, dict(STAGE="persistent", **ws), extra)
-    ttgir, ptx = persistent.asm["ttgir"], persistent.asm["ptx"]
+table = resources()  # every kernel at its defaults; raises over a shared-memory limit
+# the weight-stationary chain, every stage, tf32 and bf16: no register spills (no stack frame)
+assert all(entry["stack"] == 0 for name, entry in table.items() if name.startswith("ws_chain")), table
+for name in ("ws_chain_persistent", "ws_chain_persistent_bf16"):
+    ttgir, ptx = (compile_config(name).asm[kind] for kind in ("ttgir", "ptx"))
     # the group barrier: one arrival per program (thread 0's release add), acquire polls, CTA barriers around
     assert re.search(r"@%p\d+ red\.global\.gpu\.release\.add", ptx) and "ld.global.gpu.acquire" in ptx, "barrier"
     held = re.search(r"ttg\.local_alloc %\w+ : \(tensor<512x64x", ttgir)
     assert held and held.start() < ttgir.index("scf.for %level"), "the W2 slice is not held across the levels"
-    for stage in ("prologue", "columns", "rows"):  # the staged orchestration
-        compile_ws(_ws_chain_kernel, dict(STAGE=stage, **ws), extra)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path):
     """Each kernel, forward and backward, at its H100 defaults compiles for sm_90 (tf32 tl.dot, and the
-    MLP kernels also with precision "bf16"; shared memory < 200 KB; the weight-stationary chain < 227 KB,
-    no spills, its W2 slice held in shared memory), offline: a subprocess without TRITON_INTERPRET, as the interpreter replaces the
-    @triton.jit functions."""
+    MLP kernels also with precision "bf16"; shared memory < 200 KB, the weight-stationary chain < 227 KB
+    with no spills and its W2 slice held in shared memory; fastbdm.kernels.sm90_compile, which also reads
+    the registers off the cubin), offline: a subprocess without TRITON_INTERPRET, as the interpreter
+    replaces the @triton.jit functions."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"

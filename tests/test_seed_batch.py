@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.launch_count import LaunchCounter
 from fastbdm.seed_batch import SeedBatch, stack_batches, stack_noise
 from fastbdm.replay import TransitionBuffer
 from fastbdm.td3sbc import Batch
@@ -75,12 +76,7 @@ def test_batched_update_equals_single_seed_updates(algo, overrides, batched_back
 
 def test_each_seed_draws_its_batch_and_noise_from_its_own_stream():
     """Seed 1's batch indices and noise in a batch of seeds 0, 1, 2 are those of seed 1 alone."""
-    rows = 50
-    data = SimpleNamespace(observations=torch.randn(rows, N), next_observations=torch.randn(rows, N),
-                           actions=torch.rand(rows, M), next_actions=torch.rand(rows, M), rewards=torch.randn(rows),
-                           terminals=torch.zeros(rows), valid=torch.ones(rows), obs_mean=torch.zeros(N),
-                           obs_std=torch.ones(N))
-    buffer = TransitionBuffer(data, "cpu")
+    buffer = make_buffer()
     three = SeedBatch([make_agent("td3sbc", seed) for seed in range(3)],
                       [torch.Generator().manual_seed(10 + seed) for seed in range(3)])
     alone = SeedBatch([make_agent("td3sbc", 1)], [torch.Generator().manual_seed(11)])
@@ -92,3 +88,50 @@ def test_each_seed_draws_its_batch_and_noise_from_its_own_stream():
         assert (noise3.sbc_t is not None) == actor_step
     metrics = [three.step(buffer, B) for _ in range(2)]  # draw + update; the second one moves the actors
     assert "actor_loss" not in metrics[0] and all(v.shape == (3,) for v in metrics[1].values())
+    metrics = three.pair_step(buffer, B)  # both draws, then both updates
+    assert "actor_loss" not in metrics[0] and all(v.shape == (3,) for v in metrics[1].values())
+
+
+@pytest.mark.parametrize("algo, overrides, batched_backend", [
+    ("td3sbc", {"sampler": "ddpm"}, "torch"), ("rebrac", {}, "torch"), ("td3sbc", {}, "triton")])
+def test_batched_update_pair_equals_single_seed_update_pairs(algo, overrides, batched_backend):
+    """SeedBatch.update_pair (the frozen outputs of both updates and every seed in one vmapped call, one
+    reverse chain) against each seed's TD3SBC.update_pair on the same draws; the tolerance of the module
+    docstring (tests/test_update_pair.py: update_pair learns as two updates in today's order)."""
+    singles = [make_agent(algo, seed, **overrides) for seed in range(SEEDS)]
+    generators = [torch.Generator().manual_seed(100 + seed) for seed in range(SEEDS)]
+    batched = SeedBatch([make_agent(algo, seed, **overrides, backend=batched_backend) for seed in range(SEEDS)],
+                        generators)
+    for _ in range(2):
+        draws = []
+        for actor_step in (False, True):
+            batches = [make_batch(gen) for gen in generators]
+            noises = [agent.draw_noise(B, "cpu", actor_step, generator=gen) for agent, gen in zip(singles, generators)]
+            draws.append((batches, noises))
+        expected = [agent.update_pair([draws[0][0][k], draws[1][0][k]], [draws[0][1][k], draws[1][1][k]])
+                    for k, agent in enumerate(singles)]
+        with LaunchCounter() as counter:
+            metrics = batched.update_pair([stack_batches(b) for b, _ in draws], [stack_noise(n) for _, n in draws])
+        chains = sum(n for (_, op), n in counter.ops.items() if op == "triton::_reverse_chain_kernel")
+        assert chains == (1 if batched_backend == "triton" else 0)  # both updates, all seeds: one chain
+        for update in range(2):
+            assert metrics[update].keys() == expected[0][update].keys()
+            for name, value in metrics[update].items():
+                torch.testing.assert_close(value, torch.stack([e[update][name] for e in expected]), rtol=1e-5,
+                                           atol=1e-6)
+    for seed, agent in enumerate(singles):
+        state = batched.agent_state(seed)
+        for name, p in agent.state_dict().items():
+            torch.testing.assert_close(state[name], p, rtol=0, atol=1e-6, msg=lambda m: f"seed {seed} {name}: {m}")
+    with pytest.raises(ValueError, match="even update count"):
+        batched.step(make_buffer(), B)
+        batched.pair_step(make_buffer(), B)
+
+
+def make_buffer():
+    rows = 50
+    data = SimpleNamespace(observations=torch.randn(rows, N), next_observations=torch.randn(rows, N),
+                           actions=torch.rand(rows, M), next_actions=torch.rand(rows, M), rewards=torch.randn(rows),
+                           terminals=torch.zeros(rows), valid=torch.ones(rows), obs_mean=torch.zeros(N),
+                           obs_std=torch.ones(N))
+    return TransitionBuffer(data, "cpu")

@@ -109,15 +109,16 @@ def test_batch_size_default_per_algorithm_and_the_rebrac_note(dataset, tmp_path,
 
 
 def nan_bdm_loss_at_update_27(monkeypatch):
-    original = TD3SBC.update
+    original = TD3SBC._updates  # what update and update_pair both run
 
-    def update_with_nan(self, batch, noise=None):
-        metrics = original(self, batch, noise)
-        if self.num_updates == 27:
-            metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
-        return metrics
+    def updates_with_nan(self, steps):
+        all_metrics = original(self, steps)
+        for number, metrics in enumerate(all_metrics, start=self.num_updates - len(all_metrics) + 1):
+            if number == 27:
+                metrics["bdm_loss"] = metrics["bdm_loss"] * float("nan")
+        return all_metrics
 
-    monkeypatch.setattr(TD3SBC, "update", update_with_nan)
+    monkeypatch.setattr(TD3SBC, "_updates", updates_with_nan)
 
 
 def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_path, monkeypatch, capsys):

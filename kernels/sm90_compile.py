@@ -1,0 +1,122 @@
+"""Ahead-of-time compiles of the update's Triton kernels for sm_90 (H100, H200) on any machine, no GPU:
+their shared memory (Triton's metadata) and registers per thread (cuobjdump --dump-resource-usage on the
+cubin), at the H100 defaults the kernels launch with (hidden 512, R = 1024: divisibility-16 hints).
+Needs Triton's NVIDIA backend and a process without TRITON_INTERPRET (the interpreter replaces the
+@triton.jit functions): tests/test_kernels_forward.py and profiling/kernel_model.py run it as
+
+    python -m fastbdm.kernels.sm90_compile          # JSON: {kernel config: {registers, shared, num_warps}}
+"""
+import json
+import os
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
+from .denoiser_mlp import _mlp_forward_kernel
+from .noising import _noised_rows_kernel
+from .reverse_chain import _reverse_chain_kernel
+from .td_loss import _td_loss_kernel
+from .weight_stationary_chain import _ws_chain_kernel
+
+FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
+DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
+SHARED_LIMIT = 200 * 1024  # of the 228 KB per SM, what one program may take and still fit with the L1 carve-out
+BLOCK_SHARED_LIMIT = 227 * 1024  # what one sm_90 block may hold (the weight-stationary chain, one program per SM)
+
+MLP = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, PRECISION="tf32")
+BWD = dict(PRECISION="tf32", BLOCK_R=32, BLOCK_K=32, BLOCK_H=64)
+BF16 = {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr"}
+# name: (kernel, constexprs, {divisible, bf16, num_warps}): the launch configurations of the update
+CONFIGS = {
+    "mlp_forward": (_mlp_forward_kernel, dict(SAVE_STATS=True, **MLP), {}),
+    "reverse_chain": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(MLP, BLOCK_M=32)), {}),
+    "noised_rows": (_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64), {}),
+    "td_loss": (_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32), {}),
+    # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
+    # the input-gradient-only path
+    "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),
+                         dict(divisible={"R", "H", "stride_w"})),
+    "ln_relu_bwd": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **BWD), {}),
+    "ln_relu_bwd_input": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **BWD), {}),
+    "column_sum": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), dict(divisible=set())),
+    # precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
+    "mlp_forward_bf16": (_mlp_forward_kernel, dict(SAVE_STATS=True, **dict(MLP, PRECISION="bf16")), dict(bf16=BF16)),
+    "reverse_chain_bf16": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm",
+                                                       **dict(MLP, BLOCK_M=32, PRECISION="bf16")), dict(bf16=BF16)),
+    "ln_relu_bwd_bf16": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(BWD, PRECISION="bf16")),
+                         dict(bf16={"pre_ptr"})),
+}
+# The weight-stationary chain at its defaults (BLOCK_M=32, BLOCK_NS=64, num_warps=8), each orchestration
+# stage, tf32 and bf16: one program per SM, so it may hold up to a block's shared memory.
+WS = dict(PREDICTION="v", SAMPLER="ddpm", BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, BLOCK_H1=512, BLOCK_NS=64)
+for _precision, _bf16 in (("tf32", ()), ("bf16", BF16 | {"w2f_ptr"})):
+    for _stage in ("persistent", "prologue", "columns", "rows"):
+        CONFIGS[f"ws_chain_{_stage}" + ("_bf16" if _precision == "bf16" else "")] = (
+            _ws_chain_kernel, dict(STAGE=_stage, PRECISION=_precision, **WS),
+            dict(num_warps=8, divisible=DIVISIBLE | {"rows_per_group"}, bf16=_bf16, shared_limit=BLOCK_SHARED_LIMIT))
+
+
+def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=()):
+    """fn compiled for sm_90; bf16: pointer arguments that point to bf16 data (the others fp32)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = ("*i64" if name == "t_ptr" else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16
+                         else "*fp32")
+        else:
+            sig[name] = "fp32" if name in FLOATS else "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if sig[name].startswith("*") or name in divisible}
+    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def registers(kernel) -> int:
+    """Registers per thread of a compiled kernel, read off its cubin with Triton's cuobjdump."""
+    return _resource_usage(kernel)["REG"]
+
+
+def _resource_usage(kernel) -> dict:
+    """cuobjdump's resource usage of a compiled kernel: {'REG': registers per thread, 'STACK': bytes of
+    stack frame per thread (> 0: registers spilled), ...}."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    return {key: int(usage.split(f"{key}:")[1].split()[0]) for key in ("REG", "STACK")}
+
+
+def resources() -> dict:
+    """{config name: {registers (per thread), stack (bytes per thread: spills), shared (bytes per program),
+    num_warps}} of CONFIGS; raises if a program would need more than its shared-memory limit (SHARED_LIMIT
+    unless the config says)."""
+    return {name: usage(compile_config(name)) for name in CONFIGS}
+
+
+def compile_config(name: str):
+    """CONFIGS[name] compiled; raises if its shared memory is over its limit."""
+    fn, constexprs, options = CONFIGS[name]
+    options = dict(options)
+    limit = options.pop("shared_limit", SHARED_LIMIT)
+    kernel = compile_sm90(fn, constexprs, **options)
+    if kernel.metadata.shared >= limit:
+        raise ValueError(f"{name}: {kernel.metadata.shared} B of shared memory per program, over {limit}")
+    return kernel
+
+
+def usage(kernel) -> dict:
+    found = _resource_usage(kernel)
+    return {"registers": found["REG"], "stack": found["STACK"], "shared": kernel.metadata.shared,
+            "num_warps": kernel.metadata.num_warps}
+
+
+if __name__ == "__main__":
+    print(json.dumps(resources(), indent=1))

@@ -1,0 +1,84 @@
+"""fastbdm.launch_count: the rule that counts, on the CPU, the kernels code would launch on CUDA."""
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from fastbdm import ops
+from fastbdm.launch_count import MAX_BLOCKS, LaunchCounter, multi_tensor_launches
+from fastbdm.networks import Denoiser
+from fastbdm.nvtx_ranges import phase
+
+
+@triton.jit
+def _twice_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(x_ptr + offs, 2 * tl.load(x_ptr + offs, mask=mask), mask=mask)
+
+
+def test_views_allocations_and_syncs_launch_nothing_other_ops_one_each():
+    x = torch.randn(4, 3)
+    with LaunchCounter() as counter:
+        with phase("a"):
+            y = x.t().unsqueeze(0)[0]  # views
+            torch.empty(5)  # allocation
+            z = x @ y  # mm: 1
+        with phase("b"):
+            z.sum().item()  # sum: 1; item: a sync, no kernel
+            torch.cat([x, x])  # 1
+    assert counter.ops == {("a", "aten::mm"): 1, ("b", "aten::sum"): 1, ("b", "aten::cat"): 1}
+    assert counter.by_phase() == {"a": {"aten": 1, "triton": 0, "total": 1}, "b": {"aten": 2, "triton": 0, "total": 2}}
+    assert counter.syncs == 1 and counter.total() == 3
+
+
+def test_backward_counts_parts_of_composite_ops_once_and_slice_backward_twice():
+    w = torch.randn(3, 4, 5, requires_grad=True)
+    x = torch.randn(2, 6, 4)
+    with LaunchCounter() as counter:
+        torch.matmul(x, w[:2]).sum().backward()
+    names = {op for _, op in counter.ops}
+    assert "aten::matmul" not in names and "aten::bmm" in names
+    assert counter.ops["other", "aten::slice_backward"] == 2  # zero fill + copy into the slice
+
+
+def test_triton_launches_are_counted_once_without_the_interpreters_own_ops():
+    x = torch.randn(10)
+    with LaunchCounter() as counter:
+        _twice_kernel[(1,)](x, 10, BLOCK=16)
+        _twice_kernel[(1,)](x, 10, BLOCK=16)
+    assert counter.ops == {("other", "triton::_twice_kernel"): 2}
+    assert counter.launches == {("other", "triton"): 2}
+    _twice_kernel[(1,)](x, 10, BLOCK=16)  # the launcher is restored on exit: nothing counted
+    assert counter.total() == 2
+
+
+def test_custom_ops_count_their_bodies():
+    net = Denoiser(4, 2, hidden=(8, 8))
+    rows = torch.randn(6, net.in_dim)
+    with LaunchCounter() as counter, torch.no_grad():
+        ops.denoiser_forward(rows, net.weights())  # the fastbdm::denoiser_forward op: one MLP kernel
+    assert counter.ops == {("other", "triton::_mlp_forward_kernel"): 1}
+    with LaunchCounter() as counter:  # the training op also stacks the LayerNorm statistics
+        ops.denoiser_forward(rows, net.weights())
+    assert counter.ops == {("other", "triton::_mlp_forward_kernel"): 1, ("other", "aten::stack"): 1}
+
+
+@pytest.mark.parametrize("numels,depth,launches", [
+    ([100] * 36, 4, 1), ([100] * 37, 4, 2), ([100] * 64, 2, 1), ([100] * 65, 2, 2),
+    ([65536 * MAX_BLOCKS], 2, 1), ([65536 * MAX_BLOCKS + 1], 2, 2), ([0, 5], 4, 1)])
+def test_multi_tensor_launches_follow_multi_tensor_apply(numels, depth, launches):
+    assert multi_tensor_launches(numels, depth) == launches
+
+
+def test_fused_adam_and_foreach_lerp_count_their_multi_tensor_launches():
+    params = [torch.nn.Parameter(torch.randn(10)) for _ in range(40)]  # 40 > 36 tensors per fused-Adam launch
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with LaunchCounter() as counter:
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_([p.detach() for p in params], [p.detach() * 0 for p in params], 0.5)
+    assert counter.ops["other", "aten::_fused_adam_"] == 2
+    assert counter.ops["other", "aten::_foreach_lerp_"] == 1
