@@ -62,9 +62,10 @@ def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
     mean2, rstd2); with the seed axis each with a leading S after stats' 4."""
-    out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
-        rows, weights, save_activations=True, precision=precision)
-    return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
+    stats = rows.new_empty((4, *rows.shape[:-1]), dtype=torch.float32)
+    out, (pre1, _, _, pre2, _, _) = denoiser_mlp.mlp_forward(rows, weights, save_activations=True,
+                                                             precision=precision, stats=stats)
+    return out, pre1, pre2, stats
 
 
 @_denoiser_forward_train.register_fake
@@ -78,23 +79,29 @@ def _(rows, weights, precision):
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
 def _denoiser_backward(grad_out: Tensor, rows: Tensor, weights: List[Tensor], pre1: Tensor, pre2: Tensor,
                        stats: Tensor, needs: List[bool], precision: str) -> List[Tensor]:
-    """Gradients of [rows, *weights] where needs (1 + len(weights) bools) is True, in that order."""
+    """Gradients of rows and of the weight matrices where needs (1 + len(weights) bools) is True, in that
+    order, then, when any weight gradient is needed, the column sums ([S,] cols) whose views are the
+    vector gradients (denoiser_backward.vector_grads): one buffer, not a copy per bias and gain."""
     acts = (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
+    sums = (grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights)))
+            if any(needs[1:]) else None)
     grad_rows, grads = denoiser_backward.mlp_backward(
         grad_out, rows, weights, acts, need_weight_grads=needs[1:], need_input_grad=needs[0],
-        precision=precision)
-    outs, storages = [], set()
-    for g in (grad_rows, *grads):
-        if g is not None:  # bias and gain grads are slices of one buffer: outputs must be distinct
-            key = g.untyped_storage().data_ptr()
-            outs.append(g.clone() if g.storage_offset() or key in storages else g)
-            storages.add(key)
-    return outs
+        precision=precision, sums=sums)
+    matrices = [g for i, g in enumerate(grads) if i in _MATRICES and needs[1 + i]]
+    return [g for g in (grad_rows, *matrices, sums) if g is not None]
+
+
+_MATRICES = (0, 4, 8)  # W1, W2, W_out in Denoiser.weights(); the others are vectors
 
 
 @_denoiser_backward.register_fake
 def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
-    return [torch.empty_like(x, dtype=torch.float32) for x, need in zip([rows, *weights], needs) if need]
+    grads = [torch.empty_like(x, dtype=torch.float32) for i, (x, need) in enumerate(zip([rows, *weights], needs))
+             if need and (i == 0 or i - 1 in _MATRICES)]
+    if any(needs[1:]):
+        grads.append(grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights))))
+    return grads
 
 
 class _DenoiserForward(torch.autograd.Function):
@@ -122,8 +129,12 @@ class _DenoiserForward(torch.autograd.Function):
         rows, pre1, pre2, stats, *weights = ctx.saved_tensors
         needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
         with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
-            grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
-        grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
+            grads = _denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision)
+        vectors = denoiser_backward.vector_grads(grads[-1], weights) if any(needs[1:]) else [None] * len(weights)
+        grads = iter(grads)
+        grad_rows = next(grads) if needs[0] else None
+        grad_weights = [(next(grads) if i in _MATRICES else v) if need else None
+                        for i, (v, need) in enumerate(zip(vectors, needs[1:]))]
         return grad_rows, None, *grad_weights
 
 

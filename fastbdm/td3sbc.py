@@ -133,10 +133,13 @@ class TD3SBC(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.to(device)
-        learners = {"actor": self.actor, "critic": self.critic}
+        learners = [self.actor, self.critic]
         if self.bdm is not None:
-            learners.update(data_denoiser=self.data_denoiser, denoiser=self.bdm.denoiser)
-        self.optimizers = {name: make_adam(net.parameters(), cfg.lr, device) for name, net in learners.items()}
+            learners += [self.data_denoiser, self.bdm.denoiser]
+        # One Adam (one param group) over every learner: a step is one multi-tensor launch set for all
+        # of them; the parameters without a gradient (the actor on critic steps, the others on actor
+        # steps) are skipped, their moments and step counts left as they are.
+        self.optimizers = {"learners": make_adam([p for net in learners for p in net.parameters()], cfg.lr, device)}
         self.num_updates = 0
 
     @property
@@ -287,24 +290,22 @@ class TD3SBC(nn.Module):
         not have (bdm_loss, data_loss, sbc) are absent."""
         self.num_updates += 1
         actor_step = self.num_updates % self.config.policy_freq == 0
-        opt = self.optimizers
+        opt = self.optimizers["learners"]
         if noise is None:
             noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step)
         loss, metrics = self.critic_side_losses(b, noise)
-        learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
         with phase("backward_step"):
-            for name in learners:
-                opt[name].zero_grad(set_to_none=True)
-            loss.backward()
-            for name in learners:
-                opt[name].step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # no gradient reaches the actor: Adam steps the critic side only
+            opt.step()
         if actor_step:
             with phase("actor"):
                 loss, terms = self.actor_loss(b, noise)
                 params = list(self.actor.parameters())
+                opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
                 for p, g in zip(params, torch.autograd.grad(loss, params)):
                     p.grad = g
-                opt["actor"].step()
+                opt.step()
             with phase("targets"):
                 self.update_targets()
             metrics.update({k: v.detach() for k, v in terms.items()})

@@ -249,7 +249,7 @@ def output_block(n_out):
     return max(16, triton.next_power_of_2(n_out))
 
 
-def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None,
+def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None, stats=None,
                 block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
     """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
     -> out (R, n) fp32, or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
@@ -257,7 +257,8 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
     mean_k, rstd_k (R,) its LayerNorm statistics. Seed axis (seed_axis): rows (S, R, D_in) with weights
     stacked (S, ...) -> every result with a leading S. precision: one of PRECISIONS ("tf32" on GPU,
     "ieee" for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional)
-    receives out."""
+    receives out; `stats` (optional, contiguous (4, R) or (4, S, R) fp32) receives mean1, rstd1, mean2,
+    rstd2 with save_activations (the statistics returned are views of it)."""
     given = out
     rows, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(rows, weights, precision)
     S, R, d_in = rows.shape
@@ -271,7 +272,12 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
         out = out.unsqueeze(0)
     # (mean1, rstd1, mean2, rstd2), each (S, R); without save_activations the kernel writes none of them
     # (any pointer will do: out), so no row count is assumed
-    stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0) if save_activations else (out,) * 4
+    if not save_activations:
+        stats = (out,) * 4
+    elif stats is None:
+        stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0)
+    else:
+        stats = (stats.unsqueeze(1) if single else stats).unbind(0)
     grid = (triton.cdiv(R, block_m), S)  # R = 0 or S = 0: an empty grid, which Triton does not launch
     _mlp_forward_kernel[grid](
         rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,
