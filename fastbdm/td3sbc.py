@@ -121,9 +121,10 @@ class TD3SBC(nn.Module):
             raise ValueError(f"w_rel={cfg.w_rel}: {cfg.algo} has no state-BC term; set w_rel=0 "
                              f"(TD3SBCConfig.for_algo({cfg.algo!r}) does)")
         self.act_dim, self.max_action = act_dim, max_action
-        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden)
+        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden, cfg.backend, cfg.precision)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm)
+        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm,
+                                 backend=cfg.backend, precision=cfg.precision)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.bdm = self.data_denoiser = None
         if cfg.algo == "td3sbc":
@@ -330,4 +331,5 @@ class TD3SBC(nn.Module):
         """`act` as a snapshot on the CPU that later updates do not change (a copy of the actor: on a GPU,
         one host sync); picklable, so it can be evaluated in another process."""
         actor = copy.deepcopy(self.actor).cpu().requires_grad_(False)
+        actor.backend = "torch"  # the module's own torch code on the CPU, whatever the training backend
         return NormalizedPolicy(actor, self.obs_mean.to("cpu", copy=True), self.obs_std.to("cpu", copy=True))

@@ -263,15 +263,14 @@ def _backward_deltas_kernel(
         dy = dy * out_scale * (1.0 - t * t)
     tl.store(dzo_ptr + idx, dy, mask=mask)
     tl.debug_barrier()
-    for j in tl.static_range(NUM_HIDDEN):
-        l = NUM_HIDDEN - 1 - j
+    for l in tl.static_range(NUM_HIDDEN - 1, -1, -1):
         H, K = widths[l + 1], widths[l + 2]
         w_off, _, s_in, s_out = _group(H, K, ENSEMBLE, M_STORED, sid, mid)
         _, v_off, _, _ = _group(widths[l], H, ENSEMBLE, M_STORED, sid, mid)
         st = _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R)
         mean = tl.load(st + offs_m, mask=mask_m, other=0.0)  # unused without LayerNorm
         rstd = tl.load(st + M * R + offs_m, mask=mask_m, other=0.0)
-        if j == 0:
+        if l == NUM_HIDDEN - 1:
             _back_hidden(dzo_ptr + gid * R * K, K, w_ptrs[l + 1] + w_off, s_in, s_out, pre_ptrs[l] + gid * R * H,
                          mean, rstd, g_ptrs[l] + v_off, dh_ptrs[l] + gid * R * H, dz_ptrs[l] + gid * R * H, H,
                          offs_m, mask_m, LAYER_NORM, BLOCK_M, BLOCK_O, BLOCK_H, PRECISION)
