@@ -55,7 +55,8 @@ for stage in "${stages[@]}"; do
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
             tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
-            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_ops.py ;;
+            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_ops.py \
+            tests/test_kernels_small_mlp.py ;;
     graphs)
         run_stage graphs 240 python3 profiling/graph_checks.py --out "$out" ;;
     benches)
