@@ -54,7 +54,7 @@ class Actor(_Backend, nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         fused = self._fused(s)
         if fused is not None:
-            return fused(s, None, list(self.net.parameters()), "linear", False, 1, self.max_action)[0]
+            return fused(s, None, list(self.net.parameters()), "linear", False, 1, self.max_action).squeeze(-3)
         return self.max_action * torch.tanh(self.net(s))
 
 
@@ -109,7 +109,7 @@ class TwinCritic(_Backend, nn.Module):
         count = self.members if members is None else members
         fused = self._fused(s)
         if fused is not None:
-            return fused(s, a, self.weights(), "ensemble", self.layer_norm, count)[..., 0]
+            return fused(s, a, self.weights(), "ensemble", self.layer_norm, count).squeeze(-1)
         x = torch.cat([s, a], dim=-1).expand(count, -1, -1)
         for i, layer in enumerate(self.hidden):
             x = torch.relu(layer(x, count))
