@@ -16,13 +16,16 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
 from torch.func import grad, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import ON_GPU
 from fastbdm import ops, reference
+from fastbdm.kernels import small_mlp
 from fastbdm.kernels.small_mlp import small_mlp_backward, small_mlp_forward
 from fastbdm.networks import Actor, TwinCritic
 from test_kernels_forward import assert_close_scaled
@@ -131,6 +134,45 @@ def test_networks_on_the_triton_backend_match_their_torch_code(layer_norm):
     torch.testing.assert_close(fused_actor(s), actor(s), rtol=1e-5, atol=1e-6)
     for p, q in [*zip(fused.parameters(), critic.parameters()), *zip(fused_actor.parameters(), actor.parameters())]:
         assert_close_scaled(p.grad, q.grad)
+
+
+class _Launches:
+    """A kernel whose launches (kernel[grid](...)) are counted in `counts` under `name`."""
+
+    def __init__(self, kernel, counts, name):
+        self.kernel, self.counts, self.name = kernel, counts, name
+
+    def __getitem__(self, grid):
+        self.counts[self.name] += 1
+        return self.kernel[grid]
+
+
+class _AtenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_whole_network_per_launch(monkeypatch):
+    """The twin critics (three hidden layers, LayerNorm) forward in one launch and backward in two, the
+    action gradient alone (the actor loss) in one; no torch matmul, ReLU or LayerNorm around them."""
+    launches = Counter()
+    for name in ("_forward_kernel", "_backward_deltas_kernel", "_weight_grads_kernel"):
+        monkeypatch.setattr(small_mlp, name, _Launches(getattr(small_mlp, name), launches, name))
+    critic = TwinCritic(N, M, (32, 32, 32), backend="triton", precision="ieee")
+    s, a = torch.randn(37, N), (torch.rand(37, M) * 2 - 1).requires_grad_()
+    with _AtenOps() as aten:
+        critic(s, a.detach()).square().mean().backward()
+    assert launches == {"_forward_kernel": 1, "_backward_deltas_kernel": 1, "_weight_grads_kernel": 1}
+    assert not {"mm", "bmm", "addmm", "baddbmm", "relu", "native_layer_norm", "cat"} & set(aten.names)
+    launches.clear()
+    critic.requires_grad_(False)
+    torch.autograd.grad(critic(s, a, members=1).mean(), a)
+    assert launches == {"_forward_kernel": 1, "_backward_deltas_kernel": 1}
 
 
 TOL_SMALL = 2 * EPS_1
