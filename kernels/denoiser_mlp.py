@@ -47,17 +47,53 @@ def _mma(acc, a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_col0, offs_n, mask_n,
-                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """acc [BM, BN] += X[offs_m, :K] @ W[offs_n, w_col0:w_col0+K]^T, streamed in BLOCK_K chunks."""
+def _accum_strided(acc, x_ptr, x_stride, offs_m, mask_m, K, b_ptr, b_k, b_n, offs_n, mask_n,
+                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += X[offs_m, :K] @ B[:K, offs_n], streamed in BLOCK_K chunks; X with row stride
+    x_stride, B[k, n] at b_ptr + k b_k + n b_n (a weight read as it is or transposed, by its strides)."""
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * x_stride + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * w_stride + (w_col0 + offs_k)[:, None],
+        b = tl.load(b_ptr + offs_k[:, None] * b_k + offs_n[None, :] * b_n,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, x, w, PRECISION)
+        acc = _mma(acc, x, b, PRECISION)
+    return acc
+
+
+@triton.jit
+def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_col0, offs_n, mask_n,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += X[offs_m, :K] @ W[offs_n, w_col0:w_col0+K]^T, streamed in BLOCK_K chunks."""
+    return _accum_strided(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr + w_col0, 1, w_stride, offs_n, mask_n,
+                          BLOCK_K, PRECISION)
+
+
+@triton.jit
+def _load_normed(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM: tl.constexpr):
+    """[BM, BK] fp32 tile of H (R, K) at rows offs_m, columns offs_k, with LAYER_NORM normalised on load
+    ((h - mean) rstd g + beta, per-row mean and rstd); 0 outside the masks."""
+    mask = mask_m[:, None] & mask_k[None, :]
+    h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
+        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
+        h = tl.where(mask, (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :], 0.0)
+    return h
+
+
+@triton.jit
+def _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, b_ptr, b_k, b_n, offs_n, mask_n,
+                  LAYER_NORM: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += N(H)[offs_m, :K] @ B[:K, offs_n]; H (R, K), N: _load_normed; B as in _accum_strided."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        h = _load_normed(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM)
+        b = tl.load(b_ptr + offs_k[:, None] * b_k + offs_n[None, :] * b_n,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = _mma(acc, h, b, PRECISION)
     return acc
 
 
@@ -65,19 +101,8 @@ def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_co
 def _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr, offs_n, mask_n,
                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """acc [BM, BN] += LN(H[offs_m, :K]) @ W[offs_n, :K]^T; H (R, K) post-ReLU, LN with per-row mean/rstd."""
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
-        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
-        h = (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
-        h = tl.where(mask_k[None, :], h, 0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, h, w, PRECISION)
-    return acc
+    return _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, w_ptr, 1, K, offs_n, mask_n,
+                         True, BLOCK_K, PRECISION)
 
 
 @triton.jit

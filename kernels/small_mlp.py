@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoiser_mlp import LAYER_NORM_EPS, _mma, _row_stats, check_precision, output_block
+from .denoiser_mlp import (LAYER_NORM_EPS, _accum_normed, _accum_strided, _bias_relu_store, _load_normed, _mma,
+                           _row_stats, check_precision, output_block)
 from .seed_axis import check_stacked
 
 LAYOUTS = ("linear", "ensemble")
@@ -43,46 +44,6 @@ def _group(W_IN, W_OUT, ENSEMBLE: tl.constexpr, M_STORED, sid, mid):
         return (sid * M_STORED + mid) * W_IN * W_OUT, (sid * M_STORED + mid) * W_OUT, W_OUT, 1
     else:
         return sid * W_IN * W_OUT, sid * W_OUT, 1, W_IN
-
-
-@triton.jit
-def _load_h(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM: tl.constexpr):
-    """[BM, BK] tile of N(pre) for pre (rows, K) at h_ptr (0 outside the masks)."""
-    h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-    if LAYER_NORM:
-        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
-        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
-        h = (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
-        h = tl.where(mask_m[:, None] & mask_k[None, :], h, 0.0)
-    return h
-
-
-@triton.jit
-def _accum_input(acc, x_ptr, D, offs_m, mask_m, w_ptr, k0, s_in, s_out, offs_n, mask_n,
-                 BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """acc += X[offs_m, :D] @ W[k0 : k0 + D, offs_n] for an input X (rows, D) that is W's rows k0.."""
-    for d0 in range(0, D, BLOCK_K):
-        offs_k = d0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < D
-        x = tl.load(x_ptr + offs_m[:, None] * D + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptr + (k0 + offs_k)[:, None] * s_in + offs_n[None, :] * s_out,
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, x, w, PRECISION)
-    return acc
-
-
-@triton.jit
-def _accum_hidden(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, w_ptr, s_in, s_out, offs_n, mask_n,
-                  LAYER_NORM: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """acc += N(pre)[offs_m, :K] @ W[:K, offs_n], pre (rows, K) post-ReLU."""
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        h = _load_h(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM)
-        w = tl.load(w_ptr + offs_k[:, None] * s_in + offs_n[None, :] * s_out,
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, h, w, PRECISION)
-    return acc
 
 
 @triton.jit
@@ -122,29 +83,20 @@ def _forward_kernel(
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            if l == 0:
-                acc = _accum_input(acc, x1_ptr, D1, offs_m, mask_m, w_ptr, 0, s_in, s_out, offs_n, mask_n,
-                                   BLOCK_K, PRECISION)
+            if l == 0:  # W's rows 0.. meet x1, rows D1.. x2
+                acc = _accum_strided(acc, x1_ptr, D1, offs_m, mask_m, D1, w_ptr, s_in, s_out, offs_n, mask_n,
+                                     BLOCK_K, PRECISION)
                 if D2 > 0:
-                    acc = _accum_input(acc, x2_ptr, D2, offs_m, mask_m, w_ptr, D1, s_in, s_out, offs_n, mask_n,
-                                       BLOCK_K, PRECISION)
+                    acc = _accum_strided(acc, x2_ptr, D2, offs_m, mask_m, D2, w_ptr + D1 * s_in, s_in, s_out, offs_n,
+                                         mask_n, BLOCK_K, PRECISION)
             else:
                 _, pv_off, _, _ = _group(widths[l - 1], K, ENSEMBLE, M_STORED, sid, mid)
-                acc = _accum_hidden(acc, pre_ptrs[l - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
+                acc = _accum_normed(acc, pre_ptrs[l - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
                                     g_ptrs[l - 1] + pv_off, beta_ptrs[l - 1] + pv_off, w_ptr, s_in, s_out,
                                     offs_n, mask_n, LAYER_NORM, BLOCK_K, PRECISION)
-            b = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
-            y = tl.where(mask_n[None, :], tl.maximum(acc + b[None, :], 0.0), 0.0)
-            tl.store(pre_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
-            if LAYER_NORM:  # running mean and sum of squared deviations (Chan et al.), as denoiser_mlp
-                count = n0 * 1.0
-                chunk_count = tl.sum(mask_n.to(tl.float32), axis=0)
-                chunk_mean = tl.sum(y, axis=1) / chunk_count
-                dev = tl.where(mask_n[None, :], y - chunk_mean[:, None], 0.0)
-                delta = chunk_mean - run_mean
-                total = count + chunk_count
-                run_mean = run_mean + delta * (chunk_count / total)
-                run_m2 = run_m2 + tl.sum(dev * dev, axis=1) + delta * delta * (count * chunk_count / total)
+            # ReLU(acc + b) -> pre_l, merged into the rows' LayerNorm statistics (unused without LayerNorm)
+            run_mean, run_m2 = _bias_relu_store(acc, b_ptr, pre_ptr, offs_m, mask_m, N, offs_n, mask_n, n0,
+                                                run_mean, run_m2)
         if LAYER_NORM:
             mean, rstd = _row_stats(run_mean, run_m2, N, eps)
             if SAVE:
@@ -159,7 +111,7 @@ def _forward_kernel(
     offs_o = tl.arange(0, BLOCK_O)
     mask_o = offs_o < N_OUT
     acc = tl.zeros([BLOCK_M, BLOCK_O], dtype=tl.float32)
-    acc = _accum_hidden(acc, pre_ptrs[NUM_HIDDEN - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
+    acc = _accum_normed(acc, pre_ptrs[NUM_HIDDEN - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
                         g_ptrs[NUM_HIDDEN - 1] + pv_off, beta_ptrs[NUM_HIDDEN - 1] + pv_off,
                         w_ptrs[NUM_HIDDEN] + w_off, s_in, s_out, offs_o, mask_o, LAYER_NORM, BLOCK_K, PRECISION)
     y = acc + tl.load(b_ptrs[NUM_HIDDEN] + v_off + offs_o, mask=mask_o, other=0.0)[None, :]
@@ -183,15 +135,8 @@ def _back_hidden(dy_ptr, K, w_ptr, s_in, s_out, pre_ptr, mean, rstd, g_ptr, dh_p
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         mask = mask_m[:, None] & mask_h[None, :]
-        dh = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_DY):
-            offs_k = k0 + tl.arange(0, BLOCK_DY)
-            mask_k = offs_k < K
-            dy = tl.load(dy_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                         other=0.0)
-            w = tl.load(w_ptr + offs_h[None, :] * s_in + offs_k[:, None] * s_out,
-                        mask=mask_k[:, None] & mask_h[None, :], other=0.0)
-            dh = _mma(dh, dy, w, PRECISION)
+        dh = _accum_strided(tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), dy_ptr, K, offs_m, mask_m, K, w_ptr,
+                            s_out, s_in, offs_h, mask_h, BLOCK_DY, PRECISION)  # dY @ W^T
         idx = offs_m[:, None] * H + offs_h[None, :]
         tl.store(dh_ptr + idx, dh, mask=mask)
         if LAYER_NORM:
@@ -225,15 +170,8 @@ def _input_grad(dz_ptr, H, w_ptr, col0, s_in, s_out, gx_ptr, D, offs_m, mask_m, 
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            offs_h = h0 + tl.arange(0, BLOCK_H)
-            mask_h = offs_h < H
-            dz = tl.load(dz_ptr + offs_m[:, None] * H + offs_h[None, :], mask=mask_m[:, None] & mask_h[None, :],
-                         other=0.0)
-            w = tl.load(w_ptr + (col0 + offs_d)[None, :] * s_in + offs_h[:, None] * s_out,
-                        mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-            acc = _mma(acc, dz, w, PRECISION)
+        acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), dz_ptr, H, offs_m, mask_m, H,
+                             w_ptr + col0 * s_in, s_out, s_in, offs_d, mask_d, BLOCK_H, PRECISION)
         tl.store(gx_ptr + offs_m[:, None] * D + offs_d[None, :], acc, mask=mask_m[:, None] & mask_d[None, :])
 
 
@@ -316,7 +254,7 @@ def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, h_ptr, h_stats, h_g
         else:
             mean = tl.load(h_stats + offs_r, mask=mask_r, other=0.0)
             rstd = tl.load(h_stats + M * R + offs_r, mask=mask_r, other=0.0)
-            hT = tl.trans(_load_h(h_ptr, offs_r, mask_r, offs_i, mask_i, K, mean, rstd, h_g, h_beta, LAYER_NORM))
+            hT = tl.trans(_load_normed(h_ptr, offs_r, mask_r, offs_i, mask_i, K, mean, rstd, h_g, h_beta, LAYER_NORM))
         mask = mask_r[:, None] & mask_j[None, :]
         idx = offs_r[:, None] * N + offs_j[None, :]
         dz = tl.load(dz_ptr + idx, mask=mask, other=0.0)
