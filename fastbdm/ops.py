@@ -15,7 +15,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import denoiser_backward, denoiser_mlp, noising, small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
+from .kernels import denoiser_backward, denoiser_mlp, noising
+from .kernels import small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
 from .kernels import reverse_chain as reverse_chain_kernels
 from .schedule import DiffusionSchedule
 

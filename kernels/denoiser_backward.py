@@ -31,6 +31,25 @@ from .seed_axis import add_seed_axis, check_stacked
 
 
 @triton.jit
+def _relu_norm_grad(dh_ptr, dz_ptr, pre_ptr, offs_r, mask_r, offs_h, mask_h, H, mean, rstd, g_ptr, c1, c2,
+                    LAYER_NORM: tl.constexpr):
+    """dz = ReLU'(pre) N'(dh) on a [rows, chunk] tile of (R, H) buffers -> dz_ptr (may be dh_ptr), returned:
+    N' the LayerNorm backward rstd (g dh - c1 - xhat c2) (c1, c2 the row means of g dh and g dh xhat) with
+    LAYER_NORM, the identity without."""
+    mask = mask_r[:, None] & mask_h[None, :]
+    idx = offs_r[:, None] * H + offs_h[None, :]
+    dh = tl.load(dh_ptr + idx, mask=mask, other=0.0)
+    pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
+        g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
+        dh = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
+    dz = tl.where(pre > 0.0, dh, 0.0)
+    tl.store(dz_ptr + idx, dz, mask=mask)
+    return dz
+
+
+@triton.jit
 def _ln_relu_bwd_kernel(
     dy_ptr, w_ptr, pre_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, dz_ptr, h_ptr, part_ptr,
     R, K, H,
@@ -103,15 +122,8 @@ def _ln_relu_bwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        mask = mask_r[:, None] & mask_h[None, :]
-        idx = offs_r[:, None] * H + offs_h[None, :]
-        dh = tl.load(dz_ptr + idx, mask=mask, other=0.0)
-        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
-        g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
-        dpre = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
-        dz = tl.where(pre > 0.0, dpre, 0.0)
-        tl.store(dz_ptr + idx, dz, mask=mask)
+        dz = _relu_norm_grad(dz_ptr, dz_ptr, pre_ptr, offs_r, mask_r, offs_h, mask_h, H, mean, rstd, g_ptr, c1, c2,
+                             True)
         if WEIGHT_GRADS:
             tl.store(part + part_col + 2 * H + offs_h, tl.sum(dz, axis=0), mask=mask_h)
 

@@ -133,21 +133,31 @@ def _row_stats(mean, m2, N, eps):
 
 
 @triton.jit
-def _ln_hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, out_ptr, N, offs_m, mask_m, eps,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PRECISION: tl.constexpr):
-    """out (R, N) = ReLU(W LN(H) + b) for the program's rows, H (R, K); returns out's LN mean, rstd."""
+def _hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, w_k, w_n, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                  LAYER_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """out (R, N) = ReLU(W N(H) + b) for the program's rows, H (R, K), N: _load_normed, W[k, n] at
+    w_ptr + k w_k + n w_n; returns out's LayerNorm mean and rstd."""
     run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc = _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr,
-                               offs_n, mask_n, BLOCK_K, PRECISION)
+        acc = _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, w_ptr, w_k, w_n, offs_n, mask_n,
+                            LAYER_NORM, BLOCK_K, PRECISION)
         run_mean, run_m2 = _bias_relu_store(acc, b_ptr, out_ptr, offs_m, mask_m, N, offs_n, mask_n,
                                             n0, run_mean, run_m2)
     return _row_stats(run_mean, run_m2, N, eps)
+
+
+@triton.jit
+def _ln_hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """out (R, N) = ReLU(W LN(H) + b) for the program's rows, H (R, K), W (N, K); returns out's LN mean, rstd."""
+    return _hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, 1, K, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                         True, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
 
 
 @triton.jit

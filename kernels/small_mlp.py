@@ -30,8 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoiser_mlp import (LAYER_NORM_EPS, _accum_normed, _accum_strided, _bias_relu_store, _load_normed, _mma,
-                           _row_stats, check_precision, output_block)
+from .denoiser_mlp import (LAYER_NORM_EPS, _accum_normed, _accum_strided, _bias_relu_store, _hidden_layer,
+                           _load_normed, _mma, _row_stats, check_precision, output_block)
+from .denoiser_backward import _relu_norm_grad
 from .seed_axis import check_stacked
 
 LAYOUTS = ("linear", "ensemble")
@@ -77,28 +78,27 @@ def _forward_kernel(
         w_off, v_off, s_in, s_out = _group(K, N, ENSEMBLE, M_STORED, sid, mid)
         w_ptr, b_ptr = w_ptrs[l] + w_off, b_ptrs[l] + v_off
         pre_ptr = pre_ptrs[l] + gid * R * N
-        run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
-        run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < N
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            if l == 0:  # W's rows 0.. meet x1, rows D1.. x2
-                acc = _accum_strided(acc, x1_ptr, D1, offs_m, mask_m, D1, w_ptr, s_in, s_out, offs_n, mask_n,
-                                     BLOCK_K, PRECISION)
+        if l == 0:  # W's rows 0.. meet x1, rows D1.. x2
+            run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+            run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for n0 in range(0, N, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < N
+                acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x1_ptr, D1, offs_m, mask_m, D1,
+                                     w_ptr, s_in, s_out, offs_n, mask_n, BLOCK_K, PRECISION)
                 if D2 > 0:
                     acc = _accum_strided(acc, x2_ptr, D2, offs_m, mask_m, D2, w_ptr + D1 * s_in, s_in, s_out, offs_n,
                                          mask_n, BLOCK_K, PRECISION)
-            else:
-                _, pv_off, _, _ = _group(widths[l - 1], K, ENSEMBLE, M_STORED, sid, mid)
-                acc = _accum_normed(acc, pre_ptrs[l - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
-                                    g_ptrs[l - 1] + pv_off, beta_ptrs[l - 1] + pv_off, w_ptr, s_in, s_out,
-                                    offs_n, mask_n, LAYER_NORM, BLOCK_K, PRECISION)
-            # ReLU(acc + b) -> pre_l, merged into the rows' LayerNorm statistics (unused without LayerNorm)
-            run_mean, run_m2 = _bias_relu_store(acc, b_ptr, pre_ptr, offs_m, mask_m, N, offs_n, mask_n, n0,
-                                                run_mean, run_m2)
+                run_mean, run_m2 = _bias_relu_store(acc, b_ptr, pre_ptr, offs_m, mask_m, N, offs_n, mask_n, n0,
+                                                    run_mean, run_m2)
+            new_mean, new_rstd = _row_stats(run_mean, run_m2, N, eps)
+        else:  # ReLU outputs to pre_l with their LayerNorm statistics (unused without LayerNorm)
+            _, pv_off, _, _ = _group(widths[l - 1], K, ENSEMBLE, M_STORED, sid, mid)
+            new_mean, new_rstd = _hidden_layer(pre_ptrs[l - 1] + gid * R * K, mean, rstd, g_ptrs[l - 1] + pv_off,
+                                               beta_ptrs[l - 1] + pv_off, K, w_ptr, s_in, s_out, b_ptr, pre_ptr, N,
+                                               offs_m, mask_m, eps, LAYER_NORM, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
         if LAYER_NORM:
-            mean, rstd = _row_stats(run_mean, run_m2, N, eps)
+            mean, rstd = new_mean, new_rstd
             if SAVE:
                 st = _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R)
                 tl.store(st + offs_m, mean, mask=mask_m)
@@ -124,7 +124,8 @@ def _forward_kernel(
 
 @triton.jit
 def _back_hidden(dy_ptr, K, w_ptr, s_in, s_out, pre_ptr, mean, rstd, g_ptr, dh_ptr, dz_ptr, H, offs_m, mask_m,
-                 LAYER_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DY: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
+                 LAYER_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DY: tl.constexpr, BLOCK_H: tl.constexpr,
+                 PRECISION: tl.constexpr):
     """Back through N_l and the ReLU of a hidden layer of width H: dh = dY @ W (dY (rows, K) the
     gradient at the next layer's pre-activation, W its matrix (in H, out K)) -> dh_ptr, then
     dz = ReLU'(pre) N_l'(dh) -> dz_ptr (LayerNorm: rstd (g dh - mean(g dh) - xhat mean(g dh xhat))), in
@@ -150,16 +151,8 @@ def _back_hidden(dy_ptr, K, w_ptr, s_in, s_out, pre_ptr, mean, rstd, g_ptr, dh_p
     tl.debug_barrier()  # pass 2 reads dh written by other threads of this program
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask_h = offs_h < H
-        mask = mask_m[:, None] & mask_h[None, :]
-        idx = offs_m[:, None] * H + offs_h[None, :]
-        dh = tl.load(dh_ptr + idx, mask=mask, other=0.0)
-        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0)
-        if LAYER_NORM:
-            xhat = (pre - mean[:, None]) * rstd[:, None]
-            g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
-            dh = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
-        tl.store(dz_ptr + idx, tl.where(pre > 0.0, dh, 0.0), mask=mask)
+        _relu_norm_grad(dh_ptr, dz_ptr, pre_ptr, offs_m, mask_m, offs_h, offs_h < H, H, mean, rstd, g_ptr, c1, c2,
+                        LAYER_NORM)
     tl.debug_barrier()  # the layer below reads dz
 
 
@@ -427,7 +420,8 @@ def small_mlp_backward(grad_out, x1, x2, weights, out, acts, layout, layer_norm,
         new = torch.zeros if M < stored else torch.empty  # members not evaluated: zero gradients
         grads = [new(w.shape, device=dev, dtype=torch.float32) for w in weights]
         dws, dbs, dgs, dbetas = split_weights(grads, layer_norm)
-        tiles = sum(triton.cdiv(dims[l], block_i) * triton.cdiv(dims[l + 1], block_j if l < L else output_block(dims[-1]))
+        block_o = output_block(dims[-1])
+        tiles = sum(triton.cdiv(dims[l], block_i) * triton.cdiv(dims[l + 1], block_j if l < L else block_o)
                     for l in range(L + 1))
         _weight_grads_kernel[(tiles, S * M)](
             x1, x1 if x2 is None else x2, gains or placeholders, shifts or placeholders, tuple(pres), stats,

@@ -237,7 +237,8 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
         f.flush()
         usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True,
                                check=True).stdout.strip().splitlines()[-1]
-    print(fn.__name__, constexprs["PRECISION"], "critics" if constexprs["ENSEMBLE"] else "actor", usage.split("CONSTANT")[0].strip(), "shared", kernel.metadata.shared)
+    print(fn.__name__, constexprs["PRECISION"], "critics" if constexprs["ENSEMBLE"] else "actor",
+          usage.split("CONSTANT")[0].strip(), "shared", kernel.metadata.shared)
     assert "LOCAL:0 " in usage, (fn.__name__, usage)  # no register spills
     assert kernel.metadata.shared < 200 * 1024, (fn.__name__, kernel.metadata.shared)  # sm_90: 227 KB per block
 
@@ -253,8 +254,8 @@ for (ensemble, layer_norm, tanh), precision in [*((net, "tf32") for net in NETS)
 
 def test_small_mlp_kernels_compile_for_sm90():
     """Forward, deltas and weight-gradient kernels of the critics and the actor at their defaults (three
-    hidden layers, tf32; the critics also bf16) compile for sm_90 offline with no register spills and shared memory < 200 KB;
-    the registers and shared memory are printed (pytest -s; profiling/gpu_checks.sh stage kernels)."""
+    hidden layers, tf32; the critics also bf16) compile for sm_90 offline with no register spills and
+    shared memory < 200 KB; the registers and shared memory are printed (pytest -s)."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
