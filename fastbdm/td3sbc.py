@@ -121,10 +121,13 @@ class TD3SBC(nn.Module):
             raise ValueError(f"w_rel={cfg.w_rel}: {cfg.algo} has no state-BC term; set w_rel=0 "
                              f"(TD3SBCConfig.for_algo({cfg.algo!r}) does)")
         self.act_dim, self.max_action = act_dim, max_action
-        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden, cfg.backend, cfg.precision)
+        # "bf16" is the denoisers' precision: the actor and critics keep fp32 operands (TF32 dots), as
+        # torch's own matmuls did for them (backends.TORCH_TF32)
+        small = "tf32" if cfg.precision == "bf16" else cfg.precision
+        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden, cfg.backend, small)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm,
-                                 backend=cfg.backend, precision=cfg.precision)
+                                 backend=cfg.backend, precision=small)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.bdm = self.data_denoiser = None
         if cfg.algo == "td3sbc":

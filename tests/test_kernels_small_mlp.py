@@ -263,3 +263,14 @@ def test_small_mlp_kernels_compile_for_sm90():
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
     assert done.stdout.count("REG:") == 9
+
+
+def test_bf16_is_the_denoisers_precision_only():
+    """precision "bf16" (GPU) puts the denoisers' kernels on bf16; the actor and critics keep fp32 operands
+    with TF32 dots, as torch's matmuls gave them before they were fused."""
+    from fastbdm import TD3SBC, TD3SBCConfig
+
+    agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(32,), critic_hidden=(32,), denoiser_hidden=(32, 32),
+                                             backend="triton", precision="bf16"))
+    assert agent.bdm.precision == "bf16"
+    assert (agent.actor.precision, agent.critic.precision, agent.actor_target.precision) == ("tf32",) * 3
