@@ -106,6 +106,22 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+def one_adam_state(saved: dict) -> dict:
+    """A checkpoint's "optimizers" entry ({name: Adam state dict}) for TD3SBC.optimizers: as it is when
+    written with one Adam ("learners"); one Adam per learner (checkpoints before issue 14: actor, critic,
+    data_denoiser, denoiser, each one param group) merged into the one Adam's state, in its parameter
+    order (the learners in that order), each parameter keeping its moments and step count."""
+    if "learners" in saved:
+        return saved
+    state, params = {}, []
+    for name in [n for n in ("actor", "critic", "data_denoiser", "denoiser") if n in saved]:
+        ids = saved[name]["param_groups"][0]["params"]
+        index = {old: len(params) + i for i, old in enumerate(ids)}
+        state.update({index[old]: moments for old, moments in saved[name]["state"].items()})
+        params += [index[old] for old in ids]
+    return {"learners": {"state": state, "param_groups": [{**saved["actor"]["param_groups"][0], "params": params}]}}
+
+
 class TD3SBC(nn.Module):
     """All learners of config.algo and one update over them. States are normalised by the caller;
     `obs_mean`/`obs_std` are kept for acting in the environment. Only td3sbc has the SSM denoiser,

@@ -33,7 +33,7 @@ from .monitor import METRICS, UpdateMonitor
 from .presets import ALGO_DEFAULTS, ALGOS, Preset, preset, split_name
 from .replay import TransitionBuffer
 from .schedule import PREDICTIONS
-from .td3sbc import TD3SBC, TD3SBCConfig
+from .td3sbc import TD3SBC, TD3SBCConfig, one_adam_state
 from .wandb_log import WandbError, WandbMirror
 
 EVAL_COLUMNS = ("eval_return", "eval_score")
@@ -295,7 +295,7 @@ def run_seed(args, seed: int, device: torch.device, transitions) -> float:
             raise TrainingError(f"--resume: {run_dir} was trained with --algo {trained}; pass --algo {trained}")
         agent.load_state_dict(state["agent"])
         for name, opt in agent.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            opt.load_state_dict(one_adam_state(state["optimizers"])[name])
         agent.num_updates = start = state["step"]
         monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])

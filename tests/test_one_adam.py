@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.td3sbc import one_adam_state
 
 from test_td3sbc import make_batch
 
@@ -70,3 +71,26 @@ def test_one_adam_skips_the_learners_without_gradients():
     agent.update(b)  # a critic step: the actor, its moments and its step count stay
     assert steps(agent.actor) == {1} and steps(agent.critic) == {3}
     assert all(torch.equal(a, adam.state[p]["exp_avg"]) for a, p in zip(moments, agent.actor.parameters()))
+
+
+def test_a_checkpoint_with_one_adam_per_learner_resumes_into_the_one_adam():
+    """one_adam_state (train.py's resume): per-learner Adam states of an older checkpoint, merged, give
+    the one Adam every parameter's moments and step count: the next updates equal the older code's."""
+    agent = make_agent("td3sbc")
+    adams = {name: torch.optim.Adam(net.parameters(), lr=agent.config.lr, fused=True) for name, net in (
+        ("actor", agent.actor), ("critic", agent.critic), ("data_denoiser", agent.data_denoiser),
+        ("denoiser", agent.bdm.denoiser))}
+    batches = [make_batch() for _ in range(5)]
+    noises = [agent.draw_noise(batches[0].obs.shape[0], "cpu", actor_step=u % 2 == 0) for u in range(1, 6)]
+    for update in range(3):  # the older run: three updates, then its checkpoint
+        per_learner_update(agent, adams, batches[update], noises[update], update % 2 == 1)
+    saved = copy.deepcopy({name: adam.state_dict() for name, adam in adams.items()})  # as torch.load gives it
+    resumed = copy.deepcopy(agent)
+    resumed.optimizers["learners"].load_state_dict(one_adam_state(saved)["learners"])
+    resumed.num_updates = 3
+    for update in range(3, 5):
+        per_learner_update(agent, adams, batches[update], noises[update], update % 2 == 1)
+        resumed.update(batches[update], noises[update])
+    for (name, p), q in zip(resumed.named_parameters(), agent.parameters()):
+        assert torch.equal(p, q), name
+    assert one_adam_state(resumed_state := {"learners": resumed.optimizers["learners"].state_dict()}) is resumed_state
