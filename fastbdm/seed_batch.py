@@ -69,8 +69,8 @@ class SeedBatch:
         self.buffers = {name: b for name, b in self.template.named_buffers()}
         self.learners = {learner: names for learner, prefix in LEARNERS.items()  # the algorithm's learners
                          if (names := [name for name in self.parameters if name.startswith(prefix)])}
-        self.optimizer = make_adam([self.parameters[n] for names in self.learners.values() for n in names],
-                                   self.config.lr, device)
+        self.optimizers = {"learners": make_adam(  # as TD3SBC.optimizers: one Adam over every learner
+            [self.parameters[n] for names in self.learners.values() for n in names], self.config.lr, device)}
         self.num_updates = 0
         self._critic_side = grad(self._loss("critic_side_losses"), has_aux=True)
         self._actor = grad(self._loss("actor_loss"), has_aux=True)
@@ -132,11 +132,12 @@ class SeedBatch:
     def _step(self, learners: Sequence[str], grads: Dict[str, torch.Tensor]) -> None:
         """One Adam step of `learners` only: the other learners have no gradient, so Adam skips them."""
         with torch.no_grad():
-            self.optimizer.zero_grad(set_to_none=True)
+            adam = self.optimizers["learners"]
+            adam.zero_grad(set_to_none=True)
             for learner in learners:
                 for name in self.learners[learner]:  # vmap's grads may be strided (transposes): the fused
                     self.parameters[name].grad = grads[name].contiguous()  # Adam reads them in the params' layout
-            self.optimizer.step()
+            adam.step()
 
     @torch.no_grad()
     def update_targets(self) -> None:
