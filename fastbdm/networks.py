@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends import kernel_ops, resolve_backend
+
 
 STATE_NORM_EPS = 1e-3
 
@@ -20,10 +22,26 @@ def denormalize_states(s_norm, mean, std):
     return s_norm * (std + STATE_NORM_EPS) + mean
 
 
-class Actor(nn.Module):
-    """pi(s) = max_action * tanh(MLP(s)); s (B, obs_dim) -> (B, act_dim)."""
+class _Backend:
+    """The kernel backend of a small network (backends.resolve_backend): "torch" runs the module's own
+    torch code, "triton" the fused kernels of kernels/small_mlp.py (ops.small_mlp at `precision`), "auto"
+    the kernels on CUDA."""
 
-    def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0, hidden: Sequence[int] = (256, 256, 256)):
+    backend: str = "torch"
+    precision: str = "tf32"
+
+    def _fused(self, like: torch.Tensor):
+        """ops.small_mlp at self.precision when the backend resolves to "triton" for like's device, else None."""
+        if resolve_backend(self.backend, like.device) != "triton":
+            return None
+        return kernel_ops("triton", self.precision).small_mlp
+
+
+class Actor(_Backend, nn.Module):
+    """pi(s) = max_action * tanh(MLP(s)); s (B, obs_dim) -> (B, act_dim). backend, precision: _Backend."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0, hidden: Sequence[int] = (256, 256, 256),
+                 backend: str = "torch", precision: str = "tf32"):
         super().__init__()
         layers, width = [], obs_dim
         for h in hidden:
@@ -31,9 +49,12 @@ class Actor(nn.Module):
             width = h
         layers.append(nn.Linear(width, act_dim))
         self.net = nn.Sequential(*layers)
-        self.max_action = max_action
+        self.max_action, self.backend, self.precision = max_action, backend, precision
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        fused = self._fused(s)
+        if fused is not None:
+            return fused(s, None, list(self.net.parameters()), "linear", False, 1, self.max_action).squeeze(-3)
         return self.max_action * torch.tanh(self.net(s))
 
 
@@ -67,14 +88,15 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias[:members], x, self.weight[:members])
 
 
-class TwinCritic(nn.Module):
+class TwinCritic(_Backend, nn.Module):
     """Q1 and Q2 evaluated together: (s, a) -> (2, B). Hidden layers Linear -> ReLU -> LayerNorm
-    (ReBRAC's critics), or Linear -> ReLU with layer_norm=False (TD3's and TD3+BC's)."""
+    (ReBRAC's critics), or Linear -> ReLU with layer_norm=False (TD3's and TD3+BC's). backend,
+    precision: _Backend (the fused kernel runs both members in one launch)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256, 256), members: int = 2,
-                 layer_norm: bool = True):
+                 layer_norm: bool = True, backend: str = "torch", precision: str = "tf32"):
         super().__init__()
-        self.members, self.layer_norm = members, layer_norm
+        self.members, self.layer_norm, self.backend, self.precision = members, layer_norm, backend, precision
         widths = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(widths[:-1], widths[1:]))
         norms = hidden if layer_norm else ()
@@ -85,12 +107,23 @@ class TwinCritic(nn.Module):
     def forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None) -> torch.Tensor:
         """(members, B) values of the first `members` critics (default all); Q1 alone is members=1."""
         count = self.members if members is None else members
+        fused = self._fused(s)
+        if fused is not None:
+            return fused(s, a, self.weights(), "ensemble", self.layer_norm, count).squeeze(-1)
         x = torch.cat([s, a], dim=-1).expand(count, -1, -1)
         for i, layer in enumerate(self.hidden):
             x = torch.relu(layer(x, count))
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[i][:count] + self.norm_bias[i][:count]
         return self.out(x, count).squeeze(-1)
+
+    def weights(self) -> list:
+        """(W, b, g, beta) per hidden layer ((W, b) without layer_norm), then (W_out, b_out): the layout
+        "ensemble" of kernels/small_mlp.py (W (members, in, out), vectors (members, 1, out))."""
+        flat = []
+        for i, layer in enumerate(self.hidden):
+            flat += [layer.weight, layer.bias, *((self.norm_weight[i], self.norm_bias[i]) if self.layer_norm else ())]
+        return [*flat, self.out.weight, self.out.bias]
 
 
 class Denoiser(nn.Module):

@@ -1,9 +1,9 @@
 """Triton backend: the functions of fastbdm.reference (noised_rows, denoiser_forward, reverse_chain,
-td_loss) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
+td_loss, small_mlp) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
-it; denoiser_forward and td_loss are differentiable through torch.autograd.Functions over the ops
-(_DenoiserForward, _TDLoss), the others are no-grad. Each op has a vmap rule, its seed axis
+it; denoiser_forward, td_loss and small_mlp are differentiable through torch.autograd.Functions over
+the ops (_DenoiserForward, _TDLoss, _SmallMLP), the others are no-grad. Each op has a vmap rule, its seed axis
 (kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
@@ -15,7 +15,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import denoiser_backward, denoiser_mlp, noising, td_loss as td_loss_kernels
+from .kernels import denoiser_backward, denoiser_mlp, noising
+from .kernels import small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
 from .kernels import reverse_chain as reverse_chain_kernels, weight_stationary_chain
 from .schedule import DiffusionSchedule
 
@@ -62,9 +63,10 @@ def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
     mean2, rstd2); with the seed axis each with a leading S after stats' 4."""
-    out, (pre1, mean1, rstd1, pre2, mean2, rstd2) = denoiser_mlp.mlp_forward(
-        rows, weights, save_activations=True, precision=precision)
-    return out, pre1, pre2, torch.stack([mean1, rstd1, mean2, rstd2])
+    stats = rows.new_empty((4, *rows.shape[:-1]), dtype=torch.float32)
+    out, (pre1, _, _, pre2, _, _) = denoiser_mlp.mlp_forward(rows, weights, save_activations=True,
+                                                             precision=precision, stats=stats)
+    return out, pre1, pre2, stats
 
 
 @_denoiser_forward_train.register_fake
@@ -78,23 +80,29 @@ def _(rows, weights, precision):
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
 def _denoiser_backward(grad_out: Tensor, rows: Tensor, weights: List[Tensor], pre1: Tensor, pre2: Tensor,
                        stats: Tensor, needs: List[bool], precision: str) -> List[Tensor]:
-    """Gradients of [rows, *weights] where needs (1 + len(weights) bools) is True, in that order."""
+    """Gradients of rows and of the weight matrices where needs (1 + len(weights) bools) is True, in that
+    order, then, when any weight gradient is needed, the column sums ([S,] cols) whose views are the
+    vector gradients (denoiser_backward.vector_grads): one buffer, not a copy per bias and gain."""
     acts = (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
+    sums = (grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights)))
+            if any(needs[1:]) else None)
     grad_rows, grads = denoiser_backward.mlp_backward(
         grad_out, rows, weights, acts, need_weight_grads=needs[1:], need_input_grad=needs[0],
-        precision=precision)
-    outs, storages = [], set()
-    for g in (grad_rows, *grads):
-        if g is not None:  # bias and gain grads are slices of one buffer: outputs must be distinct
-            key = g.untyped_storage().data_ptr()
-            outs.append(g.clone() if g.storage_offset() or key in storages else g)
-            storages.add(key)
-    return outs
+        precision=precision, sums=sums)
+    matrices = [g for i, g in enumerate(grads) if i in _MATRICES and needs[1 + i]]
+    return [g for g in (grad_rows, *matrices, sums) if g is not None]
+
+
+_MATRICES = (0, 4, 8)  # W1, W2, W_out in Denoiser.weights(); the others are vectors
 
 
 @_denoiser_backward.register_fake
 def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
-    return [torch.empty_like(x, dtype=torch.float32) for x, need in zip([rows, *weights], needs) if need]
+    grads = [torch.empty_like(x, dtype=torch.float32) for i, (x, need) in enumerate(zip([rows, *weights], needs))
+             if need and (i == 0 or i - 1 in _MATRICES)]
+    if any(needs[1:]):
+        grads.append(grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights))))
+    return grads
 
 
 class _DenoiserForward(torch.autograd.Function):
@@ -122,8 +130,12 @@ class _DenoiserForward(torch.autograd.Function):
         rows, pre1, pre2, stats, *weights = ctx.saved_tensors
         needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
         with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
-            grads = iter(_denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision))
-        grad_rows, *grad_weights = [next(grads) if need else None for need in needs]
+            grads = _denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision)
+        vectors = denoiser_backward.vector_grads(grads[-1], weights) if any(needs[1:]) else [None] * len(weights)
+        grads = iter(grads)
+        grad_rows = next(grads) if needs[0] else None
+        grad_weights = [(next(grads) if i in _MATRICES else v) if need else None
+                        for i, (v, need) in enumerate(zip(vectors, needs[1:]))]
         return grad_rows, None, *grad_weights
 
 
@@ -217,6 +229,108 @@ def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     return _TDLoss.apply(pred, target1, y2, done, float(gamma))[0]
 
 
+# --- small_mlp (the actor, the twin critics): differentiable in both inputs and the weights ----------
+
+def _small_mlp_shape(x1, weights, layout, members):
+    """([S,] members, R, N_OUT) of small_mlp's output."""
+    n_out = weights[-2].shape[-1] if layout == "ensemble" else weights[-2].shape[-2]
+    return (*x1.shape[:-2], members, x1.shape[-2], n_out)
+
+
+@torch.library.custom_op("fastbdm::small_mlp", mutates_args=())
+def _small_mlp(x1: Tensor, x2: Optional[Tensor], weights: List[Tensor], layout: str, layer_norm: bool, members: int,
+               out_scale: float, precision: str) -> Tensor:
+    return small_mlp_kernels.small_mlp_forward(x1, x2, weights, layout, layer_norm, members, out_scale, precision)
+
+
+@_small_mlp.register_fake
+def _(x1, x2, weights, layout, layer_norm, members, out_scale, precision):
+    return x1.new_empty(_small_mlp_shape(x1, weights, layout, members), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbdm::small_mlp_train", mutates_args=())
+def _small_mlp_train(x1: Tensor, x2: Optional[Tensor], weights: List[Tensor], layout: str, layer_norm: bool,
+                     members: int, out_scale: float, precision: str) -> List[Tensor]:
+    """[out ([S,] members, R, N_OUT), stats ([S,] 2L, members, R), pre_1 .. pre_L ([S,] members, R, H_l)]."""
+    out, (stats, pres) = small_mlp_kernels.small_mlp_forward(x1, x2, weights, layout, layer_norm, members, out_scale,
+                                                              precision, save_activations=True)
+    return [out, stats, *pres]
+
+
+@_small_mlp_train.register_fake
+def _(x1, x2, weights, layout, layer_norm, members, out_scale, precision):
+    lead, rows = x1.shape[:-2], x1.shape[-2]
+    matrices = small_mlp_kernels.split_weights(weights, layer_norm)[0]
+    hidden = small_mlp_kernels.widths(matrices, layout)[1:-1]
+    return [x1.new_empty(_small_mlp_shape(x1, weights, layout, members), dtype=torch.float32),
+            x1.new_empty((*lead, 2 * len(hidden), members, rows), dtype=torch.float32),
+            *(x1.new_empty((*lead, members, rows, h), dtype=torch.float32) for h in hidden)]
+
+
+@torch.library.custom_op("fastbdm::small_mlp_backward", mutates_args=())
+def _small_mlp_backward(grad_out: Tensor, x1: Tensor, x2: Optional[Tensor], weights: List[Tensor], out: Tensor,
+                        stats: Tensor, pres: List[Tensor], layout: str, layer_norm: bool, members: int,
+                        out_scale: float, needs: List[bool], precision: str) -> List[Tensor]:
+    """[grad x1 if needs[0], grad x2 if needs[1], every weight's gradient if needs[2]] (two launches)."""
+    gx1, gx2, grads = small_mlp_kernels.small_mlp_backward(
+        grad_out, x1, x2, weights, out, (stats, pres), layout, layer_norm, members, out_scale, needs[0], needs[1],
+        needs[2], precision)
+    return [g for g in (gx1, gx2) if g is not None] + list(grads or ())
+
+
+@_small_mlp_backward.register_fake
+def _(grad_out, x1, x2, weights, out, stats, pres, layout, layer_norm, members, out_scale, needs, precision):
+    inputs = [torch.empty_like(x, dtype=torch.float32) for x, need in ((x1, needs[0]), (x2, needs[1])) if need]
+    return inputs + ([torch.empty_like(w, dtype=torch.float32) for w in weights] if needs[2] else [])
+
+
+class _SmallMLP(torch.autograd.Function):
+    """(x1, x2, layout, layer_norm, members, out_scale, precision, *weights) -> _small_mlp_train's results,
+    differentiable in x1, x2 and the weights through _small_mlp_backward; an autograd.Function for
+    torch.func.grad and vmap, as _DenoiserForward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x1, x2, layout, layer_norm, members, out_scale, precision, *weights):
+        return tuple(_small_mlp_train(x1, x2, list(weights), layout, layer_norm, members, out_scale, precision))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x1, x2, *config = inputs[:7]
+        ctx.config = config
+        out, stats, *pres = output
+        ctx.mark_non_differentiable(stats, *pres)
+        ctx.set_materialize_grads(False)
+        ctx.pres = len(pres)
+        ctx.save_for_backward(x1, x2, out, stats, *pres, *inputs[7:])
+
+    @staticmethod
+    def backward(ctx, grad_out, *_grad_acts):
+        x1, x2, out, stats, *rest = ctx.saved_tensors
+        pres, weights = rest[:ctx.pres], rest[ctx.pres:]
+        layout, layer_norm, members, out_scale, precision = ctx.config
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], any(ctx.needs_input_grad[7:])]
+        if grad_out is None:
+            return (None,) * (7 + len(weights))
+        with torch.no_grad():
+            grads = iter(_small_mlp_backward(grad_out, x1, x2, weights, out, stats, pres, layout, layer_norm,
+                                             members, out_scale, needs, precision))
+        gx1, gx2 = (next(grads) if need else None for need in needs[:2])
+        return (gx1, gx2, None, None, None, None, None,
+                *(next(grads) if needs[2] else None for _ in weights))
+
+
+def small_mlp(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0, precision: str = DEFAULT_PRECISION):
+    """The actor's or the twin critics' MLP (reference.small_mlp) fused: x1 (R, D1), x2 (R, D2) or None ->
+    (members, R, N_OUT); seed axis: x1, x2 (S, R, .), weights stacked (S, ...) -> (S, members, R, N_OUT).
+    Differentiable in x1, x2 and the weights (one forward launch, two backward launches)."""
+    weights = list(weights)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (x1, x2, *weights)):
+        return _SmallMLP.apply(x1, x2, layout, layer_norm, members, float(out_scale), precision, *weights)[0]
+    return _small_mlp(x1, x2, weights, layout, layer_norm, members, float(out_scale), precision)
+
+
 # --- vmap over seeds: each op's batching rule is its seed axis (kernels/seed_axis.py) -----------------
 
 def _seed_first(x, dim, seeds):
@@ -229,7 +343,8 @@ def _seed_first(x, dim, seeds):
 def _register_seed_vmap(op, seeded, out_dims):
     """torch.func.vmap of `op` calls it once with every `seeded` argument (by position; a list: each
     tensor) given a leading seed axis; the other arguments (schedule buffers, flags, scalars) must not be
-    vmapped. out_dims: where the results' seed axis is (an int, or a tuple: one per result)."""
+    vmapped. out_dims: where the results' seed axis is (an int, also for each tensor of a list result, or a
+    tuple: one per result)."""
 
     def rule(info, in_dims, *args):
         args = list(args)
@@ -239,7 +354,8 @@ def _register_seed_vmap(op, seeded, out_dims):
                            if isinstance(args[i], list) else _seed_first(args[i], dim, info.batch_size))
             elif dim is not None and any(d is not None for d in (dim if isinstance(dim, list) else [dim])):
                 raise ValueError(f"{op}: argument {i} cannot vary over the vmapped (seed) axis")
-        return op(*args), out_dims
+        result = op(*args)
+        return result, [out_dims] * len(result) if isinstance(result, list) else out_dims
 
     torch.library.register_vmap(op, rule)
 
@@ -249,6 +365,9 @@ _register_seed_vmap(_denoiser_forward, {0, 1}, 0)
 _register_seed_vmap(_denoiser_forward_train, {0, 1}, (0, 0, 0, 1))
 _register_seed_vmap(_reverse_chain, {0, 1, 2, 3, 8}, 0)
 _register_seed_vmap(_td_loss, {0, 1, 2, 3}, (0, 0))
+_register_seed_vmap(_small_mlp, {0, 1, 2}, 0)
+_register_seed_vmap(_small_mlp_train, {0, 1, 2}, 0)
+_register_seed_vmap(_small_mlp_backward, {0, 1, 2, 3, 4, 5, 6}, 0)
 
 
 def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, stats, needs, precision):
@@ -271,13 +390,14 @@ torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 _AT_PRECISION = {
     precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
+                               small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))
     for precision in denoiser_mlp.PRECISIONS
 }
 
 
 def with_precision(precision: str) -> SimpleNamespace:
-    """This module's four kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss)
+    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp)
     with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
     denoiser_mlp.check_precision(precision)
     return _AT_PRECISION[precision]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels.seed_axis import add_seed_axis, check_stacked
+from .kernels.small_mlp import split_weights
 from .schedule import DiffusionSchedule, split_prediction
 
 LAYER_NORM_EPS = 1e-5
@@ -54,6 +55,32 @@ def denoiser_forward(rows: torch.Tensor, weights) -> torch.Tensor:
         rows, weights = rows.unsqueeze(0), add_seed_axis(*weights)
     check_stacked(rows.shape[0], weights)
     out = _hidden_and_output(_linear(rows, weights[0], weights[1]), weights)
+    return out[0] if single else out
+
+
+def small_mlp(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0) -> torch.Tensor:
+    """The actor's or the twin critics' MLP (kernels/small_mlp.py) on rows [x1, x2]: x1 (R, D1), x2 (R, D2)
+    or None; weights flat (kernels.small_mlp.split_weights) in layout "linear" (W (out, in), b (out,)) or
+    "ensemble" (W (M, in, out), b, g, beta (M, 1, out)) -> (members, R, N_OUT); out_scale > 0: out_scale
+    * tanh. Seed axis: x1, x2 (S, R, .), weights stacked (S, ...) -> (S, members, R, N_OUT)."""
+    single = x1.dim() == 2
+    if single:
+        x1, x2 = add_seed_axis(x1, x2)
+        weights = add_seed_axis(*weights)
+    check_stacked(x1.shape[0], weights)
+    matrices, biases, gains, shifts = split_weights(weights, layer_norm)
+    if layout == "linear":  # (S, out, in) -> (S, 1, in, out), vectors (S, 1, 1, out)
+        matrices, biases = [w.transpose(-1, -2)[:, None] for w in matrices], [b[:, None, None] for b in biases]
+    else:  # the first `members` of (S, M, ...)
+        matrices, biases, gains, shifts = ([w[:, :members] for w in ws] for ws in (matrices, biases, gains, shifts))
+    h = (x1 if x2 is None else torch.cat([x1, x2], dim=-1))[:, None]  # (S, 1, R, D): shared by the members
+    for i, (w, b) in enumerate(zip(matrices[:-1], biases[:-1])):
+        h = torch.relu(h @ w + b)
+        if layer_norm:
+            h = F.layer_norm(h, h.shape[-1:], eps=LAYER_NORM_EPS) * gains[i] + shifts[i]
+    out = h @ matrices[-1] + biases[-1]
+    if out_scale > 0:
+        out = out_scale * torch.tanh(out)
     return out[0] if single else out
 
 

@@ -1,5 +1,5 @@
 """S seeds trained by one batched update: the learners of S TD3SBC agents stored stacked (S, ...), one
-fused Adam per learner stepping all seeds, every seed's losses and gradients computed in one
+fused Adam over every learner stepping all seeds (as TD3SBC's), every seed's losses and gradients computed in one
 torch.func.vmap over the seed axis (batched matmuls; the Triton kernels take the seed axis,
 kernels/seed_axis.py).
 
@@ -31,8 +31,9 @@ from torch.utils._pytree import tree_map
 from .networks import Actor, normalize_states
 from .td3sbc import TD3SBC, Batch, FrozenOutputs, UpdateNoise, make_adam
 
-# Parameter-name prefixes of each learner's online network, as in TD3SBC.optimizers.
-LEARNERS = {"actor": "actor.", "critic": "critic.", "denoiser": "bdm.denoiser.", "data_denoiser": "data_denoiser."}
+# Parameter-name prefixes of each learner's online network, in the order of TD3SBC.optimizers' one Adam
+# (so that a seed's slice of the Adam state is a single-seed agent's, index for index).
+LEARNERS = {"actor": "actor.", "critic": "critic.", "data_denoiser": "data_denoiser.", "denoiser": "bdm.denoiser."}
 TARGETS = {"actor_target.": "actor.", "critic_target.": "critic.", "bdm.target_denoiser.": "bdm.denoiser."}
 
 
@@ -100,10 +101,10 @@ class SeedBatch:
             name: torch.stack([n[name].detach() for n in named]).requires_grad_(p.requires_grad)
             for name, p in named[0].items()}
         self.buffers = {name: b for name, b in self.template.named_buffers()}
-        self.learners = {learner: [name for name in self.parameters if name.startswith(prefix)]
-                         for learner, prefix in LEARNERS.items() if learner in self.template.optimizers}
-        self.optimizers = {learner: make_adam([self.parameters[n] for n in names], self.config.lr, device)
-                           for learner, names in self.learners.items()}
+        self.learners = {learner: names for learner, prefix in LEARNERS.items()  # the algorithm's learners
+                         if (names := [name for name in self.parameters if name.startswith(prefix)])}
+        self.optimizers = {"learners": make_adam(  # as TD3SBC.optimizers: one Adam over every learner
+            [self.parameters[n] for names in self.learners.values() for n in names], self.config.lr, device)}
         self.num_updates = 0
         self._critic_side = grad(self._loss("critic_side_losses"), has_aux=True)
         self._actor = grad(self._loss("actor_loss"), has_aux=True)
@@ -190,11 +191,14 @@ class SeedBatch:
         return vmap(fn, in_dims=seed_dims(args))(*args)
 
     def _step(self, learners: Sequence[str], grads: Dict[str, torch.Tensor]) -> None:
+        """One Adam step of `learners` only: the other learners have no gradient, so Adam skips them."""
         with torch.no_grad():
+            adam = self.optimizers["learners"]
+            adam.zero_grad(set_to_none=True)
             for learner in learners:
                 for name in self.learners[learner]:  # vmap's grads may be strided (transposes): the fused
                     self.parameters[name].grad = grads[name].contiguous()  # Adam reads them in the params' layout
-                self.optimizers[learner].step()
+            adam.step()
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -26,7 +26,7 @@ from .presets import split_name
 from .replay import TransitionBuffer
 from .run_record import MetricsLog, SeedRecord, TrainingError, check_free_space, finished
 from .seed_batch import SeedBatch
-from .td3sbc import TD3SBC
+from .td3sbc import TD3SBC, one_adam_state
 from .wandb_log import WandbMirror
 
 UPDATE_STREAM = 1  # the SeedSequence key of a seed's update stream, beside the seed itself
@@ -122,7 +122,7 @@ def train_batch(args, records: List[SeedRecord], device: torch.device, transitio
         check_free_space(record.ckpt_path, estimated_size(template, template.optimizers.values()))
     start = records[0].start
     if start:
-        learners.load([r.state["agent"] for r in records], [r.state["optimizers"] for r in records])
+        learners.load([r.state["agent"] for r in records], [one_adam_state(r.state["optimizers"]) for r in records])
         learners.num_updates = start
         for record, monitor, generator in zip(records, monitors, learners.generators):
             monitor.load_state_dict(record.state["monitor"])

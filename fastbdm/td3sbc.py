@@ -123,6 +123,22 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+def one_adam_state(saved: dict) -> dict:
+    """A checkpoint's "optimizers" entry ({name: Adam state dict}) for TD3SBC.optimizers: as it is when
+    written with one Adam ("learners"); one Adam per learner (checkpoints before issue 14: actor, critic,
+    data_denoiser, denoiser, each one param group) merged into the one Adam's state, in its parameter
+    order (the learners in that order), each parameter keeping its moments and step count."""
+    if "learners" in saved:
+        return saved
+    state, params = {}, []
+    for name in [n for n in ("actor", "critic", "data_denoiser", "denoiser") if n in saved]:
+        ids = saved[name]["param_groups"][0]["params"]
+        index = {old: len(params) + i for i, old in enumerate(ids)}
+        state.update({index[old]: moments for old, moments in saved[name]["state"].items()})
+        params += [index[old] for old in ids]
+    return {"learners": {"state": state, "param_groups": [{**saved["actor"]["param_groups"][0], "params": params}]}}
+
+
 class TD3SBC(nn.Module):
     """All learners of config.algo and one update over them. States are normalised by the caller;
     `obs_mean`/`obs_std` are kept for acting in the environment. Only td3sbc has the SSM denoiser,
@@ -138,9 +154,13 @@ class TD3SBC(nn.Module):
             raise ValueError(f"w_rel={cfg.w_rel}: {cfg.algo} has no state-BC term; set w_rel=0 "
                              f"(TD3SBCConfig.for_algo({cfg.algo!r}) does)")
         self.act_dim, self.max_action = act_dim, max_action
-        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden)
+        # "bf16" is the denoisers' precision: the actor and critics keep fp32 operands (TF32 dots), as
+        # torch's own matmuls did for them (backends.TORCH_TF32)
+        small = "tf32" if cfg.precision == "bf16" else cfg.precision
+        self.actor = Actor(obs_dim, act_dim, max_action, cfg.actor_hidden, cfg.backend, small)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm)
+        self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm,
+                                 backend=cfg.backend, precision=small)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.bdm = self.data_denoiser = None
         if cfg.algo == "td3sbc":
@@ -150,10 +170,13 @@ class TD3SBC(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.to(device)
-        learners = {"actor": self.actor, "critic": self.critic}
+        learners = [self.actor, self.critic]
         if self.bdm is not None:
-            learners.update(data_denoiser=self.data_denoiser, denoiser=self.bdm.denoiser)
-        self.optimizers = {name: make_adam(net.parameters(), cfg.lr, device) for name, net in learners.items()}
+            learners += [self.data_denoiser, self.bdm.denoiser]
+        # One Adam (one param group) over every learner: a step is one multi-tensor launch set for all
+        # of them; the parameters without a gradient (the actor on critic steps, the others on actor
+        # steps) are skipped, their moments and step counts left as they are.
+        self.optimizers = {"learners": make_adam([p for net in learners for p in net.parameters()], cfg.lr, device)}
         self.num_updates = 0
 
     @property
@@ -382,30 +405,28 @@ class TD3SBC(nn.Module):
 
     def _updates(self, steps: Sequence[Tuple[Batch, UpdateNoise]]) -> List[Dict[str, torch.Tensor]]:
         """Consecutive updates on (batch, noise) of which only the last may step the actor."""
-        freq, opt = self.config.policy_freq, self.optimizers
+        freq, opt = self.config.policy_freq, self.optimizers["learners"]
         actor_steps = [(self.num_updates + k + 1) % freq == 0 for k in range(len(steps))]
         assert not any(actor_steps[:-1]), "the actor moves only at the last of the updates"
         frozen = self.frozen_outputs(steps, actor_last=actor_steps[-1])
-        learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
         all_metrics = []
         for (b, noise), outputs, actor_step in zip(steps, frozen, actor_steps):
             self.num_updates += 1
             loss, metrics = self.critic_side_losses(b, noise, outputs)
             with phase("backward"):
-                for name in learners:
-                    opt[name].zero_grad(set_to_none=True)
-                loss.backward()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # no gradient reaches the actor: Adam steps the critic side only
             with phase("optimizers"):
-                for name in learners:
-                    opt[name].step()
+                opt.step()
             if actor_step:
                 with phase("actor"):
                     loss, terms = self.actor_loss(b, noise, outputs)
                     params = list(self.actor.parameters())
+                    opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
                     for p, g in zip(params, torch.autograd.grad(loss, params)):
                         p.grad = g
                 with phase("optimizers"):
-                    opt["actor"].step()
+                    opt.step()
                 with phase("targets"):
                     self.update_targets()
                 metrics.update({k: v.detach() for k, v in terms.items()})
@@ -431,4 +452,5 @@ class TD3SBC(nn.Module):
         """`act` as a snapshot on the CPU that later updates do not change (a copy of the actor: on a GPU,
         one host sync); picklable, so it can be evaluated in another process."""
         actor = copy.deepcopy(self.actor).cpu().requires_grad_(False)
+        actor.backend = "torch"  # the module's own torch code on the CPU, whatever the training backend
         return NormalizedPolicy(actor, self.obs_mean.to("cpu", copy=True), self.obs_std.to("cpu", copy=True))

@@ -31,6 +31,25 @@ from .seed_axis import add_seed_axis, check_stacked
 
 
 @triton.jit
+def _relu_norm_grad(dh_ptr, dz_ptr, pre_ptr, offs_r, mask_r, offs_h, mask_h, H, mean, rstd, g_ptr, c1, c2,
+                    LAYER_NORM: tl.constexpr):
+    """dz = ReLU'(pre) N'(dh) on a [rows, chunk] tile of (R, H) buffers -> dz_ptr (may be dh_ptr), returned:
+    N' the LayerNorm backward rstd (g dh - c1 - xhat c2) (c1, c2 the row means of g dh and g dh xhat) with
+    LAYER_NORM, the identity without."""
+    mask = mask_r[:, None] & mask_h[None, :]
+    idx = offs_r[:, None] * H + offs_h[None, :]
+    dh = tl.load(dh_ptr + idx, mask=mask, other=0.0)
+    pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
+        g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
+        dh = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
+    dz = tl.where(pre > 0.0, dh, 0.0)
+    tl.store(dz_ptr + idx, dz, mask=mask)
+    return dz
+
+
+@triton.jit
 def _ln_relu_bwd_kernel(
     dy_ptr, w_ptr, pre_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, dz_ptr, h_ptr, part_ptr,
     R, K, H,
@@ -103,15 +122,8 @@ def _ln_relu_bwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        mask = mask_r[:, None] & mask_h[None, :]
-        idx = offs_r[:, None] * H + offs_h[None, :]
-        dh = tl.load(dz_ptr + idx, mask=mask, other=0.0)
-        pre = tl.load(pre_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
-        g = tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)
-        dpre = rstd[:, None] * (dh * g[None, :] - c1[:, None] - xhat * c2[:, None])
-        dz = tl.where(pre > 0.0, dpre, 0.0)
-        tl.store(dz_ptr + idx, dz, mask=mask)
+        dz = _relu_norm_grad(dz_ptr, dz_ptr, pre_ptr, offs_r, mask_r, offs_h, mask_h, H, mean, rstd, g_ptr, c1, c2,
+                             True)
         if WEIGHT_GRADS:
             tl.store(part + part_col + 2 * H + offs_h, tl.sum(dz, axis=0), mask=mask_h)
 
@@ -137,8 +149,28 @@ def _wanted(flags, count):
     return [bool(flags)] * count if isinstance(flags, bool) else [bool(f) for f in flags]
 
 
+def vector_columns(weights):
+    """Columns of the column-sum buffer of mlp_backward: n_out + 3 H_k over the hidden layers."""
+    return weights[-1].shape[-1] + 3 * sum(w.shape[-1] for w in weights[1:-2:4])
+
+
+def vector_grads(sums, weights):
+    """The vector gradients (b_k, g_k, beta_k, b_out) as views of mlp_backward's column sums (..., cols),
+    laid out [db_out | (dg_k, dbeta_k, db_k) for k = L..1]; a list in weights' order, None at the matrices."""
+    grads = [None] * len(weights)
+    n_out = weights[-1].shape[-1]
+    grads[-1] = sums[..., :n_out]
+    col = n_out
+    for k in reversed(range((len(weights) - 2) // 4)):
+        H = weights[4 * k + 1].shape[-1]
+        grads[4 * k + 2], grads[4 * k + 3], grads[4 * k + 1] = (sums[..., col + i * H : col + (i + 1) * H]
+                                                                for i in range(3))
+        col += 3 * H
+    return grads
+
+
 def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_input_grad=True,
-                 precision="tf32", block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
+                 precision="tf32", sums=None, block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
     """Gradients of reference.denoiser_forward.
 
     grad_out (R, n), rows (R, D), weights (W1, b1, g1, beta1, ..., W_out, b_out),
@@ -148,8 +180,10 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     leading S -> every gradient with a leading S (seed k's from seed k's rows only).
     need_weight_grads: bool, or one bool per weight. precision: denoiser_mlp.PRECISIONS, for the fused
     kernels' dY @ W ("bf16": bf16 operands, rounded as in the forward); the weight- and input-gradient
-    matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it). Returns (grad_rows
-    (R, D) or None, tuple of weight grads, None where not wanted)."""
+    matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it). `sums` (optional,
+    contiguous ([S,] vector_columns(weights)) fp32) receives the column sums: the vector gradients
+    (biases, gains) are views of it (vector_grads). Returns (grad_rows (R, D) or None, tuple of weight
+    grads, None where not wanted)."""
     check_precision(precision)
     layers = len(acts) // 3
     assert len(weights) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
@@ -166,7 +200,7 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     widths = [w.shape[1] for w in weights[0:-2:4]]
     programs = triton.cdiv(R, block_r)
     any_weight = any(wanted)
-    cols = n_out + 3 * sum(widths)
+    cols = vector_columns(weights)
     part = torch.empty((S, programs, cols), device=device, dtype=torch.float32) if any_weight else None
 
     grads = [None] * len(weights)
@@ -199,17 +233,14 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
         grads[0] = dy.mT @ rows
     grad_rows = dy @ weights[0].to(dy.dtype) if need_input_grad else None
     if any_weight:
-        sums = torch.empty((S, cols), device=device, dtype=torch.float32)
+        if sums is None:
+            sums = torch.empty((S, cols), device=device, dtype=torch.float32)
+        elif single:
+            sums = sums.unsqueeze(0)
         block_c = 128
         _column_sum_kernel[(triton.cdiv(cols, block_c), S)](
             part, sums, programs, cols, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
-        grads[-1] = sums[:, :n_out]
-        col = n_out
-        for k in reversed(range(layers)):
-            H = widths[k]
-            dg, dbeta, db = sums[:, col : col + 3 * H].unflatten(1, (3, H)).unbind(1)
-            grads[4 * k + 1], grads[4 * k + 2], grads[4 * k + 3] = db, dg, dbeta
-            col += 3 * H
+        grads = [m if v is None else v for m, v in zip(grads, vector_grads(sums, weights))]
     grads = tuple(gr if want else None for gr, want in zip(grads, wanted))
     if single:
         grad_rows = None if grad_rows is None else grad_rows[0]

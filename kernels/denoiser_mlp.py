@@ -47,17 +47,53 @@ def _mma(acc, a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_col0, offs_n, mask_n,
-                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """acc [BM, BN] += X[offs_m, :K] @ W[offs_n, w_col0:w_col0+K]^T, streamed in BLOCK_K chunks."""
+def _accum_strided(acc, x_ptr, x_stride, offs_m, mask_m, K, b_ptr, b_k, b_n, offs_n, mask_n,
+                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += X[offs_m, :K] @ B[:K, offs_n], streamed in BLOCK_K chunks; X with row stride
+    x_stride, B[k, n] at b_ptr + k b_k + n b_n (a weight read as it is or transposed, by its strides)."""
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * x_stride + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * w_stride + (w_col0 + offs_k)[:, None],
+        b = tl.load(b_ptr + offs_k[:, None] * b_k + offs_n[None, :] * b_n,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, x, w, PRECISION)
+        acc = _mma(acc, x, b, PRECISION)
+    return acc
+
+
+@triton.jit
+def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_col0, offs_n, mask_n,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += X[offs_m, :K] @ W[offs_n, w_col0:w_col0+K]^T, streamed in BLOCK_K chunks."""
+    return _accum_strided(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr + w_col0, 1, w_stride, offs_n, mask_n,
+                          BLOCK_K, PRECISION)
+
+
+@triton.jit
+def _load_normed(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM: tl.constexpr):
+    """[BM, BK] fp32 tile of H (R, K) at rows offs_m, columns offs_k, with LAYER_NORM normalised on load
+    ((h - mean) rstd g + beta, per-row mean and rstd); 0 outside the masks."""
+    mask = mask_m[:, None] & mask_k[None, :]
+    h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
+        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
+        h = tl.where(mask, (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :], 0.0)
+    return h
+
+
+@triton.jit
+def _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, b_ptr, b_k, b_n, offs_n, mask_n,
+                  LAYER_NORM: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BM, BN] += N(H)[offs_m, :K] @ B[:K, offs_n]; H (R, K), N: _load_normed; B as in _accum_strided."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        h = _load_normed(h_ptr, offs_m, mask_m, offs_k, mask_k, K, mean, rstd, g_ptr, beta_ptr, LAYER_NORM)
+        b = tl.load(b_ptr + offs_k[:, None] * b_k + offs_n[None, :] * b_n,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = _mma(acc, h, b, PRECISION)
     return acc
 
 
@@ -65,19 +101,8 @@ def _accum_linear(acc, x_ptr, x_stride, offs_m, mask_m, K, w_ptr, w_stride, w_co
 def _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr, offs_n, mask_n,
                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """acc [BM, BN] += LN(H[offs_m, :K]) @ W[offs_n, :K]^T; H (R, K) post-ReLU, LN with per-row mean/rstd."""
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        h = tl.load(h_ptr + offs_m[:, None] * K + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + offs_k, mask=mask_k, other=0.0)
-        beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
-        h = (h - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
-        h = tl.where(mask_k[None, :], h, 0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(acc, h, w, PRECISION)
-    return acc
+    return _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, w_ptr, 1, K, offs_n, mask_n,
+                         True, BLOCK_K, PRECISION)
 
 
 @triton.jit
@@ -108,21 +133,31 @@ def _row_stats(mean, m2, N, eps):
 
 
 @triton.jit
-def _ln_hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, out_ptr, N, offs_m, mask_m, eps,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PRECISION: tl.constexpr):
-    """out (R, N) = ReLU(W LN(H) + b) for the program's rows, H (R, K); returns out's LN mean, rstd."""
+def _hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, w_k, w_n, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                  LAYER_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """out (R, N) = ReLU(W N(H) + b) for the program's rows, H (R, K), N: _load_normed, W[k, n] at
+    w_ptr + k w_k + n w_n; returns out's LayerNorm mean and rstd."""
     run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc = _accum_ln_linear(acc, h_ptr, mean, rstd, g_ptr, beta_ptr, offs_m, mask_m, K, w_ptr,
-                               offs_n, mask_n, BLOCK_K, PRECISION)
+        acc = _accum_normed(acc, h_ptr, K, offs_m, mask_m, mean, rstd, g_ptr, beta_ptr, w_ptr, w_k, w_n, offs_n, mask_n,
+                            LAYER_NORM, BLOCK_K, PRECISION)
         run_mean, run_m2 = _bias_relu_store(acc, b_ptr, out_ptr, offs_m, mask_m, N, offs_n, mask_n,
                                             n0, run_mean, run_m2)
     return _row_stats(run_mean, run_m2, N, eps)
+
+
+@triton.jit
+def _ln_hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """out (R, N) = ReLU(W LN(H) + b) for the program's rows, H (R, K), W (N, K); returns out's LN mean, rstd."""
+    return _hidden_layer(h_ptr, mean, rstd, g_ptr, beta_ptr, K, w_ptr, 1, K, b_ptr, out_ptr, N, offs_m, mask_m, eps,
+                         True, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
 
 
 @triton.jit
@@ -249,7 +284,7 @@ def output_block(n_out):
     return max(16, triton.next_power_of_2(n_out))
 
 
-def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None,
+def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None, stats=None,
                 block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
     """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
     -> out (R, n) fp32, or (out, (pre1, mean1, rstd1, pre2, mean2, rstd2)) with save_activations:
@@ -257,7 +292,8 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
     mean_k, rstd_k (R,) its LayerNorm statistics. Seed axis (seed_axis): rows (S, R, D_in) with weights
     stacked (S, ...) -> every result with a leading S. precision: one of PRECISIONS ("tf32" on GPU,
     "ieee" for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional)
-    receives out."""
+    receives out; `stats` (optional, contiguous (4, R) or (4, S, R) fp32) receives mean1, rstd1, mean2,
+    rstd2 with save_activations (the statistics returned are views of it)."""
     given = out
     rows, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(rows, weights, precision)
     S, R, d_in = rows.shape
@@ -271,7 +307,12 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
         out = out.unsqueeze(0)
     # (mean1, rstd1, mean2, rstd2), each (S, R); without save_activations the kernel writes none of them
     # (any pointer will do: out), so no row count is assumed
-    stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0) if save_activations else (out,) * 4
+    if not save_activations:
+        stats = (out,) * 4
+    elif stats is None:
+        stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0)
+    else:
+        stats = (stats.unsqueeze(1) if single else stats).unbind(0)
     grid = (triton.cdiv(R, block_m), S)  # R = 0 or S = 0: an empty grid, which Triton does not launch
     _mlp_forward_kernel[grid](
         rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,

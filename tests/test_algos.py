@@ -63,7 +63,8 @@ def count(module):
 def test_rebrac_allocates_no_denoiser():
     sbc, rebrac = make_agent("td3sbc"), make_agent("rebrac")
     assert rebrac.bdm is None and rebrac.data_denoiser is None
-    assert set(rebrac.optimizers) == {"actor", "critic"}
+    stepped = {id(p) for p in rebrac.optimizers["learners"].param_groups[0]["params"]}
+    assert stepped == {id(p) for net in (rebrac.actor, rebrac.critic) for p in net.parameters()}
     denoisers = count(sbc.bdm) + count(sbc.data_denoiser)
     assert denoisers > 0 and count(rebrac) == count(sbc) - denoisers
     assert count(rebrac) == 2 * (count(rebrac.actor) + count(rebrac.critic))  # online and target nets only

@@ -44,6 +44,7 @@ def make_batch(gen):
     ("td3sbc", {}, "torch", UPDATES), ("td3sbc", {"sampler": "ddpm"}, "torch", UPDATES),
     ("rebrac", {}, "torch", UPDATES), ("td3bc", {}, "torch", UPDATES),
     ("td3sbc", {}, "triton", 2),  # one update of each kind: the interpreter is slow
+    ("td3bc", {}, "triton", 2),  # the fused actor and critics without LayerNorm
 ])
 def test_batched_update_equals_single_seed_updates(algo, overrides, batched_backend, updates):
     """batched_backend "triton": the batched update through the Triton kernels (CPU interpreter, exact

@@ -44,20 +44,18 @@ def draws(agent, g):
 def unmerged_update(agent: TD3SBC, b: Batch, noise) -> None:
     """One update in today's order: its frozen outputs evaluated by the losses themselves."""
     agent.num_updates += 1
-    opt = agent.optimizers
-    learners = [name for name in ("critic", "denoiser", "data_denoiser") if name in opt]
+    opt = agent.optimizers["learners"]
     loss, _ = agent.critic_side_losses(b, noise)
-    for name in learners:
-        opt[name].zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     loss.backward()
-    for name in learners:
-        opt[name].step()
+    opt.step()
     if agent.num_updates % agent.config.policy_freq == 0:
         loss, _ = agent.actor_loss(b, noise)
         params = list(agent.actor.parameters())
+        opt.zero_grad(set_to_none=True)
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
-        opt["actor"].step()
+        opt.step()
         agent.update_targets()
 
 

@@ -1,0 +1,437 @@
+"""Fused small MLPs (docs/ALGORITHM.md#networks): the actor and the twin critics, forward and backward,
+a whole network per launch (reference.actor_forward, reference.critic_forward).
+
+Network: h_0 = [x1, x2] (the critic's [s, a]; the actor's s alone), h_l = N_l(ReLU(W_l h_{l-1} + b_l))
+for the L hidden layers, N_l = LayerNorm * g_l + beta_l (layer_norm) or the identity, out = W_out h_L +
+b_out, then max_action * tanh(out) for the actor (out_scale > 0). Any depth L >= 1 and widths: the
+layers are tuples of pointers walked by tl.static_range.
+
+Weight layouts: "linear" (the actor's nn.Linear: W (out, in), b (out,)) or "ensemble" (the critics'
+EnsembleLinear: W (M, in, out), b, g, beta (M, 1, out), M members stored). Seed axis (seed_axis): x
+(S, R, width), every weight stacked (S, ...). The grid's second axis is seeds x members: program
+(i, seed * members + j) runs row block i of member j of seed `seed`; the members share the rows.
+`members` (<= M) evaluates the first ones only (Q1 alone is members = 1).
+
+Blocking as kernels/denoiser_mlp.py: a program owns BLOCK_M rows; a hidden layer loops over BLOCK_N
+column chunks of its output, each a stream of BLOCK_K input chunks through tl.dot; ReLU outputs go to
+the pre_l scratch (the saved activation) with their LayerNorm statistics merged chunk by chunk; the
+next layer applies LayerNorm on load. Every tl.dot dimension is >= 16: the narrow input (obs 17,
+act 6) and output (1, act 6) widths are masked loads of 16-or-more-wide blocks.
+
+Backward, two launches for the whole network: `_backward_deltas_kernel` (grid as the forward) takes
+grad_out back through the layers, writing per layer dh_l (the gradient at N_l's output) and dz_l (at
+the pre-activation), and the input gradients; `_weight_grads_kernel` (grid: the tiles of every
+layer's weight matrix x seeds x members) reduces over all rows in one program per tile, in a fixed
+order (no atomics): dW_l = h_{l-1}^T dz_l with h_{l-1} recomputed from pre_{l-1} on load, and the
+programs of a layer's first row of tiles the vectors db_l = sum dz_l, dg_l = sum dh_l xhat_l,
+dbeta_l = sum dh_l.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .denoiser_mlp import (LAYER_NORM_EPS, _accum_normed, _accum_strided, _bias_relu_store, _hidden_layer,
+                           _load_normed, _mma, _row_stats, check_precision, output_block)
+from .denoiser_backward import _relu_norm_grad
+from .seed_axis import check_stacked
+
+LAYOUTS = ("linear", "ensemble")
+
+
+@triton.jit
+def _group(W_IN, W_OUT, ENSEMBLE: tl.constexpr, M_STORED, sid, mid):
+    """(matrix offset, vector offset, stride along in, stride along out) of member mid of seed sid."""
+    if ENSEMBLE:
+        return (sid * M_STORED + mid) * W_IN * W_OUT, (sid * M_STORED + mid) * W_OUT, W_OUT, 1
+    else:
+        return sid * W_IN * W_OUT, sid * W_OUT, 1, W_IN
+
+
+@triton.jit
+def _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN: tl.constexpr, M, R):
+    """Row statistics of layer l of group (sid, mid): stats (S, 2 NUM_HIDDEN, M, R) = (mean_l, rstd_l) per layer."""
+    return stats_ptr + ((sid * 2 * NUM_HIDDEN + 2 * l) * M + mid) * R
+
+
+@triton.jit
+def _forward_kernel(
+    x1_ptr, x2_ptr, w_ptrs, b_ptrs, g_ptrs, beta_ptrs, pre_ptrs, stats_ptr, out_ptr,
+    R, D1, D2, widths, M, M_STORED, out_scale, eps,
+    NUM_HIDDEN: tl.constexpr, ENSEMBLE: tl.constexpr, LAYER_NORM: tl.constexpr, TANH: tl.constexpr,
+    SAVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """BLOCK_M rows of group program_id(1) = seed * M + member through the network. x1 (S, R, D1), x2
+    (S, R, D2) (D2 = 0: none); widths (D1 + D2, H_1, ..., H_L, N_OUT); pre_l (S, M, R, H_l); stats (S, 2L,
+    M, R); out (S, M, R, N_OUT)."""
+    pid = tl.program_id(0)
+    gid = tl.program_id(1).to(tl.int64)
+    sid, mid = gid // M, gid % M
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < R
+    x1_ptr += sid * R * D1
+    x2_ptr += sid * R * D2
+    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for l in tl.static_range(NUM_HIDDEN):
+        K, N = widths[l], widths[l + 1]
+        w_off, v_off, s_in, s_out = _group(K, N, ENSEMBLE, M_STORED, sid, mid)
+        w_ptr, b_ptr = w_ptrs[l] + w_off, b_ptrs[l] + v_off
+        pre_ptr = pre_ptrs[l] + gid * R * N
+        if l == 0:  # W's rows 0.. meet x1, rows D1.. x2
+            run_mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+            run_m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for n0 in range(0, N, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < N
+                acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x1_ptr, D1, offs_m, mask_m, D1,
+                                     w_ptr, s_in, s_out, offs_n, mask_n, BLOCK_K, PRECISION)
+                if D2 > 0:
+                    acc = _accum_strided(acc, x2_ptr, D2, offs_m, mask_m, D2, w_ptr + D1 * s_in, s_in, s_out, offs_n,
+                                         mask_n, BLOCK_K, PRECISION)
+                run_mean, run_m2 = _bias_relu_store(acc, b_ptr, pre_ptr, offs_m, mask_m, N, offs_n, mask_n, n0,
+                                                    run_mean, run_m2)
+            new_mean, new_rstd = _row_stats(run_mean, run_m2, N, eps)
+        else:  # ReLU outputs to pre_l with their LayerNorm statistics (unused without LayerNorm)
+            _, pv_off, _, _ = _group(widths[l - 1], K, ENSEMBLE, M_STORED, sid, mid)
+            new_mean, new_rstd = _hidden_layer(pre_ptrs[l - 1] + gid * R * K, mean, rstd, g_ptrs[l - 1] + pv_off,
+                                               beta_ptrs[l - 1] + pv_off, K, w_ptr, s_in, s_out, b_ptr, pre_ptr, N,
+                                               offs_m, mask_m, eps, LAYER_NORM, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        if LAYER_NORM:
+            mean, rstd = new_mean, new_rstd
+            if SAVE:
+                st = _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R)
+                tl.store(st + offs_m, mean, mask=mask_m)
+                tl.store(st + M * R + offs_m, rstd, mask=mask_m)
+        tl.debug_barrier()  # the next layer reads pre_l written by other threads of this program
+
+    K, N_OUT = widths[NUM_HIDDEN], widths[NUM_HIDDEN + 1]
+    w_off, v_off, s_in, s_out = _group(K, N_OUT, ENSEMBLE, M_STORED, sid, mid)
+    _, pv_off, _, _ = _group(widths[NUM_HIDDEN - 1], K, ENSEMBLE, M_STORED, sid, mid)
+    offs_o = tl.arange(0, BLOCK_O)
+    mask_o = offs_o < N_OUT
+    acc = tl.zeros([BLOCK_M, BLOCK_O], dtype=tl.float32)
+    acc = _accum_normed(acc, pre_ptrs[NUM_HIDDEN - 1] + gid * R * K, K, offs_m, mask_m, mean, rstd,
+                        g_ptrs[NUM_HIDDEN - 1] + pv_off, beta_ptrs[NUM_HIDDEN - 1] + pv_off,
+                        w_ptrs[NUM_HIDDEN] + w_off, s_in, s_out, offs_o, mask_o, LAYER_NORM, BLOCK_K, PRECISION)
+    y = acc + tl.load(b_ptrs[NUM_HIDDEN] + v_off + offs_o, mask=mask_o, other=0.0)[None, :]
+    if TANH:  # max_action * tanh(y), tanh(y) = 1 - 2 / (exp(2y) + 1) (saturates to +-1, no inf / inf)
+        y = out_scale * (1.0 - 2.0 / (tl.exp(2.0 * y) + 1.0))
+    tl.store(out_ptr + gid * R * N_OUT + offs_m[:, None] * N_OUT + offs_o[None, :], y,
+             mask=mask_m[:, None] & mask_o[None, :])
+
+
+
+@triton.jit
+def _back_hidden(dy_ptr, K, w_ptr, s_in, s_out, pre_ptr, mean, rstd, g_ptr, dh_ptr, dz_ptr, H, offs_m, mask_m,
+                 LAYER_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DY: tl.constexpr, BLOCK_H: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """Back through N_l and the ReLU of a hidden layer of width H: dh = dY @ W (dY (rows, K) the
+    gradient at the next layer's pre-activation, W its matrix (in H, out K)) -> dh_ptr, then
+    dz = ReLU'(pre) N_l'(dh) -> dz_ptr (LayerNorm: rstd (g dh - mean(g dh) - xhat mean(g dh xhat))), in
+    two passes over BLOCK_H chunks (the row sums need all of dh first)."""
+    c1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    c2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        mask = mask_m[:, None] & mask_h[None, :]
+        dh = _accum_strided(tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), dy_ptr, K, offs_m, mask_m, K, w_ptr,
+                            s_out, s_in, offs_h, mask_h, BLOCK_DY, PRECISION)  # dY @ W^T
+        idx = offs_m[:, None] * H + offs_h[None, :]
+        tl.store(dh_ptr + idx, dh, mask=mask)
+        if LAYER_NORM:
+            pre = tl.load(pre_ptr + idx, mask=mask, other=0.0)
+            xhat = tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0)
+            gdh = dh * tl.load(g_ptr + offs_h, mask=mask_h, other=0.0)[None, :]
+            c1 += tl.sum(gdh, axis=1)
+            c2 += tl.sum(gdh * xhat, axis=1)
+    c1 = c1 / H
+    c2 = c2 / H
+    tl.debug_barrier()  # pass 2 reads dh written by other threads of this program
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        _relu_norm_grad(dh_ptr, dz_ptr, pre_ptr, offs_m, mask_m, offs_h, offs_h < H, H, mean, rstd, g_ptr, c1, c2,
+                        LAYER_NORM)
+    tl.debug_barrier()  # the layer below reads dz
+
+
+@triton.jit
+def _input_grad(dz_ptr, H, w_ptr, col0, s_in, s_out, gx_ptr, D, offs_m, mask_m, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
+    """gx (rows, D) = dZ_1 @ W_1[col0 : col0 + D, :]^T: the gradient of the input columns col0.. ."""
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), dz_ptr, H, offs_m, mask_m, H,
+                             w_ptr + col0 * s_in, s_out, s_in, offs_d, mask_d, BLOCK_H, PRECISION)
+        tl.store(gx_ptr + offs_m[:, None] * D + offs_d[None, :], acc, mask=mask_m[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _backward_deltas_kernel(
+    grad_ptr, out_ptr, w_ptrs, g_ptrs, pre_ptrs, stats_ptr, dh_ptrs, dz_ptrs, dzo_ptr, gx1_ptr, gx2_ptr,
+    R, D1, D2, widths, M, M_STORED, out_scale,
+    NUM_HIDDEN: tl.constexpr, ENSEMBLE: tl.constexpr, LAYER_NORM: tl.constexpr, TANH: tl.constexpr,
+    NEED_X1: tl.constexpr, NEED_X2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """BLOCK_M rows of group program_id(1) back through the network: grad (S, M, R, N_OUT) the gradient
+    of out (S, M, R, N_OUT) -> dzo (S, M, R, N_OUT) at the output pre-activation, dh_l, dz_l (S, M, R,
+    H_l), and the input gradients gx1 (S, M, R, D1), gx2 (S, M, R, D2) (members summed by the caller)."""
+    pid = tl.program_id(0)
+    gid = tl.program_id(1).to(tl.int64)
+    sid, mid = gid // M, gid % M
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < R
+    N_OUT = widths[NUM_HIDDEN + 1]
+    offs_o = tl.arange(0, BLOCK_O)
+    mask = mask_m[:, None] & (offs_o < N_OUT)[None, :]
+    idx = gid * R * N_OUT + offs_m[:, None] * N_OUT + offs_o[None, :]
+    dy = tl.load(grad_ptr + idx, mask=mask, other=0.0)
+    if TANH:  # d(c tanh(y))/dy = c (1 - tanh(y)^2) = c (1 - (out / c)^2)
+        t = tl.load(out_ptr + idx, mask=mask, other=0.0) / out_scale
+        dy = dy * out_scale * (1.0 - t * t)
+    tl.store(dzo_ptr + idx, dy, mask=mask)
+    tl.debug_barrier()
+    for l in tl.static_range(NUM_HIDDEN - 1, -1, -1):
+        H, K = widths[l + 1], widths[l + 2]
+        w_off, _, s_in, s_out = _group(H, K, ENSEMBLE, M_STORED, sid, mid)
+        _, v_off, _, _ = _group(widths[l], H, ENSEMBLE, M_STORED, sid, mid)
+        st = _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R)
+        mean = tl.load(st + offs_m, mask=mask_m, other=0.0)  # unused without LayerNorm
+        rstd = tl.load(st + M * R + offs_m, mask=mask_m, other=0.0)
+        if l == NUM_HIDDEN - 1:
+            _back_hidden(dzo_ptr + gid * R * K, K, w_ptrs[l + 1] + w_off, s_in, s_out, pre_ptrs[l] + gid * R * H,
+                         mean, rstd, g_ptrs[l] + v_off, dh_ptrs[l] + gid * R * H, dz_ptrs[l] + gid * R * H, H,
+                         offs_m, mask_m, LAYER_NORM, BLOCK_M, BLOCK_O, BLOCK_H, PRECISION)
+        else:
+            _back_hidden(dz_ptrs[l + 1] + gid * R * K, K, w_ptrs[l + 1] + w_off, s_in, s_out,
+                         pre_ptrs[l] + gid * R * H, mean, rstd, g_ptrs[l] + v_off, dh_ptrs[l] + gid * R * H,
+                         dz_ptrs[l] + gid * R * H, H, offs_m, mask_m, LAYER_NORM, BLOCK_M, BLOCK_K, BLOCK_H,
+                         PRECISION)
+    H1 = widths[1]
+    w_off, _, s_in, s_out = _group(D1 + D2, H1, ENSEMBLE, M_STORED, sid, mid)
+    if NEED_X1:
+        _input_grad(dz_ptrs[0] + gid * R * H1, H1, w_ptrs[0] + w_off, 0, s_in, s_out, gx1_ptr + gid * R * D1, D1,
+                    offs_m, mask_m, BLOCK_M, BLOCK_D, BLOCK_H, PRECISION)
+    if NEED_X2:
+        _input_grad(dz_ptrs[0] + gid * R * H1, H1, w_ptrs[0] + w_off, D1, s_in, s_out, gx2_ptr + gid * R * D2, D2,
+                    offs_m, mask_m, BLOCK_M, BLOCK_D, BLOCK_H, PRECISION)
+
+
+@triton.jit
+def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, h_ptr, h_stats, h_g, h_beta, dz_ptr, dh_ptr, pre_ptr,
+                 stats, dw_ptr, s_in, s_out, db_ptr, dg_ptr, dbeta_ptr,
+                 FROM_INPUT: tl.constexpr, LAYER_NORM: tl.constexpr, NORM_GRADS: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr):
+    """Tile (ti, tj) of dW = h^T dz for a layer (in K, out N): h = [x1, x2] (FROM_INPUT) or N(pre) of the
+    layer below (h_ptr (R, K), its statistics h_stats, h_g, h_beta); dz (R, N). Tiles with ti == 0 also
+    write db = sum dz and (NORM_GRADS) dg = sum dh xhat, dbeta = sum dh of this layer's own LayerNorm
+    (dh, pre (R, N), stats)."""
+    offs_i = ti * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_j = tj * BJ + tl.arange(0, BJ)
+    mask_i, mask_j = offs_i < K, offs_j < N
+    acc = tl.zeros([BLOCK_I, BJ], dtype=tl.float32)
+    db = tl.zeros([BJ], dtype=tl.float32)
+    dg = tl.zeros([BJ], dtype=tl.float32)
+    dbeta = tl.zeros([BJ], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
+        if FROM_INPUT:  # h^T = [x1, x2]^T, (BLOCK_I, BLOCK_R)
+            hT = tl.load(x1_ptr + offs_r[None, :] * D1 + offs_i[:, None],
+                         mask=(offs_i < D1)[:, None] & mask_r[None, :], other=0.0)
+            hT += tl.load(x2_ptr + offs_r[None, :] * D2 + (offs_i - D1)[:, None],
+                          mask=((offs_i >= D1) & mask_i)[:, None] & mask_r[None, :], other=0.0)
+        else:
+            mean = tl.load(h_stats + offs_r, mask=mask_r, other=0.0)
+            rstd = tl.load(h_stats + M * R + offs_r, mask=mask_r, other=0.0)
+            hT = tl.trans(_load_normed(h_ptr, offs_r, mask_r, offs_i, mask_i, K, mean, rstd, h_g, h_beta, LAYER_NORM))
+        mask = mask_r[:, None] & mask_j[None, :]
+        idx = offs_r[:, None] * N + offs_j[None, :]
+        dz = tl.load(dz_ptr + idx, mask=mask, other=0.0)
+        acc = _mma(acc, hT, dz, PRECISION)
+        db += tl.sum(dz, axis=0)
+        if NORM_GRADS:
+            dh = tl.load(dh_ptr + idx, mask=mask, other=0.0)
+            pre = tl.load(pre_ptr + idx, mask=mask, other=0.0)
+            mean = tl.load(stats + offs_r, mask=mask_r, other=0.0)
+            rstd = tl.load(stats + M * R + offs_r, mask=mask_r, other=0.0)
+            dg += tl.sum(dh * tl.where(mask, (pre - mean[:, None]) * rstd[:, None], 0.0), axis=0)
+            dbeta += tl.sum(dh, axis=0)
+    tl.store(dw_ptr + offs_i[:, None] * s_in + offs_j[None, :] * s_out, acc, mask=mask_i[:, None] & mask_j[None, :])
+    if ti == 0:
+        tl.store(db_ptr + offs_j, db, mask=mask_j)
+        if NORM_GRADS:
+            tl.store(dg_ptr + offs_j, dg, mask=mask_j)
+            tl.store(dbeta_ptr + offs_j, dbeta, mask=mask_j)
+
+
+@triton.jit
+def _weight_grads_kernel(
+    x1_ptr, x2_ptr, g_ptrs, beta_ptrs, pre_ptrs, stats_ptr, dh_ptrs, dz_ptrs, dzo_ptr,
+    dw_ptrs, db_ptrs, dg_ptrs, dbeta_ptrs, R, D1, D2, widths, M, M_STORED,
+    NUM_HIDDEN: tl.constexpr, ENSEMBLE: tl.constexpr, LAYER_NORM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The weight gradients of group program_id(1): program_id(0) numbers the [BLOCK_I, BLOCK_J] tiles
+    ([BLOCK_I, BLOCK_O] for the output layer) of every layer's matrix one layer after another, and
+    runs _weight_tile on its tile; every sum runs over all R rows in BLOCK_R chunks, in order. The
+    gradients have the parameters' layouts, seed- and member-stacked."""
+    t = tl.program_id(0)
+    gid = tl.program_id(1).to(tl.int64)
+    sid, mid = gid // M, gid % M
+    x1_ptr += sid * R * D1
+    x2_ptr += sid * R * D2
+    start = 0
+    for l in tl.static_range(NUM_HIDDEN + 1):
+        K, N = widths[l], widths[l + 1]
+        w_off, v_off, s_in, s_out = _group(K, N, ENSEMBLE, M_STORED, sid, mid)
+        if l == 0:  # the input rows: no layer below (its pointers are placeholders)
+            h_ptr, h_stats, h_g, h_beta = x1_ptr, stats_ptr, x1_ptr, x1_ptr
+        else:
+            _, pv_off, _, _ = _group(widths[l - 1], K, ENSEMBLE, M_STORED, sid, mid)
+            h_ptr, h_g, h_beta = pre_ptrs[l - 1] + gid * R * K, g_ptrs[l - 1] + pv_off, beta_ptrs[l - 1] + pv_off
+            h_stats = _stats_ptr(stats_ptr, sid, mid, l - 1, NUM_HIDDEN, M, R)
+        if l == NUM_HIDDEN:
+            tiles_j = tl.cdiv(N, BLOCK_O)
+            tiles = tl.cdiv(K, BLOCK_I) * tiles_j
+            if (t >= start) & (t < start + tiles):
+                _weight_tile((t - start) // tiles_j, (t - start) % tiles_j, K, N, R, M, x1_ptr, x2_ptr, D1, D2,
+                             h_ptr, h_stats, h_g, h_beta, dzo_ptr + gid * R * N, dzo_ptr, dzo_ptr, stats_ptr,
+                             dw_ptrs[l] + w_off, s_in, s_out, db_ptrs[l] + v_off, dzo_ptr, dzo_ptr,
+                             l == 0, LAYER_NORM, False, BLOCK_R, BLOCK_I, BLOCK_O, PRECISION)
+        else:
+            tiles_j = tl.cdiv(N, BLOCK_J)
+            tiles = tl.cdiv(K, BLOCK_I) * tiles_j
+            if (t >= start) & (t < start + tiles):
+                _weight_tile((t - start) // tiles_j, (t - start) % tiles_j, K, N, R, M, x1_ptr, x2_ptr, D1, D2,
+                             h_ptr, h_stats, h_g, h_beta, dz_ptrs[l] + gid * R * N, dh_ptrs[l] + gid * R * N,
+                             pre_ptrs[l] + gid * R * N, _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R),
+                             dw_ptrs[l] + w_off, s_in, s_out, db_ptrs[l] + v_off, dg_ptrs[l] + v_off,
+                             dbeta_ptrs[l] + v_off, l == 0, LAYER_NORM, LAYER_NORM, BLOCK_R, BLOCK_I, BLOCK_J,
+                             PRECISION)
+        start += tiles
+
+
+def split_weights(weights, layer_norm):
+    """(matrices, biases, gains, shifts) of a flat weight list: per hidden layer (W, b, g, beta) with
+    layer_norm, (W, b) without; then (W_out, b_out). gains and shifts are () without layer_norm."""
+    per = 4 if layer_norm else 2
+    if (len(weights) - 2) % per or len(weights) < 2 + per:
+        raise ValueError(f"{len(weights)} weight tensors: a small MLP takes (W, b{', g, beta' if layer_norm else ''}) "
+                         f"per hidden layer and (W_out, b_out)")
+    hidden = weights[:-2]
+    return ([*hidden[0::per], weights[-2]], [*hidden[1::per], weights[-1]],
+            tuple(hidden[2::per]) if layer_norm else (), tuple(hidden[3::per]) if layer_norm else ())
+
+
+def widths(matrices, layout):
+    """(in of layer 1, H_1, ..., H_L, N_OUT) from the matrices in `layout` (with or without the seed axis)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    ins = [w.shape[-2] if layout == "ensemble" else w.shape[-1] for w in matrices]
+    return (*ins, matrices[-1].shape[-1] if layout == "ensemble" else matrices[-1].shape[-2])
+
+
+def _stacked(x1, x2, weights, layout):
+    """(x1, x2 with the seed axis, weights stacked (S, ...) contiguous fp32, single, S, stored members)."""
+    single = x1.dim() == 2
+    if single:
+        x1, x2 = x1[None], None if x2 is None else x2[None]
+        weights = [w[None] for w in weights]
+    check_stacked(x1.shape[0], weights)
+    weights = [w.detach().to(torch.float32).contiguous() for w in weights]
+    x1 = x1.detach().to(torch.float32).contiguous()
+    x2 = None if x2 is None else x2.detach().to(torch.float32).contiguous()
+    return x1, x2, weights, single, x1.shape[0], weights[0].shape[1] if layout == "ensemble" else 1
+
+
+def small_mlp_forward(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0, precision="tf32",
+                      save_activations=False, block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
+    """The network on rows [x1, x2]: x1 (R, D1), x2 (R, D2) or None, weights flat (split_weights) in
+    `layout` -> out (members, R, N_OUT) fp32 (members = 1 for "linear"); out_scale > 0: out_scale *
+    tanh(.) on the output. Seed axis: x1, x2 (S, R, .), weights stacked (S, ...) -> (S, members, R, N_OUT).
+    save_activations: also (stats ([S,] 2L, members, R) = mean_l, rstd_l per layer (unwritten without
+    layer_norm), pre_l ([S,] members, R, H_l) the ReLU outputs)."""
+    check_precision(precision)
+    x1, x2, weights, single, S, stored = _stacked(x1, x2, weights, layout)
+    matrices, biases, gains, shifts = split_weights(weights, layer_norm)
+    dims = widths(matrices, layout)
+    L, R, M = len(matrices) - 1, x1.shape[1], members
+    if not 1 <= M <= stored:
+        raise ValueError(f"members={M}: the weights hold {stored} member(s)")
+    dev = x1.device
+    pres = [torch.empty((S, M, R, h), device=dev, dtype=torch.float32) for h in dims[1:-1]]
+    stats = torch.empty((S, 2 * L, M, R), device=dev, dtype=torch.float32)
+    out = torch.empty((S, M, R, dims[-1]), device=dev, dtype=torch.float32)
+    _forward_kernel[(triton.cdiv(R, block_m), S * M)](
+        x1, x1 if x2 is None else x2, tuple(matrices), tuple(biases), gains or tuple(matrices[:-1]),
+        shifts or tuple(matrices[:-1]), tuple(pres), stats, out,
+        R, x1.shape[2], 0 if x2 is None else x2.shape[2], dims, M, stored, float(out_scale), LAYER_NORM_EPS,
+        NUM_HIDDEN=L, ENSEMBLE=layout == "ensemble", LAYER_NORM=layer_norm, TANH=out_scale > 0,
+        SAVE=save_activations, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_O=output_block(dims[-1]),
+        PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )
+    if single:
+        out, stats, pres = out[0], stats[0], [p[0] for p in pres]
+    return (out, (stats, pres)) if save_activations else out
+
+
+def small_mlp_backward(grad_out, x1, x2, weights, out, acts, layout, layer_norm, members=1, out_scale=0.0,
+                       need_x1=False, need_x2=False, need_weights=True, precision="tf32", block_m=32, block_h=64,
+                       block_k=32, block_r=32, block_i=32, block_j=64, num_warps=4, num_stages=2):
+    """Gradients of small_mlp_forward in two launches: grad_out and out ([S,] members, R, N_OUT), acts =
+    (stats, pres) from small_mlp_forward(save_activations=True), the other arguments as there.
+    Returns (grad x1 ([S,] R, D1) or None, grad x2 or None, the weights' gradients in their shapes (a
+    tuple; the members past `members` get 0) or None): the input gradients summed over the members."""
+    check_precision(precision)
+    stats, pres = acts
+    single = x1.dim() == 2
+    if single:
+        grad_out, out, stats, pres = grad_out[None], out[None], stats[None], [p[None] for p in pres]
+    x1, x2, weights, _, S, stored = _stacked(x1, x2, weights, layout)
+    matrices, biases, gains, shifts = split_weights(weights, layer_norm)
+    dims = widths(matrices, layout)
+    L, R, M, dev = len(matrices) - 1, x1.shape[1], members, x1.device
+    D1, D2 = x1.shape[2], 0 if x2 is None else x2.shape[2]
+    grad_out, out, stats = grad_out.contiguous(), out.contiguous(), stats.contiguous()
+    pres = [p.contiguous() for p in pres]
+    dhs = [torch.empty_like(p) for p in pres]
+    dzs = [torch.empty_like(p) for p in pres]
+    dzo = torch.empty_like(grad_out)
+    inputs = [torch.empty((S, M, R, d) if M > 1 else (S, R, d), device=dev, dtype=torch.float32) if need else None
+              for need, d in ((need_x1, D1), (need_x2 and x2 is not None, D2))]
+    placeholders = tuple(matrices[:-1])
+    _backward_deltas_kernel[(triton.cdiv(R, block_m), S * M)](
+        grad_out, out, tuple(matrices), gains or placeholders, tuple(pres), stats, tuple(dhs), tuple(dzs), dzo,
+        grad_out if inputs[0] is None else inputs[0], grad_out if inputs[1] is None else inputs[1],
+        R, D1, D2, dims, M, stored, float(out_scale),
+        NUM_HIDDEN=L, ENSEMBLE=layout == "ensemble", LAYER_NORM=layer_norm, TANH=out_scale > 0,
+        NEED_X1=inputs[0] is not None, NEED_X2=inputs[1] is not None, BLOCK_M=block_m,
+        BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_O=output_block(dims[-1]),
+        BLOCK_D=output_block(max(D1, D2)), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )
+    inputs = [g if g is None or M == 1 else g.sum(1) for g in inputs]
+    grads = None
+    if need_weights:
+        new = torch.zeros if M < stored else torch.empty  # members not evaluated: zero gradients
+        grads = [new(w.shape, device=dev, dtype=torch.float32) for w in weights]
+        dws, dbs, dgs, dbetas = split_weights(grads, layer_norm)
+        block_o = output_block(dims[-1])
+        tiles = sum(triton.cdiv(dims[l], block_i) * triton.cdiv(dims[l + 1], block_j if l < L else block_o)
+                    for l in range(L + 1))
+        _weight_grads_kernel[(tiles, S * M)](
+            x1, x1 if x2 is None else x2, gains or placeholders, shifts or placeholders, tuple(pres), stats,
+            tuple(dhs), tuple(dzs), dzo, tuple(dws), tuple(dbs), dgs or tuple(dws[:-1]), dbetas or tuple(dws[:-1]),
+            R, D1, D2, dims, M, stored,
+            NUM_HIDDEN=L, ENSEMBLE=layout == "ensemble", LAYER_NORM=layer_norm, BLOCK_R=block_r, BLOCK_I=block_i,
+            BLOCK_J=block_j, BLOCK_O=output_block(dims[-1]), PRECISION=precision, num_warps=num_warps,
+            num_stages=num_stages,
+        )
+        grads = tuple(g[0] for g in grads) if single else tuple(grads)
+    if single:
+        inputs = [None if g is None else g[0] for g in inputs]
+    return inputs[0], inputs[1], grads
