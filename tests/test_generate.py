@@ -345,7 +345,8 @@ def test_the_medium_stage_of_a_medium_replay_run_is_reused(kind, root, tmp_path,
     for got, want in zip(reused[0], expected[0], strict=True):
         for got_field, want_field in zip(got, want, strict=True):
             np.testing.assert_array_equal(got_field, want_field)
-    assert reused[1].pop("medium_stage")["from"] == "medium-replay"
+    stage = reused[1].pop("medium_stage")
+    assert stage["from"] == "medium-replay" and stage["step_cap"] == 300
     assert reused[1] == expected[1]
 
 

@@ -18,15 +18,17 @@ def test_parameters_adam_and_gradients_are_the_bytes_an_updated_agent_holds(algo
                                 steps=4, backend="torch")
     agent = TD3SBC(N, M, config=cfg)
     estimate = seed_memory.seed_memory(agent, B)
+    params = [p for opt in agent.optimizers.values() for group in opt.param_groups for p in group["params"]]
+    graded = {}  # every learner's gradient as it was held: the critic side's after update 1, the actor's after 2
     for _ in range(2):  # the second update steps the actor: every learner then has moments and gradients
         agent.update(Batch(torch.randn(B, N), torch.rand(B, M), torch.randn(B), torch.randn(B, N), torch.rand(B, M),
                            torch.zeros(B), torch.ones(B)))
+        graded.update({id(p): p.grad for p in params if p.grad is not None})
     counted = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
-    params = [p for opt in agent.optimizers.values() for group in opt.param_groups for p in group["params"]]
     moments = [s[k] for opt in agent.optimizers.values() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
     assert estimate.parameters == counted(agent.state_dict().values())
     assert estimate.adam == counted(moments) and len(moments) == 2 * len(params)
-    assert estimate.gradients == counted(p.grad for p in params)
+    assert len(graded) == len(params) and estimate.gradients == counted(graded.values())
     assert estimate.activations == activation_bytes(cfg, B) > 0
     assert estimate.total == estimate.parameters + estimate.adam + estimate.gradients + estimate.activations
 

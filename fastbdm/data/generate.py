@@ -52,10 +52,10 @@ D4RL_SIZE = 1_000_000
 # Training-step caps when max_steps is not given.
 MEDIUM_STEP_CAP = 300_000
 LONG_RUN_STEPS = 1_000_000
-# medium-replay's default training budget per task, seconds: halfcheetah's fits the README's first
-# command (14 minutes of training, the rest for writing); hopper and walker2d need longer runs
-# (docs/RESULTS.md, "Generated datasets").
-MEDIUM_REPLAY_BUDGET_S = {"halfcheetah": 14 * 60, "hopper": 35 * 60, "walker2d": 60 * 60}
+# medium-replay's default training budget per task, seconds: halfcheetah's bounds the README's first
+# command (10 minutes on a quiet core, 14 on a VM 1.4x slower: 18 leaves room); hopper and walker2d
+# need longer runs (docs/RESULTS.md, "Local generation").
+MEDIUM_REPLAY_BUDGET_S = {"halfcheetah": 18 * 60, "hopper": 35 * 60, "walker2d": 60 * 60}
 # Training time between two generation checkpoints (a killed run loses at most this much).
 CHECKPOINT_EVERY_S = 300.0
 REPLAY_CAPACITY = 1_000_000
@@ -406,7 +406,8 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
         if medium_level is not None:
             run.load_state_dict(medium_level["run"])
             info, first = dict(medium_level["info"]), 1
-            info["medium_stage"] = {"from": medium_level["kind"], "wall_time_s": round(medium_level["wall_time_s"], 1)}
+            info["medium_stage"] = {"from": medium_level["kind"], "wall_time_s": round(medium_level["wall_time_s"], 1),
+                                    "step_cap": medium_level["step_cap"]}
             print(f"{name}: continuing the {medium_level['kind']} generation's TD3 run from the medium level "
                   f"(step {run.medium[0]:,}, {medium_level['wall_time_s'] / 60:.1f} min of training there)",
                   file=sys.stderr)
@@ -442,7 +443,7 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
                         recorder.cut(reached_at)
                 info["stop"] = reason
                 if stage == "medium" and reason == "reached":
-                    _keep_medium_level(run, kind, settings, info, start, saved)
+                    _keep_medium_level(run, kind, settings, info, start, saved, cap)
             else:
                 policy = run.medium[1] if stage == "medium rollouts" and run.medium else run.agent.actor
                 rollout_seed = seed + 1 if stage == "medium rollouts" else seed + 2
@@ -452,6 +453,8 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
     run.record_into(None)
     final = run.history[-1][1] if run.history else None
     ends_at_medium = kind in ("medium-replay", "medium") and run.medium is not None
+    if ends_at_medium and "medium_stage" in info:  # the cap of the run that reached the level
+        cap = info["medium_stage"]["step_cap"]
     info.update(steps=run.medium[0] if ends_at_medium else run.steps, step_cap=cap, final_eval_return=final,
                 final_eval_score=None if final is None else float(normalized_score(env, final)),
                 eval_history=[[s, float(r)] for s, r in run.history])
@@ -459,12 +462,12 @@ def _td3_behaviour(name: str, kind: str, run: BehaviourRun, recorder: EpisodeRec
 
 
 def _keep_medium_level(run: BehaviourRun, kind: str, settings: dict, info: dict, start: float,
-                       saved: Optional[dict]) -> None:
+                       saved: Optional[dict], step_cap: int) -> None:
     """Keep the state of a run that has just reached the medium level (for _reusable_medium_level)."""
     path = medium_level_path(run.env_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     earlier = 0.0 if saved is None else saved["wall_time_s"]
-    save_checkpoint(path, {"step": run.steps, "kind": kind, "run": run.state_dict(),
+    save_checkpoint(path, {"step": run.steps, "kind": kind, "step_cap": step_cap, "run": run.state_dict(),
                            "settings": {key: settings[key] for key in MEDIUM_LEVEL_SETTINGS}, "info": dict(info),
                            "wall_time_s": earlier + time.monotonic() - start})
 
@@ -494,7 +497,7 @@ def main(argv=None) -> int:
         epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level "
                "(docs/RESULTS.md has each task's steps and minutes; halfcheetah: about 10 min on one quiet core, "
                "hopper: about 20, walker2d: longer); medium-replay stops at its task's time budget by default "
-               "(halfcheetah 14 min, to fit the README's first command; hopper 35 min; walker2d 60 min). "
+               "(halfcheetah 18 min, to bound the README's first command; hopper 35 min; walker2d 60 min). "
                "medium, expert and medium-expert continue an earlier medium-replay generation's TD3 run from its "
                "medium level when one is kept (same seed and settings), so generate medium-replay first; "
                "the medium rollouts add ~4 min per 1M steps; full-replay, "
