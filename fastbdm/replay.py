@@ -29,15 +29,20 @@ class TransitionBuffer:
         self.size = self.rows.shape[0]
 
     def fields(self, rows: torch.Tensor) -> Batch:
-        """Batch's fields as column views of rows (R, width): (R, n) or (R, m) matrices, (R,) vectors."""
-        parts = rows.split(self.widths, dim=1)
-        return Batch(*(p.squeeze(1) if vector else p for p, vector in zip(parts, self.vectors)))
+        """Batch's fields as column views of rows ([S,] R, width): ([S,] R, n) or ([S,] R, m) matrices,
+        ([S,] R) vectors."""
+        parts = rows.split(self.widths, dim=-1)
+        return Batch(*(p.squeeze(-1) if vector else p for p, vector in zip(parts, self.vectors)))
 
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
-        """batch_size transitions drawn uniformly with replacement; indices from `generator` (on this
-        buffer's device; default torch's global one). The fields are column views of the gathered rows."""
+    def sample_rows(self, batch_size: int, generator: torch.Generator = None) -> torch.Tensor:
+        """(batch_size, width) rows drawn uniformly with replacement; indices from `generator` (on this
+        buffer's device; default torch's global one)."""
         idx = torch.randint(0, self.size, (batch_size,), device=self.rows.device, generator=generator)
-        return self.fields(self.rows.index_select(0, idx))
+        return self.rows.index_select(0, idx)
+
+    def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
+        """sample_rows as a Batch (its fields column views of the gathered rows)."""
+        return self.fields(self.sample_rows(batch_size, generator))

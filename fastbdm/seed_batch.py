@@ -129,16 +129,16 @@ class SeedBatch:
         return trainable, frozen
 
     def draw(self, buffer, batch_size: int, actor_step: bool):
-        """Each seed's batch (buffer.sample) and UpdateNoise from its own generator, stacked."""
-        batches, noises = [], []
+        """Each seed's batch (buffer.sample_rows) and UpdateNoise from its own generator, stacked: a Batch of
+        (S, B, ...) column views of the seeds' stacked rows, a stacked UpdateNoise."""
+        rows, noises, device = [], [], buffer.rows.device
         for gen in self.generators:
             with phase("sample"):
-                b = buffer.sample(batch_size, generator=gen)
-            batches.append(b)
+                rows.append(buffer.sample_rows(batch_size, generator=gen))
             with phase("noise"):
-                noises.append(self.template.draw_noise(batch_size, b.obs.device, actor_step, generator=gen))
-        with phase("sample"):
-            batch = stack_batches(batches)
+                noises.append(self.template.draw_noise(batch_size, device, actor_step, generator=gen))
+        with phase("sample"):  # one stack of the seeds' rows, not one per field
+            batch = buffer.fields(torch.stack(rows))
         with phase("noise"):
             return batch, stack_noise(noises)
 

@@ -120,5 +120,5 @@ def test_a_pair_samples_in_two_launches_per_draw_and_records_metrics_in_seven_pe
         runner.pair()
     phases = counter.by_phase()
     assert phases["metrics"]["total"] == 2 * 7
-    # randint + index_select per seed and update; S seeds' batches: one stack per field (7) per update
-    assert phases["sample"]["total"] == 2 * (2 * seeds + (7 if seeds > 1 else 0))
+    # randint + index_select per seed and update; S seeds' rows: one stack per update
+    assert phases["sample"]["total"] == 2 * (2 * seeds + (1 if seeds > 1 else 0))
