@@ -18,15 +18,17 @@ class TransitionBuffer:
     def __init__(self, transitions, device):
         mean, std = transitions.obs_mean.to(device), transitions.obs_std.to(device)
         self.obs_mean, self.obs_std = mean, std
-        fields = (normalize_states(transitions.observations.to(device), mean, std), transitions.actions.to(device),
-                  transitions.rewards.to(device), normalize_states(transitions.next_observations.to(device), mean, std),
-                  transitions.next_actions.to(device), transitions.terminals.to(device), transitions.valid.to(device))
+        fields = (transitions.observations, transitions.actions, transitions.rewards, transitions.next_observations,
+                  transitions.next_actions, transitions.terminals, transitions.valid)
         self.vectors = [f.dim() == 1 for f in fields]  # (N,) fields: one column, read back as (R,)
         self.widths = [1 if vector else f.shape[1] for f, vector in zip(fields, self.vectors)]
-        self.rows = torch.cat([f.reshape(f.shape[0], -1) for f in fields], dim=1)
+        self.size = fields[0].shape[0]
+        self.rows = torch.empty(self.size, sum(self.widths), device=device)
+        for name, column, field in zip(Batch._fields, self.fields(self.rows), fields):  # one field at a time
+            field = field.to(device)
+            column.copy_(normalize_states(field, mean, std) if name in ("obs", "next_obs") else field)
         self.obs, self.actions, self.rewards, self.next_obs, self.next_actions, self.dones, self.valid = \
             self.fields(self.rows)
-        self.size = self.rows.shape[0]
 
     def fields(self, rows: torch.Tensor) -> Batch:
         """Batch's fields as column views of rows ([S,] R, width): ([S,] R, n) or ([S,] R, m) matrices,
