@@ -141,7 +141,13 @@ class SeedBatchRunner(UpdateRunner):
     """UpdateRunner of a SeedBatch (fastbdm.seed_batch): each update draws every seed's batch and noise from
     that seed's generator (batch.generators, registered with the graph) and updates all seeds at once;
     monitors[k] records seed k's metrics: SeedBatchRunner(batch, buffer, monitors, batch_size, graphs,
-    pairs_per_graph)."""
+    pairs_per_graph). The monitors are stacked (UpdateMonitor.stack: one record for all seeds); each
+    still reads its own seed."""
+
+    def __init__(self, agent, buffer: TransitionBuffer, monitors: List[UpdateMonitor], batch_size: int,
+                 graphs: bool = False, pairs_per_graph: int = 1):
+        super().__init__(agent, buffer, monitors, batch_size, graphs, pairs_per_graph)
+        self.seed_monitors = UpdateMonitor.stack(monitors)
 
     def step(self) -> None:
         self._record(self.agent.step(self.buffer, self.batch_size))
@@ -152,8 +158,7 @@ class SeedBatchRunner(UpdateRunner):
 
     def _record(self, metrics: dict) -> None:
         with phase("metrics"):
-            for seed, monitor in enumerate(self.monitor):
-                monitor.record({name: value[seed] for name, value in metrics.items()})
+            self.seed_monitors.record(metrics)
 
     def generators(self) -> List[torch.Generator]:
         return list(self.agent.generators)

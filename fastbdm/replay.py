@@ -6,30 +6,45 @@ from .td3sbc import Batch
 
 
 class TransitionBuffer:
-    """All transitions of a dataset, states normalised, on one device.
+    """All transitions of a dataset, states normalised, on one device, stored as one (N, width) matrix
+    `rows` whose columns are Batch's fields in order (obs n, actions m, rewards 1, next_obs n,
+    next_actions m, dones 1, valid 1: width 2n + 2m + 3); obs ... valid are column views of it.
 
-    `sample` draws indices with torch.randint on that device and gathers into fresh tensors: no
-    host synchronisation, safe inside a CUDA graph (the default generator is graph-aware).
+    `sample` draws indices with torch.randint on that device and gathers the rows in one index_select
+    (two kernels): no host synchronisation, safe inside a CUDA graph (the default generator is
+    graph-aware).
     """
 
     def __init__(self, transitions, device):
         mean, std = transitions.obs_mean.to(device), transitions.obs_std.to(device)
         self.obs_mean, self.obs_std = mean, std
-        self.obs = normalize_states(transitions.observations.to(device), mean, std)
-        self.next_obs = normalize_states(transitions.next_observations.to(device), mean, std)
-        self.actions = transitions.actions.to(device)
-        self.next_actions = transitions.next_actions.to(device)
-        self.rewards = transitions.rewards.to(device)
-        self.dones = transitions.terminals.to(device)
-        self.valid = transitions.valid.to(device)
-        self.size = self.obs.shape[0]
+        fields = (transitions.observations, transitions.actions, transitions.rewards, transitions.next_observations,
+                  transitions.next_actions, transitions.terminals, transitions.valid)
+        self.vectors = [f.dim() == 1 for f in fields]  # (N,) fields: one column, read back as (R,)
+        self.widths = [1 if vector else f.shape[1] for f, vector in zip(fields, self.vectors)]
+        self.size = fields[0].shape[0]
+        self.rows = torch.empty(self.size, sum(self.widths), device=device)
+        for name, column, field in zip(Batch._fields, self.fields(self.rows), fields):  # one field at a time
+            field = field.to(device)
+            column.copy_(normalize_states(field, mean, std) if name in ("obs", "next_obs") else field)
+        self.obs, self.actions, self.rewards, self.next_obs, self.next_actions, self.dones, self.valid = \
+            self.fields(self.rows)
+
+    def fields(self, rows: torch.Tensor) -> Batch:
+        """Batch's fields as column views of rows ([S,] R, width): ([S,] R, n) or ([S,] R, m) matrices,
+        ([S,] R) vectors."""
+        parts = rows.split(self.widths, dim=-1)
+        return Batch(*(p.squeeze(-1) if vector else p for p, vector in zip(parts, self.vectors)))
 
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
-        """batch_size transitions drawn uniformly with replacement; indices from `generator` (on this
+    def sample_rows(self, batch_size: int, generator: torch.Generator = None) -> torch.Tensor:
+        """(batch_size, width) rows drawn uniformly with replacement; indices from `generator` (on this
         buffer's device; default torch's global one)."""
-        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device, generator=generator)
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
-                     self.next_actions[idx], self.dones[idx], self.valid[idx])
+        idx = torch.randint(0, self.size, (batch_size,), device=self.rows.device, generator=generator)
+        return self.rows.index_select(0, idx)
+
+    def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
+        """sample_rows as a Batch (its fields column views of the gathered rows)."""
+        return self.fields(self.sample_rows(batch_size, generator))

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .networks import Actor, normalize_states
+from .nvtx_ranges import phase
 from .td3sbc import TD3SBC, Batch, FrozenOutputs, UpdateNoise, make_adam
 
 # Parameter-name prefixes of each learner's online network, in the order of TD3SBC.optimizers' one Adam
@@ -128,13 +129,18 @@ class SeedBatch:
         return trainable, frozen
 
     def draw(self, buffer, batch_size: int, actor_step: bool):
-        """Each seed's batch (buffer.sample) and UpdateNoise from its own generator, stacked."""
-        batches, noises = [], []
+        """Each seed's batch (buffer.sample_rows) and UpdateNoise from its own generator, stacked: a Batch of
+        (S, B, ...) column views of the seeds' stacked rows, a stacked UpdateNoise."""
+        rows, noises, device = [], [], buffer.rows.device
         for gen in self.generators:
-            b = buffer.sample(batch_size, generator=gen)
-            batches.append(b)
-            noises.append(self.template.draw_noise(batch_size, b.obs.device, actor_step, generator=gen))
-        return stack_batches(batches), stack_noise(noises)
+            with phase("sample"):
+                rows.append(buffer.sample_rows(batch_size, generator=gen))
+            with phase("noise"):
+                noises.append(self.template.draw_noise(batch_size, device, actor_step, generator=gen))
+        with phase("sample"):  # one stack of the seeds' rows, not one per field
+            batch = buffer.fields(torch.stack(rows))
+        with phase("noise"):
+            return batch, stack_noise(noises)
 
     def step(self, buffer, batch_size: int) -> Dict[str, torch.Tensor]:
         """One update of every seed on its own batch and noise, drawn from its own generator (`draw`)."""

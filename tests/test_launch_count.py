@@ -82,3 +82,43 @@ def test_fused_adam_and_foreach_lerp_count_their_multi_tensor_launches():
             torch._foreach_lerp_([p.detach() for p in params], [p.detach() * 0 for p in params], 0.5)
     assert counter.ops["other", "aten::_fused_adam_"] == 2
     assert counter.ops["other", "aten::_foreach_lerp_"] == 1
+
+
+def _runner(seeds: int):
+    """An UpdateRunner of one small td3sbc agent (seeds 1), or a SeedBatchRunner of `seeds`, on 40 rows."""
+    from types import SimpleNamespace
+
+    from fastbdm import TD3SBC, TD3SBCConfig
+    from fastbdm.graphs import SeedBatchRunner, UpdateRunner
+    from fastbdm.monitor import UpdateMonitor
+    from fastbdm.replay import TransitionBuffer
+    from fastbdm.seed_batch import SeedBatch
+
+    n, m, rows = 5, 2, 40
+    obs = torch.randn(rows, n)
+    data = SimpleNamespace(observations=obs, next_observations=obs + 0.1, actions=torch.rand(rows, m),
+                           next_actions=torch.rand(rows, m), rewards=torch.randn(rows), terminals=torch.zeros(rows),
+                           valid=torch.ones(rows), obs_mean=obs.mean(0), obs_std=obs.std(0))
+    cfg = TD3SBCConfig.for_algo("td3sbc", actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
+                                steps=2, backend="torch")
+    agents = [TD3SBC(n, m, config=cfg) for _ in range(seeds)]
+    generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
+    buffer, monitors = TransitionBuffer(data, "cpu"), [UpdateMonitor("cpu") for _ in range(seeds)]
+    if seeds == 1:
+        return UpdateRunner(agents[0], buffer, monitors[0], 8, generator=generators[0])
+    return SeedBatchRunner(SeedBatch(agents, generators), buffer, monitors, 8)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_a_pair_samples_in_two_launches_per_draw_and_records_metrics_in_seven_per_update(seeds):
+    """Sampling: randint + one gather per seed and update (the per-field gathers were 8 a draw);
+    metrics: seven launches per update, for one seed or all seeds of a SeedBatchRunner at once
+    (UpdateMonitor.stack; one record per seed was 17 launches a seed)."""
+    runner = _runner(seeds)
+    runner.pair()  # the monitor's index tensors exist before the counted pair
+    with LaunchCounter() as counter:
+        runner.pair()
+    phases = counter.by_phase()
+    assert phases["metrics"]["total"] == 2 * 7
+    # randint + index_select per seed and update; S seeds' rows: one stack per update
+    assert phases["sample"]["total"] == 2 * (2 * seeds + (1 if seeds > 1 else 0))
