@@ -495,8 +495,8 @@ def main(argv=None) -> int:
         prog="python -m fastbdm.data.generate",
         description="Generate a locomotion dataset locally (online TD3 behaviour).",
         epilog="Time: random takes minutes; medium-replay and medium train TD3 until the medium level "
-               "(docs/RESULTS.md has each task's steps and minutes; halfcheetah: about 10 min on one quiet core, "
-               "hopper: about 20, walker2d: longer); medium-replay stops at its task's time budget by default "
+               "(docs/RESULTS.md has each task's steps and minutes; halfcheetah: 100k steps, about 10 min on one "
+               "quiet core; hopper: 215k steps, about 20; walker2d: 345k steps, about 30); medium-replay stops at its task's time budget by default "
                "(halfcheetah 18 min, to bound the README's first command; hopper 35 min; walker2d 60 min). "
                "medium, expert and medium-expert continue an earlier medium-replay generation's TD3 run from its "
                "medium level when one is kept (same seed and settings), so generate medium-replay first; "
