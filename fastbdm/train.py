@@ -194,6 +194,14 @@ def resolve_eval_env(args, transitions) -> str:
     return args.eval_env
 
 
+def dataset_line(transitions) -> str:
+    """'dataset: N transitions from SOURCE (KIND)' and the partial-dataset note; KIND once (a generated
+    dataset's source already ends with '(generated)')."""
+    kind = f"({transitions.source_kind})"
+    source = transitions.source if transitions.source.endswith(kind) else f"{transitions.source} {kind}"
+    return f"dataset: {len(transitions)} transitions from {source}{dataset_note(transitions)}"
+
+
 def dataset_note(transitions) -> str:
     """' (partial dataset: level 17.6 of 45)' after every score of a run on partial data, else ''."""
     from .data.levels import level_summary
@@ -316,9 +324,8 @@ def main(argv=None) -> int:
         if config.algo == "td3sbc" and config.w_rel == 0:
             print("note: --algo td3sbc with w_rel 0 learns what --algo rebrac learns, at a fraction of the cost "
                   "(rebrac trains no denoisers and runs no reverse chain)", flush=True)
-        note = dataset_note(transitions)
-        print(f"dataset: {len(transitions)} transitions from {transitions.source} ({transitions.source_kind})"
-              + note, flush=True)
+        note = dataset_note(transitions)  # with every score line
+        print(dataset_line(transitions), flush=True)
         seeds, scores = args.seeds or [args.seed], {}
         with contextlib.ExitStack() as locks, torch_matmul_precision(args.precision):
             for seed in seeds:

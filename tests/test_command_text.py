@@ -63,3 +63,17 @@ def test_help_shows_each_default_at_most_once(monkeypatch):
                                         ("--graphs", "(default: on with CUDA; ignored on CPU)")])
 def test_help_still_shows_defaults(monkeypatch, flag, shown):
     assert help_entries(monkeypatch)[flag].endswith(shown)
+
+
+class _Transitions(list):
+    def __init__(self, n, source, source_kind):
+        super().__init__(range(n))
+        self.source, self.source_kind, self.partial = source, source_kind, False
+
+
+@pytest.mark.parametrize("source, kind, line", [
+    ("minari:fastbdm/halfcheetah/medium-replay-v0 (generated)", "generated",
+     "dataset: 5 transitions from minari:fastbdm/halfcheetah/medium-replay-v0 (generated)"),
+    ("/data/tiny.npz", "npz", "dataset: 5 transitions from /data/tiny.npz (npz)")])
+def test_the_dataset_line_names_its_kind_once(source, kind, line):
+    assert train_cli.dataset_line(_Transitions(5, source, kind)) == line
