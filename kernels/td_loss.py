@@ -1,7 +1,11 @@
-"""BDM TD loss and its gradient w.r.t. the online predictions in one pass (docs/ALGORITHM.md#the-bdm-td-loss, reference.td_loss).
+"""The critic side's squared-error losses, each with its gradient w.r.t. the network output in the same pass.
 
+BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss, reference.td_loss):
 loss = mean_{rows, dims} (1-gamma) (p1 - target1)^2 + gamma (p2 - y2')^2, y2' = target1 on done rows.
 Deterministic reduction: each program writes one partial sum, the launcher sums them with torch.
+
+Critic TD loss (docs/ALGORITHM.md#critic-loss, reference.critic_td_loss) and the data denoiser's loss
+(reference.denoising_loss): one program per seed walks all rows, so the loss needs no second launch.
 """
 import torch
 import triton
@@ -76,3 +80,141 @@ def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, block_m=64, n
     if single:
         return loss[0], (grad_out[0] if given is None else given)
     return loss, grad_out
+
+
+@triton.jit
+def _critic_td_loss_kernel(
+    q_ptr, q_next_ptr, next_action_ptr, data_next_action_ptr, rewards_ptr, dones_ptr, valid_ptr,
+    grad_ptr, loss_ptr, q_mean_ptr,
+    B, m, gamma, w_bc,
+    MEMBERS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    """Program program_id(0) = seed: all B rows of q (S, MEMBERS, B) against y (B,); writes grad_q
+    (S, MEMBERS, B), loss (S,) and the mean of q (S,); q_next, rewards, dones, valid (S, B); the
+    actions (S, B, m)."""
+    sid = tl.program_id(0).to(tl.int64)
+    q_ptr += sid * MEMBERS * B
+    grad_ptr += sid * MEMBERS * B
+    next_action_ptr += sid * B * m
+    data_next_action_ptr += sid * B * m
+    q_next_ptr += sid * B
+    rewards_ptr += sid * B
+    dones_ptr += sid * B
+    valid_ptr += sid * B
+    offs_a = tl.arange(0, BLOCK_A)
+    squares = tl.zeros([BLOCK_B], dtype=tl.float32)
+    values = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for start in range(0, B, BLOCK_B):
+        rows = start + tl.arange(0, BLOCK_B)
+        ok = rows < B
+        both = ok[:, None] & (offs_a[None, :] < m)
+        idx = rows[:, None] * m + offs_a[None, :]
+        gap = tl.load(next_action_ptr + idx, mask=both, other=0.0) - tl.load(data_next_action_ptr + idx, mask=both,
+                                                                             other=0.0)
+        penalty = w_bc * tl.load(valid_ptr + rows, mask=ok, other=0.0) * tl.sum(gap * gap, axis=1)
+        not_done = gamma * (1.0 - tl.load(dones_ptr + rows, mask=ok, other=0.0))
+        y = tl.load(rewards_ptr + rows, mask=ok, other=0.0) + not_done * (
+            tl.load(q_next_ptr + rows, mask=ok, other=0.0) - penalty)
+        for k in tl.static_range(MEMBERS):
+            q = tl.load(q_ptr + k * B + rows, mask=ok, other=0.0)
+            diff = tl.where(ok, q - y, 0.0)
+            tl.store(grad_ptr + k * B + rows, (2.0 / B) * diff, mask=ok)
+            squares += diff * diff
+            values += q
+    tl.store(loss_ptr + sid, tl.sum(squares, axis=0) / B)
+    tl.store(q_mean_ptr + sid, tl.sum(values, axis=0) / (MEMBERS * B))
+
+
+def critic_td_loss_fwd_bwd(q, q_next, next_action, data_next_action, rewards, dones, valid, gamma, w_bc,
+                           block_b=128, num_warps=4):
+    """q (members, B) online critics' values; q_next (B,) min of the target critics at (s', a');
+    next_action, data_next_action (B, m) a' and the dataset's next actions; rewards, dones, valid (B,) float
+    -> (loss 0-d, mean of q 0-d, grad_q (members, B) = d loss / d q), loss = sum over members of
+    mean_rows (q - y)^2, y = r + gamma (1 - done) (q_next - w_bc valid ||a' - a_data'||^2).
+    Seed axis (seed_axis): every argument with a leading S -> (loss (S,), q mean (S,), grad_q (S, members, B)).
+    No rows: loss and q mean NaN (the mean of nothing, as in reference.critic_td_loss)."""
+    single = q.dim() == 2
+    if single:
+        q, q_next, next_action, data_next_action, rewards, dones, valid = add_seed_axis(
+            q, q_next, next_action, data_next_action, rewards, dones, valid)
+    S, members, B = q.shape
+    m = next_action.shape[-1]
+    grad = torch.empty((S, members, B), device=q.device, dtype=torch.float32)
+    loss = torch.empty((S,), device=q.device, dtype=torch.float32)
+    q_mean = torch.empty((S,), device=q.device, dtype=torch.float32)
+    if B == 0:
+        loss.fill_(float("nan"))
+        q_mean.fill_(float("nan"))
+    else:
+        floats = [x.to(torch.float32).contiguous() for x in (q, q_next, next_action, data_next_action, rewards,
+                                                             dones, valid)]
+        _critic_td_loss_kernel[(S,)](
+            *floats, grad, loss, q_mean, B, m, float(gamma), float(w_bc),
+            MEMBERS=members, BLOCK_B=block_b, BLOCK_A=triton.next_power_of_2(max(m, 1)), num_warps=num_warps,
+        )
+    if single:
+        return loss[0], q_mean[0], grad[0]
+    return loss, q_mean, grad
+
+
+@triton.jit
+def _denoising_loss_kernel(
+    out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, grad_ptr, loss_ptr,
+    R, n,
+    PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program program_id(0) = seed: all rows of out, x0, eps (S, R, n), t (S, R); writes grad (S, R, n)
+    and loss (S,). PREDICTION: 0 sample, 1 epsilon, 2 v (schedule.network_target)."""
+    sid = tl.program_id(0).to(tl.int64)
+    out_ptr += sid * R * n
+    x0_ptr += sid * R * n
+    eps_ptr += sid * R * n
+    grad_ptr += sid * R * n
+    t_ptr += sid * R
+    offs_n = tl.arange(0, BLOCK_N)
+    scale = 2.0 / (R * n)
+    squares = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(0, R, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        ok = rows < R
+        mask = ok[:, None] & (offs_n[None, :] < n)
+        idx = rows[:, None] * n + offs_n[None, :]
+        x0 = tl.load(x0_ptr + idx, mask=mask, other=0.0)
+        eps = tl.load(eps_ptr + idx, mask=mask, other=0.0)
+        if PREDICTION == 0:
+            target = x0
+        elif PREDICTION == 1:
+            target = eps
+        else:
+            t = tl.load(t_ptr + rows, mask=ok, other=0)
+            ab = tl.load(sqrt_ab_ptr + t, mask=ok, other=0.0)[:, None]
+            ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=ok, other=0.0)[:, None]
+            target = ab * eps - ab1m * x0
+        diff = tl.load(out_ptr + idx, mask=mask, other=0.0) - target
+        tl.store(grad_ptr + idx, scale * diff, mask=mask)
+        squares += diff * diff
+    tl.store(loss_ptr + sid, tl.sum(tl.sum(squares, axis=1), axis=0) / (R * n))
+
+
+def denoising_loss_fwd_bwd(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction_index, block_m=32, num_warps=4):
+    """reference.denoising_loss with its gradient: out, x0, eps (R, n), t (R,) int64, sqrt_ab, sqrt_1m_ab
+    (steps,) schedule buffers, prediction_index into schedule.PREDICTIONS -> (loss 0-d, grad_out (R, n)).
+    Seed axis (seed_axis): every argument but the buffers with a leading S -> (loss (S,), grad (S, R, n)).
+    No rows: the loss is NaN (the mean of nothing), grad empty."""
+    single = out.dim() == 2
+    if single:
+        out, x0, eps, t = add_seed_axis(out, x0, eps, t)
+    S, R, n = out.shape
+    grad = torch.empty((S, R, n), device=out.device, dtype=torch.float32)
+    loss = torch.empty((S,), device=out.device, dtype=torch.float32)
+    if R * n == 0:
+        loss.fill_(float("nan"))
+    else:
+        tensors = [x.contiguous() for x in (out, x0, eps, t, sqrt_ab, sqrt_1m_ab)]
+        _denoising_loss_kernel[(S,)](
+            *tensors, grad, loss, R, n,
+            PREDICTION=prediction_index, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=num_warps,
+        )
+    if single:
+        return loss[0], grad[0]
+    return loss, grad
