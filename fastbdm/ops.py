@@ -392,7 +392,7 @@ def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, 
 torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 
-# --- the critic side's losses fused (issue 14): BDM TD rows, critic TD loss, denoising loss -------------
+# --- the critic side fused (issue 14): BDM TD rows, critic TD loss, denoising loss, target action ----------
 
 @torch.library.custom_op("fastbdm::bdm_td_rows", mutates_args=())
 def _bdm_td_rows(s: Tensor, a: Tensor, s_next: Tensor, a_next: Tensor, samples: Tensor, done: Tensor, t: Tensor,
@@ -424,27 +424,27 @@ def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
 
 
 @torch.library.custom_op("fastbdm::critic_td_loss", mutates_args=())
-def _critic_td_loss(q: Tensor, q_next: Tensor, next_action: Tensor, data_next_action: Tensor, rewards: Tensor,
+def _critic_td_loss(q: Tensor, q_target: Tensor, next_action: Tensor, data_next_action: Tensor, rewards: Tensor,
                     dones: Tensor, valid: Tensor, gamma: float, w_bc: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(loss (), q mean (), d loss / d q (members, B)); with the seed axis a leading S on each."""
-    return td_loss_kernels.critic_td_loss_fwd_bwd(q, q_next, next_action, data_next_action, rewards, dones, valid,
+    return td_loss_kernels.critic_td_loss_fwd_bwd(q, q_target, next_action, data_next_action, rewards, dones, valid,
                                                   gamma, w_bc)
 
 
 @_critic_td_loss.register_fake
-def _(q, q_next, next_action, data_next_action, rewards, dones, valid, gamma, w_bc):
+def _(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc):
     lead = q.shape[:-2]
     return q.new_empty(lead), q.new_empty(lead), torch.empty_like(q)
 
 
-def critic_td_loss(q, q_next, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
+def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
                    broadcast_penalty: bool = False):
     """reference.critic_td_loss in one launch, with d loss / d q in its LossTerm -> (LossTerm, q mean);
     the compat broadcast_penalty through the reference."""
     if broadcast_penalty:
-        return reference.critic_td_loss(q, q_next, next_action, data_next_action, rewards, dones, valid, gamma, w_bc,
+        return reference.critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc,
                                         broadcast_penalty)
-    loss, q_mean, grad = _FusedLoss.apply(_critic_td_loss, q, q_next, next_action, data_next_action, rewards, dones,
+    loss, q_mean, grad = _FusedLoss.apply(_critic_td_loss, q, q_target, next_action, data_next_action, rewards, dones,
                                           valid, float(gamma), float(w_bc))
     return LossTerm(loss, q, grad), q_mean
 
@@ -468,7 +468,24 @@ def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str
     return LossTerm(loss, out, grad)
 
 
+@torch.library.custom_op("fastbdm::smoothed_action", mutates_args=())
+def _smoothed_action(action: Tensor, normal: Tensor, policy_noise: float, noise_clip: float, max_action: float
+                     ) -> Tensor:
+    return noising.smoothed_action(action, normal, policy_noise, noise_clip, max_action)
+
+
+@_smoothed_action.register_fake
+def _(action, normal, policy_noise, noise_clip, max_action):
+    return torch.empty_like(action, dtype=torch.float32)
+
+
+def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_action: float) -> Tensor:
+    """reference.smoothed_action in one launch (no grad)."""
+    return _smoothed_action(action.detach(), normal, float(policy_noise), float(noise_clip), float(max_action))
+
+
 _register_seed_vmap(_bdm_td_rows, set(range(8)), (0, 0, 0))
+_register_seed_vmap(_smoothed_action, {0, 1}, 0)
 _register_seed_vmap(_critic_td_loss, set(range(7)), (0, 0, 0))
 _register_seed_vmap(_denoising_loss, {0, 1, 2, 3}, (0, 0))
 
@@ -478,6 +495,7 @@ _register_seed_vmap(_denoising_loss, {0, 1, 2, 3}, (0, 0))
 _AT_PRECISION = {
     precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, td_loss_term=td_loss_term,
                                bdm_td_rows=bdm_td_rows, critic_td_loss=critic_td_loss, denoising_loss=denoising_loss,
+                               smoothed_action=smoothed_action,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))

@@ -163,15 +163,17 @@ def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: Diffusion
     return online_rows, target_rows, target1
 
 
-def critic_td_loss(q, q_next, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
+def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
                    broadcast_penalty: bool = False):
     """ReBRAC critic loss (docs/ALGORITHM.md#critic-loss) summed over the members, and the mean of q:
-    q (members, B) the online critics at (s, a), differentiable; q_next (B,) min of the target critics
-    at (s', a'); next_action, data_next_action (B, m) a' and the dataset's next action; rewards, dones,
-    valid (B,) -> (LossTerm, q mean 0-d). y = r + gamma (1 - done) (q_next - w_bc valid ||a' - a_data'||^2);
+    q (members, B) the online critics at (s, a), differentiable; q_target (members, B) the target critics
+    at (s', a'), q_next their min; next_action, data_next_action (B, m) a' and the dataset's next action;
+    rewards, dones, valid (B,) -> (LossTerm, q mean 0-d).
+    y = r + gamma (1 - done) (q_next - w_bc valid ||a' - a_data'||^2);
     broadcast_penalty (compat): y (B, B), row i's reward and q_next with row j's penalty. Seed axis:
     every argument with a leading S -> ((S,) loss, (S,) q mean)."""
     with torch.no_grad():
+        q_next = q_target.min(-2).values
         penalty = w_bc * valid * (next_action - data_next_action).square().sum(-1)
         not_done = gamma * (1 - dones)
         if broadcast_penalty:
@@ -190,3 +192,10 @@ def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str
     (R, n) the network's output, differentiable; x0, eps (R, n), t (R,). Seed axis: a leading S -> (S,)."""
     target = network_target(prediction, x0, eps, schedule.gather("sqrt_ab", t), schedule.gather("sqrt_one_minus_ab", t))
     return LossTerm((out - target).square().mean(dim=(-2, -1)))
+
+
+def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_action: float) -> torch.Tensor:
+    """TD3's target policy smoothing: clamp(action + clamp(policy_noise normal, -noise_clip, noise_clip),
+    -max_action, max_action); action = pi'(s'), normal N(0, 1), both (..., m) (any leading axes)."""
+    noise = (normal * policy_noise).clamp(-noise_clip, noise_clip)
+    return (action + noise).clamp(-max_action, max_action)

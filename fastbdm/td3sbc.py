@@ -61,12 +61,12 @@ class FrozenOutputs(NamedTuple):
     steps (pi', Q', D', and pi before the actor's step), computed for all updates of a pair at its start
     (TD3SBC.frozen_outputs). B rows; None where the algorithm or the step has none.
 
-    next_action (B, m): the target action a'. q_next (B,): min of Q1', Q2' at (s', a'). samples (B, n): the
+    next_action (B, m): the target action a'. q_target (2, B): Q1', Q2' at (s', a'). samples (B, n): the
     BDM target chain's x0 on (s', a'). sbc_states (2B, n) and sbc_actions (2B, m) = pi(S) with its
     graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0."""
 
     next_action: Optional[torch.Tensor] = None
-    q_next: Optional[torch.Tensor] = None
+    q_target: Optional[torch.Tensor] = None
     samples: Optional[torch.Tensor] = None
     sbc_states: Optional[torch.Tensor] = None
     sbc_actions: Optional[torch.Tensor] = None
@@ -216,30 +216,31 @@ class TD3SBC(nn.Module):
         cfg = self.config
         if normal is None:  # the policy draw alone (draw_noise's first), not the BDM draws behind it
             normal = torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device)
-        noise = (normal * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-        return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
+        return self._backend_ops(next_obs).smoothed_action(self.actor_target(next_obs), normal, cfg.policy_noise,
+                                                           cfg.noise_clip, self.max_action)
 
-    def critic_loss(self, b: Batch, next_action: torch.Tensor, q_next: torch.Tensor = None
+    def critic_loss(self, b: Batch, next_action: torch.Tensor, q_target: torch.Tensor = None
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and the mean of
         Q(s, a) over both critics and the rows: critic_loss_term's loss and q mean."""
-        term, q_mean = self.critic_loss_term(b, next_action, q_next)
+        term, q_mean = self.critic_loss_term(b, next_action, q_target)
         return term.loss, q_mean
 
-    def critic_loss_term(self, b: Batch, next_action: torch.Tensor, q_next: torch.Tensor = None
+    def critic_loss_term(self, b: Batch, next_action: torch.Tensor, q_target: torch.Tensor = None
                          ) -> Tuple[LossTerm, torch.Tensor]:
         """The critic loss as a LossTerm (with d loss / d Q(s, a) from the Triton backend) and the mean of
-        Q(s, a) (detached). q_next (B,): min of the target critics at (s', a') (evaluated here when None)."""
+        Q(s, a) (detached). q_target (2, B): the target critics at (s', a') (evaluated here when None)."""
         cfg = self.config
-        if q_next is None:
+        if q_target is None:
             with torch.no_grad():
-                q_next = self.critic_target(b.next_obs, next_action).min(0).values
+                q_target = self.critic_target(b.next_obs, next_action)
         q = self.critic(b.obs, b.actions)
-        return self._loss_ops(q).critic_td_loss(q, q_next, next_action, b.next_actions, b.rewards, b.dones, b.valid,
+        return self._backend_ops(q).critic_td_loss(q, q_target, next_action, b.next_actions, b.rewards, b.dones, b.valid,
                                                 cfg.gamma, cfg.w_critic_bc, self.flags.broadcast_critic_penalty)
 
-    def _loss_ops(self, like: torch.Tensor):
-        """The loss functions of config.backend on like's device (fastbdm.reference or fastbdm.ops)."""
+    def _backend_ops(self, like: torch.Tensor):
+        """The kernel functions of config.backend on like's device (fastbdm.reference or fastbdm.ops) for
+        the update's glue (target action, losses): no matmuls, so at any precision."""
         return kernel_ops(resolve_backend(self.config.backend, like.device))
 
     def data_denoiser_loss(self, b: Batch, noise: UpdateNoise = None) -> torch.Tensor:
@@ -335,7 +336,7 @@ class TD3SBC(nn.Module):
         if frozen is None:
             frozen = self.frozen_outputs([(b, noise)], actor_last=False)[0]
         with phase("critic"):
-            critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_next)
+            critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_target)
         terms, metrics = [critic], {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
         if self.bdm is not None:
             with phase("bdm"):
@@ -354,17 +355,17 @@ class TD3SBC(nn.Module):
         next states, and one reverse chain of D' over the BDM target rows of every update and the SBC
         rows of the last (ordered [update 1's B; ...; SBC's 2B], each with its own z and chain noise).
         Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
-        targets=False: the SBC part only (next_action and q_next None)."""
+        targets=False: the SBC part only (next_action and q_target None)."""
         rows = [b.next_obs.shape[-2] for b, _ in steps]
         with torch.no_grad():
-            next_action = q_next = [None] * len(steps)
+            next_action = q_target = [None] * len(steps)
             chain_s, chain_a, chain_z, chain_noise = [], [], [], []
             if targets:
                 with phase("critic"):
                     next_obs = torch.cat([b.next_obs for b, _ in steps], -2)
                     merged = self.target_action(next_obs, torch.cat([n.policy for _, n in steps], -2))
-                    q = self.critic_target(next_obs, merged).min(0).values
-                    next_action, q_next = merged.split(rows, -2), q.split(rows, -1)
+                    q = self.critic_target(next_obs, merged)
+                    next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
                 if self.bdm is not None:
                     chain_s += [b.next_obs for b, _ in steps]
                     chain_a += next_action
@@ -391,7 +392,7 @@ class TD3SBC(nn.Module):
                     sbc_samples = parts.pop()
                 if targets:
                     samples = parts
-        outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_next, samples)]
+        outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_target, samples)]
         if S is not None:
             outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples)
         return outputs

@@ -3,6 +3,7 @@
 Row layout: [x_t (n), s (n), c(t) (1), a (m)] (SSM denoiser) or [x_t (n), c(t) (1)] (data denoiser),
 x_t = sqrt_ab[t] x0 + sqrt_1m_ab[t] eps, c(t) = -1 + 2 t / steps.
 bdm_td_rows: every row the BDM TD loss feeds its two denoisers, and its first target, in one launch.
+smoothed_action: TD3's target policy smoothing, a' = clamp(pi'(s') + clamp(sigma N, -c, c), -max, max).
 """
 import torch
 import triton
@@ -185,3 +186,28 @@ def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab
     if single:
         return online[0], target_rows[0], target1[0]
     return online, target_rows, target1
+
+
+@triton.jit
+def _smoothed_action_kernel(action_ptr, normal_ptr, out_ptr, numel, policy_noise, noise_clip, max_action,
+                            BLOCK: tl.constexpr):
+    """One program: BLOCK elements of the flat action, normal and out (any leading axes, seeds included)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    noise = tl.load(normal_ptr + offs, mask=ok, other=0.0) * policy_noise
+    noise = tl.minimum(tl.maximum(noise, -noise_clip), noise_clip)
+    out = tl.load(action_ptr + offs, mask=ok, other=0.0) + noise
+    tl.store(out_ptr + offs, tl.minimum(tl.maximum(out, -max_action), max_action), mask=ok)
+
+
+def smoothed_action(action, normal, policy_noise, noise_clip, max_action, block=1024, num_warps=4):
+    """reference.smoothed_action in one launch: action, normal (..., m) -> a' (..., m); elementwise, so
+    any leading axes (the seed axis too)."""
+    out = torch.empty_like(action, dtype=torch.float32)
+    numel = action.numel()
+    if numel:
+        _smoothed_action_kernel[(triton.cdiv(numel, block),)](
+            action.contiguous(), normal.contiguous(), out, numel, float(policy_noise), float(noise_clip),
+            float(max_action), BLOCK=block, num_warps=num_warps,
+        )
+    return out

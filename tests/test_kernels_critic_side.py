@@ -8,7 +8,7 @@ from torch.func import grad, vmap
 
 from fastbdm import Batch, CompatFlags, TD3SBC, TD3SBCConfig
 from fastbdm import loss_terms, ops, reference as ref
-from fastbdm.kernels.noising import bdm_td_rows
+from fastbdm.kernels.noising import bdm_td_rows, smoothed_action
 from fastbdm.kernels.td_loss import critic_td_loss_fwd_bwd, denoising_loss_fwd_bwd
 from fastbdm.schedule import PREDICTIONS, DiffusionSchedule
 
@@ -17,9 +17,9 @@ SEEDS = [1, 3]
 
 
 def critic_inputs(seeds, rows=R):
-    """(q (S, 2, R), q_next, next_action, data_next_action, rewards, dones, valid) of `seeds` seeds."""
+    """(q, q_target (S, 2, R), next_action, data_next_action, rewards, dones, valid) of `seeds` seeds."""
     dones, valid = (torch.rand(seeds, rows) < 0.3).float(), (torch.rand(seeds, rows) < 0.8).float()
-    return (torch.randn(seeds, 2, rows), torch.randn(seeds, rows), torch.rand(seeds, rows, M) * 2 - 1,
+    return (torch.randn(seeds, 2, rows), torch.randn(seeds, 2, rows), torch.rand(seeds, rows, M) * 2 - 1,
             torch.rand(seeds, rows, M) * 2 - 1, torch.randn(seeds, rows), dones, valid)
 
 
@@ -71,6 +71,17 @@ def test_bdm_td_rows_kernel_matches_reference(seeds, prediction, mask_done):
     single = bdm_td_rows(*(x[-1] for x in args[:5]), done[-1].bool(), t[-1], eps[-1], sched.sqrt_ab,
                          sched.sqrt_one_minus_ab, STEPS, PREDICTIONS.index(prediction), mask_done, block_m=16)
     assert all(torch.equal(a, b[-1]) for a, b in zip(single, got))  # a bool done reads as the float one
+
+
+@pytest.mark.parametrize("seeds", SEEDS)
+def test_smoothed_action_kernel_matches_reference(seeds):
+    action = torch.rand(seeds, R, M) * 2.4 - 1.2  # some outside [-max, max] before the noise
+    normal = torch.randn(seeds, R, M) * 3  # some clipped
+    expected = ref.smoothed_action(action, normal, 0.2, 0.5, 1.1)
+    assert (expected.abs() == 1.1).any() and ((normal * 0.2).abs() > 0.5).any()
+    torch.testing.assert_close(smoothed_action(action, normal, 0.2, 0.5, 1.1, block=64), expected, rtol=0, atol=0)
+    torch.testing.assert_close(vmap(lambda a, z: ops.smoothed_action(a, z, 0.2, 0.5, 1.1))(action, normal), expected,
+                               rtol=0, atol=0)
 
 
 def test_ops_under_vmap_and_grad_match_reference():
