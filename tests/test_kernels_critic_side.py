@@ -8,6 +8,7 @@ from torch.func import grad, vmap
 
 from fastbdm import Batch, CompatFlags, TD3SBC, TD3SBCConfig
 from fastbdm import loss_terms, ops, reference as ref
+from fastbdm.launch_count import LaunchCounter
 from fastbdm.kernels.noising import bdm_td_rows, smoothed_action
 from fastbdm.kernels.td_loss import critic_td_loss_fwd_bwd, denoising_loss_fwd_bwd
 from fastbdm.schedule import PREDICTIONS, DiffusionSchedule
@@ -109,6 +110,12 @@ def test_ops_under_vmap_and_grad_match_reference():
     got = vmap(lambda *xs: ops.bdm_td_rows(*xs, sched, "epsilon"))(*args)
     for g, e in zip(got, ref.bdm_td_rows(*args, sched, "epsilon")):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    with LaunchCounter() as counter:  # the seed-axis vmap rules: one launch for all seeds, not one per seed
+        vmap(lambda *xs: critic(ops, *xs))(q, *rest)
+        vmap(lambda *xs: data(ops, *xs))(out, x0, eps, t)
+        vmap(lambda *xs: ops.bdm_td_rows(*xs, sched, "epsilon"))(*args)
+        vmap(lambda a, z: ops.smoothed_action(a, z, 0.2, 0.5, 1.0))(a, eps[..., :M])
+    assert counter.by_phase()["other"]["triton"] == 4
 
 
 def test_loss_term_backward_equals_the_summed_losses_backward():
@@ -172,3 +179,21 @@ def test_critic_side_terms_on_triton_match_the_torch_backend(prediction, compat)
         assert (gt is None) == (gr is None)
         if gt is not None:
             torch.testing.assert_close(gr, gt, rtol=1e-3, atol=1e-5)
+
+
+def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
+    """Per update pair on the triton backend: the target action (pi' + its smoothing kernel) and Q' once on
+    both updates' next states (their only torch ops the cats that merge them), then per update the critic
+    forward and its loss kernel, the BDM rows kernel, D' and D forwards and the TD loss kernel, E's rows,
+    forward and loss kernel; no launch summing the losses, and a backward of the networks' kernels only."""
+    agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
+                                             steps=2, backend="triton"))
+    batches = [make_batch(), make_batch()]
+    noises = [agent.draw_noise(R, "cpu", actor_step) for actor_step in (False, True)]
+    with LaunchCounter() as counter:
+        agent.update_pair(batches, noises)
+    phases = counter.by_phase()
+    assert phases["critic"]["triton"] == 3 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 4, "total": 8}
+    assert phases["data_denoiser"] == {"aten": 0, "triton": 2 * 3, "total": 6}
+    assert {op for (phase, op) in counter.ops if phase == "critic" and op.startswith("aten::")} == {"aten::cat"}
+    assert "other" not in phases and phases["backward"]["aten"] == 0
