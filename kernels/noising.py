@@ -13,6 +13,26 @@ from .seed_axis import add_seed_axis
 
 
 @triton.jit
+def level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale):
+    """(sqrt_ab[t], sqrt_1m_ab[t], c(t)) as [BLOCK_M, 1] columns for the rows offs_m (t read at t_ptr)."""
+    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
+    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
+    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
+    return ab, ab1m, (t.to(tl.float32) * c_scale - 1.0)[:, None]
+
+
+@triton.jit
+def network_target(x0, eps, ab, ab1m, PREDICTION: tl.constexpr):
+    """schedule.network_target: PREDICTION 0 sample (x0), 1 epsilon (eps), 2 v (ab eps - ab1m x0)."""
+    if PREDICTION == 0:
+        return x0
+    elif PREDICTION == 1:
+        return eps
+    else:
+        return ab * eps - ab1m * x0
+
+
+@triton.jit
 def _noised_rows_kernel(
     x0_ptr, eps_ptr, t_ptr, s_ptr, a_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, rows_ptr,
     R, n, m, c_scale,
@@ -38,10 +58,7 @@ def _noised_rows_kernel(
     col = offs_c[None, :]
     row_ok = mask_m[:, None]
 
-    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
-    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    c = (t.to(tl.float32) * c_scale - 1.0)[:, None]
+    ab, ab1m, c = level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
 
     in_x = col < n
     x0 = tl.load(x0_ptr + rm * n + col, mask=row_ok & in_x, other=0.0)
@@ -123,10 +140,7 @@ def _bdm_td_rows_kernel(
     rm = offs_m[:, None]
     row_ok = mask_m[:, None]
 
-    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
-    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    c = (t.to(tl.float32) * c_scale - 1.0)[:, None]
+    ab, ab1m, c = level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
 
     in_x = col < n
     x_ok = row_ok & in_x
@@ -151,13 +165,7 @@ def _bdm_td_rows_kernel(
     tl.store(online_ptr + rm * width + col, tl.where(in_x, x1, cond), mask=row_mask)
     tl.store(online_ptr + (rm + R) * width + col, tl.where(in_x, x2, cond), mask=row_mask)
     tl.store(target_rows_ptr + rm * width + col, tl.where(in_x, x2, target_cond), mask=row_mask)
-    if PREDICTION == 0:
-        target1 = s_next
-    elif PREDICTION == 1:
-        target1 = eps
-    else:
-        target1 = ab * eps - ab1m * s_next
-    tl.store(target1_ptr + rm * n + col, target1, mask=x_ok)
+    tl.store(target1_ptr + rm * n + col, network_target(s_next, eps, ab, ab1m, PREDICTION), mask=x_ok)
 
 
 def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction_index,

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .noising import level_coefficients, network_target
 from .seed_axis import add_seed_axis
 
 
@@ -180,16 +181,8 @@ def _denoising_loss_kernel(
         idx = rows[:, None] * n + offs_n[None, :]
         x0 = tl.load(x0_ptr + idx, mask=mask, other=0.0)
         eps = tl.load(eps_ptr + idx, mask=mask, other=0.0)
-        if PREDICTION == 0:
-            target = x0
-        elif PREDICTION == 1:
-            target = eps
-        else:
-            t = tl.load(t_ptr + rows, mask=ok, other=0)
-            ab = tl.load(sqrt_ab_ptr + t, mask=ok, other=0.0)[:, None]
-            ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=ok, other=0.0)[:, None]
-            target = ab * eps - ab1m * x0
-        diff = tl.load(out_ptr + idx, mask=mask, other=0.0) - target
+        ab, ab1m, _ = level_coefficients(t_ptr, rows, ok, sqrt_ab_ptr, sqrt_1m_ab_ptr, 0.0)
+        diff = tl.load(out_ptr + idx, mask=mask, other=0.0) - network_target(x0, eps, ab, ab1m, PREDICTION)
         tl.store(grad_ptr + idx, scale * diff, mask=mask)
         squares += diff * diff
     tl.store(loss_ptr + sid, tl.sum(tl.sum(squares, axis=1), axis=0) / (R * n))

@@ -197,3 +197,24 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     assert phases["data_denoiser"] == {"aten": 0, "triton": 2 * 3, "total": 6}
     assert {op for (phase, op) in counter.ops if phase == "critic" and op.startswith("aten::")} == {"aten::cat"}
     assert "other" not in phases and phases["backward"]["aten"] == 0
+
+
+def test_opcheck_of_the_critic_side_ops():
+    """torch.library.opcheck (schema, fake tensors, AOT dispatch) of the ops, 2-D and with the seed axis; on
+    inputs that require no grad (their autograd is ops._FusedLoss, tested above)."""
+    sched = DiffusionSchedule(STEPS)
+    buffers = (sched.sqrt_ab, sched.sqrt_one_minus_ab)
+    for seeds in (1, 3):
+        q, *rest = critic_inputs(seeds)
+        s, s_next, samples, eps, out = torch.randn(5, seeds, R, N)
+        a, a_next = torch.rand(2, seeds, R, M)
+        done, t = (torch.rand(seeds, R) < 0.3).float(), torch.randint(0, STEPS, (seeds, R))
+        lead = (lambda x: x[0]) if seeds == 1 else (lambda x: x)
+        cases = [
+            (ops._critic_td_loss, (*map(lead, (q, *rest)), 0.99, 0.3)),
+            (ops._denoising_loss, (*map(lead, (out, s, eps, t)), *buffers, 2)),
+            (ops._bdm_td_rows, (*map(lead, (s, a, s_next, a_next, samples, done, t, eps)), *buffers, STEPS, 1, True)),
+            (ops._smoothed_action, (lead(a), lead(a_next), 0.2, 0.5, 1.0)),
+        ]
+        for op, args in cases:
+            torch.library.opcheck(op, args)
