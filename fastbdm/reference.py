@@ -190,7 +190,8 @@ def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, v
 def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str) -> LossTerm:
     """The data denoiser's loss: mean over rows and dims of (out - network_target(x0, eps, t))^2; out
     (R, n) the network's output, differentiable; x0, eps (R, n), t (R,). Seed axis: a leading S -> (S,)."""
-    target = network_target(prediction, x0, eps, schedule.gather("sqrt_ab", t), schedule.gather("sqrt_one_minus_ab", t))
+    target = network_target(prediction, x0, eps, schedule.gather("sqrt_ab", t),
+                            schedule.gather("sqrt_one_minus_ab", t))
     return LossTerm((out - target).square().mean(dim=(-2, -1)))
 
 

@@ -235,8 +235,9 @@ class TD3SBC(nn.Module):
             with torch.no_grad():
                 q_target = self.critic_target(b.next_obs, next_action)
         q = self.critic(b.obs, b.actions)
-        return self._backend_ops(q).critic_td_loss(q, q_target, next_action, b.next_actions, b.rewards, b.dones, b.valid,
-                                                cfg.gamma, cfg.w_critic_bc, self.flags.broadcast_critic_penalty)
+        return self._backend_ops(q).critic_td_loss(q, q_target, next_action, b.next_actions, b.rewards, b.dones,
+                                                   b.valid, cfg.gamma, cfg.w_critic_bc,
+                                                   self.flags.broadcast_critic_penalty)
 
     def _backend_ops(self, like: torch.Tensor):
         """The kernel functions of config.backend on like's device (fastbdm.reference or fastbdm.ops) for
