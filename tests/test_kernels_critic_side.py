@@ -14,6 +14,7 @@ from fastbdm.kernels.td_loss import critic_td_loss_fwd_bwd, denoising_loss_fwd_b
 from fastbdm.schedule import PREDICTIONS, DiffusionSchedule
 
 N, M, R, STEPS = 11, 3, 37, 5  # odd sizes: partial row blocks and column tiles
+DEVICE = torch.empty(0).device  # the GPU with FASTBDM_TEST_DEVICE=cuda (conftest.py), else the CPU
 SEEDS = [1, 3]
 
 
@@ -158,9 +159,9 @@ def test_critic_side_terms_on_triton_match_the_torch_backend(prediction, compat)
         torch.manual_seed(1)
         cfg = TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(24, 24), steps=STEPS,
                            prediction=prediction, compat=compat, backend=backend, precision="ieee")
-        agents[backend] = TD3SBC(N, M, config=cfg)
+        agents[backend] = TD3SBC(N, M, config=cfg, device=DEVICE)
     b = make_batch()
-    noise = agents["torch"].draw_noise(R, "cpu", actor_step=False)
+    noise = agents["torch"].draw_noise(R, DEVICE, actor_step=False)
     results = {}
     for backend, agent in agents.items():
         terms, metrics = agent.critic_side_terms(b, noise)
@@ -187,9 +188,9 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     forward and its loss kernel, the BDM rows kernel, D' and D forwards and the TD loss kernel, E's rows,
     forward and loss kernel; no launch summing the losses, and a backward of the networks' kernels only."""
     agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
-                                             steps=2, backend="triton"))
+                                             steps=2, backend="triton"), device=DEVICE)
     batches = [make_batch(), make_batch()]
-    noises = [agent.draw_noise(R, "cpu", actor_step) for actor_step in (False, True)]
+    noises = [agent.draw_noise(R, DEVICE, actor_step) for actor_step in (False, True)]
     with LaunchCounter() as counter:
         agent.update_pair(batches, noises)
     phases = counter.by_phase()
