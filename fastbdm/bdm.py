@@ -8,9 +8,10 @@ from torch import nn
 
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend
 from .compat import CompatFlags
+from .loss_terms import LossTerm
 from .networks import Denoiser
 from .reference import SAMPLERS
-from .schedule import PREDICTIONS, DiffusionSchedule, network_target
+from .schedule import PREDICTIONS, DiffusionSchedule
 
 
 class BellmanDiffusion(nn.Module):
@@ -82,10 +83,16 @@ class BellmanDiffusion(nn.Module):
 
     def td_loss(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None,
                 samples=None) -> torch.Tensor:
-        """Scalar BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss); gradients reach self.denoiser only.
-        t, eps, z are drawn when None; chain_noise (steps, B, obs_dim): the DDPM sampler's (drawn when None).
-        samples (B, obs_dim): the target chain's x0 on (s_next, a_next) from z and chain_noise when the
-        caller ran it already (TD3SBC.frozen_outputs); else sampled here."""
+        """Scalar BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss): td_loss_term's loss."""
+        return self.td_loss_term(s, a, s_next, a_next, done, t, eps, z, chain_noise, samples).loss
+
+    def td_loss_term(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None,
+                     samples=None) -> LossTerm:
+        """The BDM TD loss as a LossTerm (with d loss / d the online denoiser's output from the Triton
+        backend); gradients reach self.denoiser only. t, eps, z are drawn when None; chain_noise
+        (steps, B, obs_dim): the DDPM sampler's (drawn when None). samples (B, obs_dim): the target chain's
+        x0 on (s_next, a_next) from z and chain_noise when the caller ran it already
+        (TD3SBC.frozen_outputs); else sampled here."""
         ops, sch = self.ops(s), self.schedule
         if t is None:
             t = torch.randint(0, self.steps, (s.shape[0],), device=s.device)
@@ -93,19 +100,15 @@ class BellmanDiffusion(nn.Module):
             eps = torch.randn_like(s_next)
         if z is None:
             z = eps if self.flags.shared_noise else torch.randn_like(s_next)
-        done = torch.zeros_like(done, dtype=torch.bool) if self.flags.unmasked_terminals else done.bool()
+        masked = not self.flags.unmasked_terminals
         with torch.no_grad():
-            s_f = self.sample(s_next, a_next, z, noise=chain_noise) if samples is None else samples
-            s_f = torch.where(done.unsqueeze(-1), s_next, s_f)
-            x2_rows = ops.noised_rows(s_f, eps, t, s_next, a_next, sch)
-            y2 = ops.denoiser_forward(x2_rows, self.target_denoiser.weights())
-            target1 = network_target(self.prediction, s_next, eps, sch.gather("sqrt_ab", t),
-                                     sch.gather("sqrt_one_minus_ab", t))
-            rows = ops.noised_rows(
-                torch.cat([s_next, s_f]), eps.repeat(2, 1), t.repeat(2), s.repeat(2, 1), a.repeat(2, 1), sch
-            )
+            if samples is None:
+                samples = self.sample(s_next, a_next, z, noise=chain_noise)
+            rows, target_rows, target1 = ops.bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sch,
+                                                         self.prediction, masked)
+            y2 = ops.denoiser_forward(target_rows, self.target_denoiser.weights())
         pred = ops.denoiser_forward(rows, self.denoiser.weights())
-        return ops.td_loss(pred, target1, y2, done, self.gamma)
+        return ops.td_loss_term(pred, target1, y2, done if masked else torch.zeros_like(done), self.gamma)
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:

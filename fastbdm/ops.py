@@ -3,7 +3,7 @@ td_loss, small_mlp) as torch.library custom ops ("fastbdm::*") over the kernels 
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
 it; denoiser_forward, td_loss and small_mlp are differentiable through torch.autograd.Functions over
-the ops (_DenoiserForward, _TDLoss, _SmallMLP), the others are no-grad. Each op has a vmap rule, its seed axis
+the ops (_DenoiserForward, _FusedLoss, _SmallMLP), the others are no-grad. Each op has a vmap rule, its seed axis
 (kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
@@ -18,7 +18,9 @@ from torch import Tensor
 from .kernels import denoiser_backward, denoiser_mlp, noising
 from .kernels import small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
 from .kernels import reverse_chain as reverse_chain_kernels, weight_stationary_chain
-from .schedule import DiffusionSchedule
+from . import reference
+from .loss_terms import LossTerm
+from .schedule import PREDICTIONS, DiffusionSchedule
 
 # Precision of the MLP kernels' matmuls (fastbdm.kernels.denoiser_mlp.PRECISIONS): "tf32" (default), "tf32x3" or
 # "ieee" tl.dot input precision on fp32 data, or "bf16" (bf16 weights, activations and dot operands,
@@ -199,34 +201,39 @@ def _(pred, target1, y2, done, gamma):
     return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
-class _TDLoss(torch.autograd.Function):
-    """(pred, target1, y2, done, gamma) -> _td_loss's (loss, grad_pred), differentiable in pred; an
-    autograd.Function for torch.func.grad and vmap, as _DenoiserForward."""
+class _FusedLoss(torch.autograd.Function):
+    """(op, output, *constants) -> op's results (loss, [metrics ...,] d loss / d output), differentiable
+    in output: its gradient is grad_loss times the op's own. For the fused loss ops (_td_loss,
+    _critic_td_loss, _denoising_loss); an autograd.Function for torch.func.grad and vmap, as
+    _DenoiserForward."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(pred, target1, y2, done, gamma):
-        return _td_loss(pred, target1, y2, done, gamma)
+    def forward(op, output, *constants):
+        return op(output, *constants)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[1])
+        ctx.save_for_backward(output[-1])
+        ctx.name = inputs[0]
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_grad_pred):
-        (grad_pred,) = ctx.saved_tensors
-        if any(ctx.needs_input_grad[1:3]):
-            raise RuntimeError("fastbdm::td_loss is differentiable in pred only: detach target1 and y2")
-        return grad_loss[..., None, None] * grad_pred, None, None, None, None
+    def backward(ctx, grad_loss, *_grad_rest):
+        (grad_output,) = ctx.saved_tensors
+        if any(ctx.needs_input_grad[2:]):
+            raise RuntimeError(f"{ctx.name} is differentiable in its first argument only: detach the others")
+        lead = grad_loss.shape
+        return None, grad_loss.reshape(*lead, *[1] * (grad_output.dim() - len(lead))) * grad_output, \
+            *[None] * (len(ctx.needs_input_grad) - 2)
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar; with the
     seed axis pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses."""
-    return _TDLoss.apply(pred, target1, y2, done, float(gamma))[0]
+    return _FusedLoss.apply(_td_loss, pred, target1, y2, done, float(gamma))[0]
 
 
 # --- small_mlp (the actor, the twin critics): differentiable in both inputs and the weights ----------
@@ -385,10 +392,110 @@ def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, 
 torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 
+# --- the critic side fused (issue 14): BDM TD rows, critic TD loss, denoising loss, target action ----------
+
+@torch.library.custom_op("fastbdm::bdm_td_rows", mutates_args=())
+def _bdm_td_rows(s: Tensor, a: Tensor, s_next: Tensor, a_next: Tensor, samples: Tensor, done: Tensor, t: Tensor,
+                 eps: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, steps: int, prediction: int, mask_done: bool
+                 ) -> Tuple[Tensor, Tensor, Tensor]:
+    return noising.bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction,
+                               mask_done)
+
+
+@_bdm_td_rows.register_fake
+def _(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction, mask_done):
+    *lead, rows, n = s.shape
+    width = 2 * n + 1 + a.shape[-1]
+    return (s.new_empty((*lead, 2 * rows, width)), s.new_empty((*lead, rows, width)), s.new_empty((*lead, rows, n)))
+
+
+def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: DiffusionSchedule, prediction: str,
+                mask_done: bool = True):
+    """reference.bdm_td_rows in one launch (no grad): (online rows (2R, 2n+1+m), target rows (R, 2n+1+m),
+    target1 (R, n)); every argument and result may have a leading seed axis S."""
+    return _bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule.sqrt_ab, schedule.sqrt_one_minus_ab,
+                        schedule.steps, PREDICTIONS.index(prediction), mask_done)
+
+
+def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
+    """td_loss as a LossTerm with d loss / d pred."""
+    loss, grad = _FusedLoss.apply(_td_loss, pred, target1, y2, done, float(gamma))
+    return LossTerm(loss, pred, grad)
+
+
+@torch.library.custom_op("fastbdm::critic_td_loss", mutates_args=())
+def _critic_td_loss(q: Tensor, q_target: Tensor, next_action: Tensor, data_next_action: Tensor, rewards: Tensor,
+                    dones: Tensor, valid: Tensor, gamma: float, w_bc: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(loss (), q mean (), d loss / d q (members, B)); with the seed axis a leading S on each."""
+    return td_loss_kernels.critic_td_loss_fwd_bwd(q, q_target, next_action, data_next_action, rewards, dones, valid,
+                                                  gamma, w_bc)
+
+
+@_critic_td_loss.register_fake
+def _(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc):
+    lead = q.shape[:-2]
+    return q.new_empty(lead), q.new_empty(lead), torch.empty_like(q)
+
+
+def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
+                   broadcast_penalty: bool = False):
+    """reference.critic_td_loss in one launch, with d loss / d q in its LossTerm -> (LossTerm, q mean);
+    the compat broadcast_penalty through the reference."""
+    if broadcast_penalty:
+        return reference.critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc,
+                                        broadcast_penalty)
+    loss, q_mean, grad = _FusedLoss.apply(_critic_td_loss, q, q_target, next_action, data_next_action, rewards, dones,
+                                          valid, float(gamma), float(w_bc))
+    return LossTerm(loss, q, grad), q_mean
+
+
+@torch.library.custom_op("fastbdm::denoising_loss", mutates_args=())
+def _denoising_loss(out: Tensor, x0: Tensor, eps: Tensor, t: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor,
+                    prediction: int) -> Tuple[Tensor, Tensor]:
+    """(loss (), d loss / d out (R, n)); with the seed axis a leading S on each."""
+    return td_loss_kernels.denoising_loss_fwd_bwd(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction)
+
+
+@_denoising_loss.register_fake
+def _(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction):
+    return out.new_empty(out.shape[:-2]), torch.empty_like(out)
+
+
+def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str) -> LossTerm:
+    """reference.denoising_loss in one launch, with d loss / d out in its LossTerm."""
+    loss, grad = _FusedLoss.apply(_denoising_loss, out, x0, eps, t, schedule.sqrt_ab, schedule.sqrt_one_minus_ab,
+                                  PREDICTIONS.index(prediction))
+    return LossTerm(loss, out, grad)
+
+
+@torch.library.custom_op("fastbdm::smoothed_action", mutates_args=())
+def _smoothed_action(action: Tensor, normal: Tensor, policy_noise: float, noise_clip: float, max_action: float
+                     ) -> Tensor:
+    return noising.smoothed_action(action, normal, policy_noise, noise_clip, max_action)
+
+
+@_smoothed_action.register_fake
+def _(action, normal, policy_noise, noise_clip, max_action):
+    return torch.empty_like(action, dtype=torch.float32)
+
+
+def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_action: float) -> Tensor:
+    """reference.smoothed_action in one launch (no grad)."""
+    return _smoothed_action(action.detach(), normal, float(policy_noise), float(noise_clip), float(max_action))
+
+
+_register_seed_vmap(_bdm_td_rows, set(range(8)), (0, 0, 0))
+_register_seed_vmap(_smoothed_action, {0, 1}, 0)
+_register_seed_vmap(_critic_td_loss, set(range(7)), (0, 0, 0))
+_register_seed_vmap(_denoising_loss, {0, 1, 2, 3}, (0, 0))
+
+
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
 # construction of a SimpleNamespace (a graph break under fullgraph=True).
 _AT_PRECISION = {
-    precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
+    precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, td_loss_term=td_loss_term,
+                               bdm_td_rows=bdm_td_rows, critic_td_loss=critic_td_loss, denoising_loss=denoising_loss,
+                               smoothed_action=smoothed_action,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))

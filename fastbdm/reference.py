@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .kernels.seed_axis import add_seed_axis, check_stacked
 from .kernels.small_mlp import split_weights
-from .schedule import DiffusionSchedule, split_prediction
+from .loss_terms import LossTerm
+from .schedule import DiffusionSchedule, network_target, split_prediction
 
 LAYER_NORM_EPS = 1e-5
 SAMPLERS = ("ddim", "ddpm", "posterior_mean")
@@ -135,3 +136,67 @@ def td_loss(pred, target1, y2, done, gamma: float) -> torch.Tensor:
     p1, p2 = pred[..., :rows, :], pred[..., rows:, :]
     y2 = torch.where(done.bool().unsqueeze(-1), target1, y2)
     return ((1 - gamma) * (p1 - target1).square() + gamma * (p2 - y2).square()).mean(dim=(-2, -1))
+
+
+# --- the critic side's losses (issue 14: fused in kernels/noising.py, kernels/td_loss.py) ---------------
+
+def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
+    """td_loss as a LossTerm (the kernels' interface; no output gradient here)."""
+    return LossTerm(td_loss(pred, target1, y2, done, gamma))
+
+
+@torch.no_grad()
+def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: DiffusionSchedule, prediction: str,
+                mask_done: bool = True):
+    """Every input of the BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss) but the networks' outputs:
+    s, s_next, samples (R, n) the target chain's x0 on (s_next, a_next); a, a_next (R, m); done (R,);
+    t (R,) int64; eps (R, n) -> (online rows (2R, 2n+1+m) = [q(s_next); q(s_f)] each with (s, c(t), a),
+    target rows (R, 2n+1+m) = [q(s_f), s_next, c(t), a_next], target1 (R, n) = network_target of
+    s_next), q(x) = q_sample(x, t, eps), s_f = where(done, s_next, samples) (samples alone with
+    mask_done False: compat unmasked_terminals). Seed axis: every argument with a leading S."""
+    s_f = torch.where(done.bool().unsqueeze(-1), s_next, samples) if mask_done else samples
+    target_rows = noised_rows(s_f, eps, t, s_next, a_next, schedule)
+    online_rows = noised_rows(torch.cat([s_next, s_f], -2), torch.cat([eps, eps], -2), torch.cat([t, t], -1),
+                              torch.cat([s, s], -2), torch.cat([a, a], -2), schedule)
+    target1 = network_target(prediction, s_next, eps, schedule.gather("sqrt_ab", t),
+                             schedule.gather("sqrt_one_minus_ab", t))
+    return online_rows, target_rows, target1
+
+
+def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
+                   broadcast_penalty: bool = False):
+    """ReBRAC critic loss (docs/ALGORITHM.md#critic-loss) summed over the members, and the mean of q:
+    q (members, B) the online critics at (s, a), differentiable; q_target (members, B) the target critics
+    at (s', a'), q_next their min; next_action, data_next_action (B, m) a' and the dataset's next action;
+    rewards, dones, valid (B,) -> (LossTerm, q mean 0-d).
+    y = r + gamma (1 - done) (q_next - w_bc valid ||a' - a_data'||^2);
+    broadcast_penalty (compat): y (B, B), row i's reward and q_next with row j's penalty. Seed axis:
+    every argument with a leading S -> ((S,) loss, (S,) q mean)."""
+    with torch.no_grad():
+        q_next = q_target.min(-2).values
+        penalty = w_bc * valid * (next_action - data_next_action).square().sum(-1)
+        not_done = gamma * (1 - dones)
+        if broadcast_penalty:
+            y = rewards[..., :, None] + not_done[..., :, None] * (q_next[..., :, None] - penalty[..., None, :])
+        else:
+            y = rewards + not_done * (q_next - penalty)
+    if broadcast_penalty:
+        loss = (q[..., :, :, None] - y[..., None, :, :]).square().mean(dim=(-2, -1)).sum(-1)
+    else:
+        loss = (q - y.unsqueeze(-2)).square().mean(-1).sum(-1)
+    return LossTerm(loss), q.detach().mean(dim=(-2, -1))
+
+
+def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str) -> LossTerm:
+    """The data denoiser's loss: mean over rows and dims of (out - network_target(x0, eps, t))^2; out
+    (R, n) the network's output, differentiable; x0, eps (R, n), t (R,). Seed axis: a leading S -> (S,)."""
+    target = network_target(prediction, x0, eps, schedule.gather("sqrt_ab", t),
+                            schedule.gather("sqrt_one_minus_ab", t))
+    return LossTerm((out - target).square().mean(dim=(-2, -1)))
+
+
+def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_action: float) -> torch.Tensor:
+    """TD3's target policy smoothing: clamp(action + clamp(policy_noise normal, -noise_clip, noise_clip),
+    -max_action, max_action); action = pi'(s'), normal N(0, 1), both (..., m) (any leading axes)."""
+    noise = (normal * policy_noise).clamp(-noise_clip, noise_clip)
+    return (action + noise).clamp(-max_action, max_action)

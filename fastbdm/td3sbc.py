@@ -8,12 +8,14 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import loss_terms
+from .backends import kernel_ops, resolve_backend
 from .bdm import BellmanDiffusion
 from .compat import CompatFlags
+from .loss_terms import LossTerm
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
 from .nvtx_ranges import phase
 from .presets import ALGO_DEFAULTS, ALGOS
-from .schedule import network_target
 
 
 class Batch(NamedTuple):
@@ -59,12 +61,12 @@ class FrozenOutputs(NamedTuple):
     steps (pi', Q', D', and pi before the actor's step), computed for all updates of a pair at its start
     (TD3SBC.frozen_outputs). B rows; None where the algorithm or the step has none.
 
-    next_action (B, m): the target action a'. q_next (B,): min of Q1', Q2' at (s', a'). samples (B, n): the
+    next_action (B, m): the target action a'. q_target (2, B): Q1', Q2' at (s', a'). samples (B, n): the
     BDM target chain's x0 on (s', a'). sbc_states (2B, n) and sbc_actions (2B, m) = pi(S) with its
     graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0."""
 
     next_action: Optional[torch.Tensor] = None
-    q_next: Optional[torch.Tensor] = None
+    q_target: Optional[torch.Tensor] = None
     samples: Optional[torch.Tensor] = None
     sbc_states: Optional[torch.Tensor] = None
     sbc_actions: Optional[torch.Tensor] = None
@@ -214,31 +216,41 @@ class TD3SBC(nn.Module):
         cfg = self.config
         if normal is None:  # the policy draw alone (draw_noise's first), not the BDM draws behind it
             normal = torch.randn(next_obs.shape[0], self.act_dim, device=next_obs.device)
-        noise = (normal * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-        return (self.actor_target(next_obs) + noise).clamp(-self.max_action, self.max_action)
+        return self._backend_ops(next_obs).smoothed_action(self.actor_target(next_obs), normal, cfg.policy_noise,
+                                                           cfg.noise_clip, self.max_action)
 
-    def critic_loss(self, b: Batch, next_action: torch.Tensor, q_next: torch.Tensor = None
+    def critic_loss(self, b: Batch, next_action: torch.Tensor, q_target: torch.Tensor = None
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and Q(s, a) (2, B).
-        q_next (B,): min of the target critics at (s', a') (evaluated here when None)."""
+        """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and the mean of
+        Q(s, a) over both critics and the rows: critic_loss_term's loss and q mean."""
+        term, q_mean = self.critic_loss_term(b, next_action, q_target)
+        return term.loss, q_mean
+
+    def critic_loss_term(self, b: Batch, next_action: torch.Tensor, q_target: torch.Tensor = None
+                         ) -> Tuple[LossTerm, torch.Tensor]:
+        """The critic loss as a LossTerm (with d loss / d Q(s, a) from the Triton backend) and the mean of
+        Q(s, a) (detached). q_target (2, B): the target critics at (s', a') (evaluated here when None)."""
         cfg = self.config
-        with torch.no_grad():
-            if q_next is None:
-                q_next = self.critic_target(b.next_obs, next_action).min(0).values
-            penalty = cfg.w_critic_bc * b.valid * (next_action - b.next_actions).square().sum(-1)
-            not_done = cfg.gamma * (1 - b.dones)
-            if self.flags.broadcast_critic_penalty:
-                y = b.rewards[:, None] + not_done[:, None] * (q_next[:, None] - penalty[None, :])
-            else:
-                y = b.rewards + not_done * (q_next - penalty)
+        if q_target is None:
+            with torch.no_grad():
+                q_target = self.critic_target(b.next_obs, next_action)
         q = self.critic(b.obs, b.actions)
-        if self.flags.broadcast_critic_penalty:
-            return (q[:, :, None] - y[None]).square().mean(dim=(1, 2)).sum(), q
-        return (q - y).square().mean(1).sum(), q
+        return self._backend_ops(q).critic_td_loss(q, q_target, next_action, b.next_actions, b.rewards, b.dones,
+                                                   b.valid, cfg.gamma, cfg.w_critic_bc,
+                                                   self.flags.broadcast_critic_penalty)
+
+    def _backend_ops(self, like: torch.Tensor):
+        """The kernel functions of config.backend on like's device (fastbdm.reference or fastbdm.ops) for
+        the update's glue (target action, losses): no matmuls, so at any precision."""
+        return kernel_ops(resolve_backend(self.config.backend, like.device))
 
     def data_denoiser_loss(self, b: Batch, noise: UpdateNoise = None) -> torch.Tensor:
-        """E learns the dataset's state marginal: mean over rows and dims of (E(q(s,t,eps),t) - target)^2;
-        t, eps from noise (drawn when None)."""
+        """E learns the dataset's state marginal: data_denoiser_term's loss."""
+        return self.data_denoiser_term(b, noise).loss
+
+    def data_denoiser_term(self, b: Batch, noise: UpdateNoise = None) -> LossTerm:
+        """The data denoiser's loss, mean over rows and dims of (E(q(s,t,eps),t) - target)^2, as a LossTerm
+        (with d loss / d E's output from the Triton backend); t, eps from noise (drawn when None)."""
         sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
         if noise is None:
             noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
@@ -246,9 +258,7 @@ class TD3SBC(nn.Module):
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
         rows = ops.noised_rows(noised, eps, t, None, None, sch)
         out = ops.denoiser_forward(rows, self.data_denoiser.weights())
-        target = network_target(self.config.prediction, b.obs, eps, sch.gather("sqrt_ab", t),
-                                sch.gather("sqrt_one_minus_ab", t))
-        return (out - target).square().mean()
+        return ops.denoising_loss(out, b.obs, eps, t, sch, self.config.prediction)
 
     def sbc_states(self, s: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """S = [s; s_rand] (2B, n): s_rand = batch mean + batch std * normal per dim, normal (B, n)
@@ -313,25 +323,31 @@ class TD3SBC(nn.Module):
 
     def critic_side_losses(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
                            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """The losses of the learners stepped on every update (critics; for td3sbc D and E too), summed
-        (each reaches its own learner only), and their detached metrics. frozen: this update's
-        FrozenOutputs (a', Q'(s', a') and the BDM chain's samples; computed here when None)."""
+        """The losses of critic_side_terms summed (each reaches its own learner only), and their metrics:
+        the function torch.func.grad differentiates (fastbdm.seed_batch)."""
+        terms, metrics = self.critic_side_terms(b, noise, frozen)
+        return sum((t.loss for t in terms[1:]), terms[0].loss), metrics
+
+    def critic_side_terms(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
+                          ) -> Tuple[List[LossTerm], Dict[str, torch.Tensor]]:
+        """The losses of the learners stepped on every update (critics; for td3sbc D and E too) as
+        LossTerms (loss_terms.backward steps back from them without summing), and their detached metrics.
+        frozen: this update's FrozenOutputs (a', Q'(s', a') and the BDM chain's samples; computed here when
+        None)."""
         if frozen is None:
             frozen = self.frozen_outputs([(b, noise)], actor_last=False)[0]
         with phase("critic"):
-            critic_loss, q = self.critic_loss(b, frozen.next_action, frozen.q_next)
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
-        loss = critic_loss
+            critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_target)
+        terms, metrics = [critic], {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
         if self.bdm is not None:
             with phase("bdm"):
-                bdm_loss = self.bdm.td_loss(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
-                                            noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
-                                            frozen.samples)
+                bdm = self.bdm.td_loss_term(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
+                                            noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain, frozen.samples)
             with phase("data_denoiser"):
-                data_loss = self.data_denoiser_loss(b, noise)
-            metrics.update(bdm_loss=bdm_loss.detach(), data_loss=data_loss.detach())
-            loss = loss + bdm_loss + data_loss
-        return loss, metrics
+                data = self.data_denoiser_term(b, noise)
+            terms += [bdm, data]
+            metrics.update(bdm_loss=bdm.loss.detach(), data_loss=data.loss.detach())
+        return terms, metrics
 
     def frozen_outputs(self, steps: Sequence[Tuple[Batch, UpdateNoise]], actor_last: bool,
                        targets: bool = True) -> List[FrozenOutputs]:
@@ -340,17 +356,17 @@ class TD3SBC(nn.Module):
         next states, and one reverse chain of D' over the BDM target rows of every update and the SBC
         rows of the last (ordered [update 1's B; ...; SBC's 2B], each with its own z and chain noise).
         Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
-        targets=False: the SBC part only (next_action and q_next None)."""
+        targets=False: the SBC part only (next_action and q_target None)."""
         rows = [b.next_obs.shape[-2] for b, _ in steps]
         with torch.no_grad():
-            next_action = q_next = [None] * len(steps)
+            next_action = q_target = [None] * len(steps)
             chain_s, chain_a, chain_z, chain_noise = [], [], [], []
             if targets:
                 with phase("critic"):
                     next_obs = torch.cat([b.next_obs for b, _ in steps], -2)
                     merged = self.target_action(next_obs, torch.cat([n.policy for _, n in steps], -2))
-                    q = self.critic_target(next_obs, merged).min(0).values
-                    next_action, q_next = merged.split(rows, -2), q.split(rows, -1)
+                    q = self.critic_target(next_obs, merged)
+                    next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
                 if self.bdm is not None:
                     chain_s += [b.next_obs for b, _ in steps]
                     chain_a += next_action
@@ -377,7 +393,7 @@ class TD3SBC(nn.Module):
                     sbc_samples = parts.pop()
                 if targets:
                     samples = parts
-        outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_next, samples)]
+        outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_target, samples)]
         if S is not None:
             outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples)
         return outputs
@@ -412,10 +428,10 @@ class TD3SBC(nn.Module):
         all_metrics = []
         for (b, noise), outputs, actor_step in zip(steps, frozen, actor_steps):
             self.num_updates += 1
-            loss, metrics = self.critic_side_losses(b, noise, outputs)
+            terms, metrics = self.critic_side_terms(b, noise, outputs)
             with phase("backward"):
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # no gradient reaches the actor: Adam steps the critic side only
+                loss_terms.backward(terms)  # no gradient reaches the actor: Adam steps the critic side only
             with phase("optimizers"):
                 opt.step()
             if actor_step:

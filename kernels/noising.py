@@ -2,12 +2,34 @@
 
 Row layout: [x_t (n), s (n), c(t) (1), a (m)] (SSM denoiser) or [x_t (n), c(t) (1)] (data denoiser),
 x_t = sqrt_ab[t] x0 + sqrt_1m_ab[t] eps, c(t) = -1 + 2 t / steps.
+bdm_td_rows: every row the BDM TD loss feeds its two denoisers, and its first target, in one launch.
+smoothed_action: TD3's target policy smoothing, a' = clamp(pi'(s') + clamp(sigma N, -c, c), -max, max).
 """
 import torch
 import triton
 import triton.language as tl
 
 from .seed_axis import add_seed_axis
+
+
+@triton.jit
+def level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale):
+    """(sqrt_ab[t], sqrt_1m_ab[t], c(t)) as [BLOCK_M, 1] columns for the rows offs_m (t read at t_ptr)."""
+    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
+    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
+    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
+    return ab, ab1m, (t.to(tl.float32) * c_scale - 1.0)[:, None]
+
+
+@triton.jit
+def network_target(x0, eps, ab, ab1m, PREDICTION: tl.constexpr):
+    """schedule.network_target: PREDICTION 0 sample (x0), 1 epsilon (eps), 2 v (ab eps - ab1m x0)."""
+    if PREDICTION == 0:
+        return x0
+    elif PREDICTION == 1:
+        return eps
+    else:
+        return ab * eps - ab1m * x0
 
 
 @triton.jit
@@ -36,10 +58,7 @@ def _noised_rows_kernel(
     col = offs_c[None, :]
     row_ok = mask_m[:, None]
 
-    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
-    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    c = (t.to(tl.float32) * c_scale - 1.0)[:, None]
+    ab, ab1m, c = level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
 
     in_x = col < n
     x0 = tl.load(x0_ptr + rm * n + col, mask=row_ok & in_x, other=0.0)
@@ -89,4 +108,114 @@ def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=
     )
     if single:
         return out[0] if given is None else given
+    return out
+
+
+@triton.jit
+def _bdm_td_rows_kernel(
+    s_ptr, a_ptr, s_next_ptr, a_next_ptr, samples_ptr, done_ptr, t_ptr, eps_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr,
+    online_ptr, target_rows_ptr, target1_ptr,
+    R, n, m, c_scale,
+    MASK_DONE: tl.constexpr, PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One program: BLOCK_M rows i of seed program_id(1); writes online rows i and R + i (S, 2R, W),
+    target row i (S, R, W), target1 row i (S, R, n), W = 2n+1+m. PREDICTION: 0 sample, 1 epsilon, 2 v."""
+    pid = tl.program_id(0)
+    sid = tl.program_id(1).to(tl.int64)
+    width = 2 * n + 1 + m
+    s_ptr += sid * R * n
+    s_next_ptr += sid * R * n
+    samples_ptr += sid * R * n
+    eps_ptr += sid * R * n
+    target1_ptr += sid * R * n
+    a_ptr += sid * R * m
+    a_next_ptr += sid * R * m
+    done_ptr += sid * R
+    t_ptr += sid * R
+    online_ptr += sid * 2 * R * width
+    target_rows_ptr += sid * R * width
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tl.arange(0, BLOCK_C)[None, :]
+    mask_m = offs_m < R
+    rm = offs_m[:, None]
+    row_ok = mask_m[:, None]
+
+    ab, ab1m, c = level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
+
+    in_x = col < n
+    x_ok = row_ok & in_x
+    s_next = tl.load(s_next_ptr + rm * n + col, mask=x_ok, other=0.0)
+    eps = tl.load(eps_ptr + rm * n + col, mask=x_ok, other=0.0)
+    s_f = tl.load(samples_ptr + rm * n + col, mask=x_ok, other=0.0)
+    if MASK_DONE:
+        done = tl.load(done_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+        s_f = tl.where(done != 0.0, s_next, s_f)
+    x1 = ab * s_next + ab1m * eps
+    x2 = ab * s_f + ab1m * eps
+
+    in_s = (col >= n) & (col < 2 * n)
+    in_a = (col > 2 * n) & (col < width)
+    s = tl.load(s_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
+    a = tl.load(a_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
+    s2 = tl.load(s_next_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
+    a2 = tl.load(a_next_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
+    cond = tl.where(in_s, s, tl.where(col == 2 * n, c, a))
+    target_cond = tl.where(in_s, s2, tl.where(col == 2 * n, c, a2))
+    row_mask = row_ok & (col < width)
+    tl.store(online_ptr + rm * width + col, tl.where(in_x, x1, cond), mask=row_mask)
+    tl.store(online_ptr + (rm + R) * width + col, tl.where(in_x, x2, cond), mask=row_mask)
+    tl.store(target_rows_ptr + rm * width + col, tl.where(in_x, x2, target_cond), mask=row_mask)
+    tl.store(target1_ptr + rm * n + col, network_target(s_next, eps, ab, ab1m, PREDICTION), mask=x_ok)
+
+
+def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction_index,
+                mask_done=True, block_m=16, num_warps=4):
+    """reference.bdm_td_rows in one launch: s, s_next, samples, eps (R, n), a, a_next (R, m), done (R,)
+    float or bool, t (R,) int64, sqrt_ab, sqrt_1m_ab (steps,) schedule buffers, prediction_index into
+    schedule.PREDICTIONS -> (online rows (2R, 2n+1+m), target rows (R, 2n+1+m), target1 (R, n)).
+    Seed axis (seed_axis): every argument with a leading S. block_m: as noised_rows's."""
+    single = s.dim() == 2
+    if single:
+        s, a, s_next, a_next, samples, done, t, eps = add_seed_axis(s, a, s_next, a_next, samples, done, t, eps)
+    S, R, n = s.shape
+    m = a.shape[2]
+    width = 2 * n + 1 + m
+    online = torch.empty((S, 2 * R, width), device=s.device, dtype=torch.float32)
+    target_rows = torch.empty((S, R, width), device=s.device, dtype=torch.float32)
+    target1 = torch.empty((S, R, n), device=s.device, dtype=torch.float32)
+    if R > 0:
+        done = done.to(torch.float32)  # no copy for float dones (the batches')
+        tensors = [x.contiguous() for x in (s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab)]
+        _bdm_td_rows_kernel[(triton.cdiv(R, block_m), S)](
+            *tensors, online, target_rows, target1, R, n, m, 2.0 / steps,
+            MASK_DONE=mask_done, PREDICTION=prediction_index, BLOCK_M=block_m,
+            BLOCK_C=triton.next_power_of_2(width), num_warps=num_warps,
+        )
+    if single:
+        return online[0], target_rows[0], target1[0]
+    return online, target_rows, target1
+
+
+@triton.jit
+def _smoothed_action_kernel(action_ptr, normal_ptr, out_ptr, numel, policy_noise, noise_clip, max_action,
+                            BLOCK: tl.constexpr):
+    """One program: BLOCK elements of the flat action, normal and out (any leading axes, seeds included)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    noise = tl.load(normal_ptr + offs, mask=ok, other=0.0) * policy_noise
+    noise = tl.minimum(tl.maximum(noise, -noise_clip), noise_clip)
+    out = tl.load(action_ptr + offs, mask=ok, other=0.0) + noise
+    tl.store(out_ptr + offs, tl.minimum(tl.maximum(out, -max_action), max_action), mask=ok)
+
+
+def smoothed_action(action, normal, policy_noise, noise_clip, max_action, block=1024, num_warps=4):
+    """reference.smoothed_action in one launch: action, normal (..., m) -> a' (..., m); elementwise, so
+    any leading axes (the seed axis too)."""
+    out = torch.empty_like(action, dtype=torch.float32)
+    numel = action.numel()
+    if numel:
+        _smoothed_action_kernel[(triton.cdiv(numel, block),)](
+            action.contiguous(), normal.contiguous(), out, numel, float(policy_noise), float(noise_clip),
+            float(max_action), BLOCK=block, num_warps=num_warps,
+        )
     return out

@@ -17,12 +17,12 @@ from triton.compiler import ASTSource
 
 from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
 from .denoiser_mlp import _mlp_forward_kernel
-from .noising import _noised_rows_kernel
+from .noising import _bdm_td_rows_kernel, _noised_rows_kernel, _smoothed_action_kernel
 from .reverse_chain import _reverse_chain_kernel
-from .td_loss import _td_loss_kernel
+from .td_loss import _critic_td_loss_kernel, _denoising_loss_kernel, _td_loss_kernel
 from .weight_stationary_chain import _ws_chain_kernel
 
-FLOATS = {"eps", "c_scale", "gamma", "inv_count"}
+FLOATS = {"eps", "c_scale", "gamma", "inv_count", "w_bc", "policy_noise", "noise_clip", "max_action"}
 DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
 SHARED_LIMIT = 200 * 1024  # of the 228 KB per SM, what one program may take and still fit with the L1 carve-out
 BLOCK_SHARED_LIMIT = 227 * 1024  # what one sm_90 block may hold (the weight-stationary chain, one program per SM)
@@ -36,6 +36,10 @@ CONFIGS = {
     "reverse_chain": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(MLP, BLOCK_M=32)), {}),
     "noised_rows": (_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64), {}),
     "td_loss": (_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32), {}),
+    "bdm_td_rows": (_bdm_td_rows_kernel, dict(MASK_DONE=True, PREDICTION=2, BLOCK_M=16, BLOCK_C=64), {}),
+    "critic_td_loss": (_critic_td_loss_kernel, dict(MEMBERS=2, BLOCK_B=128, BLOCK_A=8), {}),
+    "denoising_loss": (_denoising_loss_kernel, dict(PREDICTION=2, BLOCK_M=32, BLOCK_N=32), {}),
+    "smoothed_action": (_smoothed_action_kernel, dict(BLOCK=1024), {}),
     # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
     # the input-gradient-only path
     "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),

@@ -71,8 +71,8 @@ def forward_work(agent: TD3SBC, buffer: TransitionBuffer, monitor: UpdateMonitor
     """One update's work outside backward and Adam, in TD3SBC.update's order."""
     b = buffer.sample(BATCH)
     next_action = agent.target_action(b.next_obs)
-    critic, q = agent.critic_loss(b, next_action)
-    metrics = {"critic_loss": critic.detach(), "q_mean": q.detach().mean()}
+    critic, q_mean = agent.critic_loss(b, next_action)
+    metrics = {"critic_loss": critic.detach(), "q_mean": q_mean}
     if agent.bdm is not None:
         bdm = agent.bdm.td_loss(b.obs, b.actions, b.next_obs, next_action, b.dones)
         metrics.update(bdm_loss=bdm.detach(), data_loss=agent.data_denoiser_loss(b).detach())
