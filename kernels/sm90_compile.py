@@ -17,6 +17,7 @@ from triton.compiler import ASTSource
 
 from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
 from .denoiser_mlp import _mlp_forward_kernel
+from .gather_fields import _gather_fields_kernel
 from .noising import _bdm_td_rows_kernel, _noised_rows_kernel, _smoothed_action_kernel
 from .reverse_chain import _reverse_chain_kernel
 from .td_loss import _critic_td_loss_kernel, _denoising_loss_kernel, _td_loss_kernel
@@ -40,6 +41,8 @@ CONFIGS = {
     "critic_td_loss": (_critic_td_loss_kernel, dict(MEMBERS=2, BLOCK_B=128, BLOCK_A=8), {}),
     "denoising_loss": (_denoising_loss_kernel, dict(PREDICTION=2, BLOCK_M=32, BLOCK_N=32), {}),
     "smoothed_action": (_smoothed_action_kernel, dict(BLOCK=1024), {}),
+    "gather_fields": (_gather_fields_kernel, dict(offsets=(0, 17, 23, 24, 41, 47, 48), widths=(17, 6, 1, 17, 6, 1, 1),
+                                                  BLOCK_I=64, BLOCK_D=32), dict(divisible=set())),
     # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
     # the input-gradient-only path
     "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),
@@ -71,7 +74,7 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE,
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name == "t_ptr" else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16
+            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr") else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16
                          else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
