@@ -279,7 +279,7 @@ class TD3SBC(nn.Module):
             a_pi = A[:b.obs.shape[0]]
         squared = (a_pi - b.actions).square()
         bc = cfg.w_actor_bc * (squared.mean() if cfg.algo == "td3bc" else squared.sum(-1).mean())
-        q1 = self.critic(b.obs, a_pi, members=1)[0]
+        q1 = self.critic(b.obs, a_pi, members=1, frozen=True)[0]  # no critic weight gradients
         lam = cfg.alpha / q1.abs().mean().detach()
         loss = -lam * q1.mean() + bc
         terms = {"bc": bc, "lambda": lam}
