@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import denoiser_backward, denoiser_mlp, noising
+from .kernels import actor_terms as actor_terms_kernels, denoiser_backward, denoiser_mlp, noising, state_bc
 from .kernels import small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
 from .kernels import reverse_chain as reverse_chain_kernels, weight_stationary_chain
 from .schedule import DiffusionSchedule
@@ -385,10 +385,171 @@ def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, 
 torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 
+# === the actor loss's terms (issue 14: kernels/state_bc.py, kernels/actor_terms.py) ==================
+
+@torch.library.custom_op("fastbdm::sbc_states", mutates_args=())
+def _sbc_states(s: Tensor, normal: Optional[Tensor]) -> Tensor:
+    return state_bc.sbc_states(s, normal)
+
+
+@_sbc_states.register_fake
+def _(s, normal):
+    return s.new_empty((*s.shape[:-2], 2 * s.shape[-2], s.shape[-1]), dtype=torch.float32)
+
+
+def sbc_states(s: Tensor, normal: Optional[Tensor]) -> Tensor:
+    """reference.sbc_states in one launch: s (B, n), normal (B, n) or None (standardised) -> (2B, n);
+    seed axis (S, B, n) -> (S, 2B, n). No grad."""
+    return _sbc_states(s.detach(), normal)
+
+
+@torch.library.custom_op("fastbdm::sbc_rows", mutates_args=())
+def _sbc_rows(x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, a: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor,
+              steps: int) -> Tuple[Tensor, Tensor]:
+    return state_bc.sbc_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps)
+
+
+@_sbc_rows.register_fake
+def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
+    n, m = x0.shape[-1], a.shape[-1]
+    return (x0.new_empty((*x0.shape[:-1], n + 1), dtype=torch.float32),
+            x0.new_empty((*x0.shape[:-1], 2 * n + 1 + m), dtype=torch.float32))
+
+
+class _SBCRows(torch.autograd.Function):
+    """_sbc_rows, differentiable in a (D''s rows' action columns); an autograd.Function for torch.func.grad
+    and vmap, as _DenoiserForward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
+        return _sbc_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[0])
+        ctx.set_materialize_grads(False)
+        ctx.action_column = 2 * inputs[0].shape[-1] + 1
+
+    @staticmethod
+    def backward(ctx, _grad_e_rows, grad_d_rows):
+        if any(ctx.needs_input_grad[:4]):
+            raise RuntimeError("fastbdm::sbc_rows is differentiable in a only: detach x0, eps and s")
+        grad_a = None if grad_d_rows is None else grad_d_rows[..., ctx.action_column:]
+        return None, None, None, None, grad_a, None, None, None
+
+
+def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tuple[Tensor, Tensor]:
+    """reference.sbc_rows in one launch: x0, eps, s (R, n), t (R,), a (R, m) -> (E's rows (R, n+1), D''s
+    rows (R, 2n+1+m)), differentiable in a; seed axis: a leading S on every argument and result."""
+    args = (x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
+    if torch.is_grad_enabled() and a.requires_grad:
+        return _SBCRows.apply(*args)
+    return _sbc_rows(*args)
+
+
+@torch.library.custom_op("fastbdm::sbc_loss", mutates_args=())
+def _sbc_loss(e_out: Tensor, d_out: Tensor, t: Tensor, eta: Tensor, scale: float, broadcast: bool
+              ) -> Tuple[Tensor, Tensor]:
+    """(loss (), d loss / d d_out (R, n)); with the seed axis (loss (S,), grad (S, R, n))."""
+    return state_bc.sbc_loss(e_out, d_out, t, eta, scale, broadcast)
+
+
+@_sbc_loss.register_fake
+def _(e_out, d_out, t, eta, scale, broadcast):
+    return d_out.new_empty(d_out.shape[:-2], dtype=torch.float32), torch.empty_like(d_out, dtype=torch.float32)
+
+
+class _SBCLoss(torch.autograd.Function):
+    """(e_out, d_out, t, eta, scale, broadcast) -> _sbc_loss's (loss, grad_d_out), differentiable in d_out;
+    an autograd.Function for torch.func.grad and vmap, as _TDLoss."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(e_out, d_out, t, eta, scale, broadcast):
+        return _sbc_loss(e_out, d_out, t, eta, scale, broadcast)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_grad_d):
+        (grad_d,) = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("fastbdm::sbc_loss is differentiable in d_out only: detach e_out")
+        return None, grad_loss[..., None, None] * grad_d, None, None, None, None
+
+
+def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
+    """reference.sbc_loss in one launch, its gradient w.r.t. d_out written by the same launch: e_out,
+    d_out (R, n), t (R,) -> scalar; seed axis (S, R, n), t (S, R) -> (S,)."""
+    return _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))[0]
+
+
+@torch.library.custom_op("fastbdm::actor_terms", mutates_args=())
+def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, alpha: float, w_bc: float, mean_squared: bool
+                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, bc, lambda, d loss / d a, d loss / d q1); the scalars (S,) with the seed axis."""
+    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+
+
+@_actor_terms.register_fake
+def _(a, actions, q1, alpha, w_bc, mean_squared):
+    scalar = lambda: q1.new_empty(q1.shape[:-1], dtype=torch.float32)  # noqa: E731
+    return (scalar(), scalar(), scalar(), torch.empty_like(a, dtype=torch.float32),
+            torch.empty_like(q1, dtype=torch.float32))
+
+
+class _ActorTerms(torch.autograd.Function):
+    """_actor_terms, the loss differentiable in a and q1 (bc and lambda are values: metrics); an
+    autograd.Function for torch.func.grad and vmap, as _TDLoss."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, actions, q1, alpha, w_bc, mean_squared):
+        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*output[3:])
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_grad_values):
+        grad_a, grad_q1 = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("fastbdm::actor_terms is not differentiable in the batch's actions: detach them")
+        return (grad_loss[..., None, None] * grad_a if ctx.needs_input_grad[0] else None, None,
+                grad_loss[..., None] * grad_q1 if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """reference.actor_terms in one launch, which also writes the loss's gradients w.r.t. a and q1:
+    (loss, bc, lambda), the loss differentiable in a and q1, bc and lambda values without a graph."""
+    args = (a, actions, q1, float(alpha), float(w_bc), bool(mean_squared))
+    if torch.is_grad_enabled() and (a.requires_grad or q1.requires_grad):
+        return _ActorTerms.apply(*args)[:3]
+    return _actor_terms(*args)[:3]
+
+
+_register_seed_vmap(_sbc_states, {0, 1}, 0)
+_register_seed_vmap(_sbc_rows, {0, 1, 2, 3, 4}, (0, 0))
+_register_seed_vmap(_sbc_loss, {0, 1, 2}, (0, 0))
+_register_seed_vmap(_actor_terms, {0, 1, 2}, (0, 0, 0, 0, 0))
+
+
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
 # construction of a SimpleNamespace (a graph break under fullgraph=True).
 _AT_PRECISION = {
-    precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss,
+    precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, sbc_states=sbc_states, sbc_rows=sbc_rows,
+                               sbc_loss=sbc_loss, actor_terms=actor_terms,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))
@@ -397,7 +558,8 @@ _AT_PRECISION = {
 
 
 def with_precision(precision: str) -> SimpleNamespace:
-    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp)
+    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp, and the
+    actor loss's sbc_states, sbc_rows, sbc_loss, actor_terms)
     with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
     denoiser_mlp.check_precision(precision)
     return _AT_PRECISION[precision]

@@ -135,3 +135,42 @@ def td_loss(pred, target1, y2, done, gamma: float) -> torch.Tensor:
     p1, p2 = pred[..., :rows, :], pred[..., rows:, :]
     y2 = torch.where(done.bool().unsqueeze(-1), target1, y2)
     return ((1 - gamma) * (p1 - target1).square() + gamma * (p2 - y2).square()).mean(dim=(-2, -1))
+
+
+# --- the actor loss's terms (issue 14: kernels/state_bc.py, kernels/actor_terms.py) -----------------------
+
+def sbc_states(s, normal) -> torch.Tensor:
+    """The state-BC term's states S = [s; s_rand] (2B, n) from s (B, n): s_rand = mean + std * normal
+    (normal (B, n)), or with normal None the standardised s (compat standardised_sbc_half); mean and the
+    unbiased std per dim over the B rows. Seed axis: (S, B, n) -> (S, 2B, n)."""
+    mean, std = s.mean(-2, keepdim=True), s.std(-2, keepdim=True)
+    return torch.cat([s, (s - mean) / std if normal is None else mean + std * normal], dim=-2)
+
+
+def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule):
+    """The state-BC term's denoiser rows from one q(x0, t, eps): (E's [x_t, c(t)] (R, n+1), D''s
+    [x_t, s, c(t), a] (R, 2n+1+m)); shapes and seed axis as noised_rows. Differentiable in a."""
+    return noised_rows(x0, eps, t, None, None, schedule), noised_rows(x0, eps, t, s, a, schedule)
+
+
+def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> torch.Tensor:
+    """scale * mean_rows(eta_t ||e_out - d_out||^2), eta_t = schedule.eta[t] / its mean over the rows;
+    e_out, d_out (R, n), t (R,) int64. broadcast (compat broadcast_sbc_weights): the research code's (R, 1)
+    weights times (R,) errors, an (R, R) outer product whose mean is mean(eta_t) mean(err): the level
+    weighting lost. Seed axis: (S, R, n), t (S, R) -> (S,)."""
+    eta = schedule.eta[t]
+    eta = eta / eta.mean(-1, keepdim=True)
+    err = (e_out - d_out).square().sum(-1)
+    weighted = eta.mean(-1) * err.mean(-1) if broadcast else (eta * err).mean(-1)
+    return scale * weighted
+
+
+def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):
+    """The actor loss's terms besides state-BC: a (RA, m) whose first B rows are pi(s), actions (B, m),
+    q1 (B,) = Q1(s, pi(s)) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2 (mean_squared: w_bc
+    mean over all elements, TD3+BC's), lambda = alpha / mean|q1| (detached), loss = -lambda mean(q1) + bc.
+    Seed axis: a leading S on every tensor -> (S,) each."""
+    squared = (a[..., :actions.shape[-2], :] - actions).square()
+    bc = w_bc * (squared.mean((-2, -1)) if mean_squared else squared.sum(-1).mean(-1))
+    lam = alpha / q1.abs().mean(-1).detach()
+    return -lam * q1.mean(-1) + bc, bc, lam
