@@ -166,11 +166,14 @@ def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadca
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):
-    """The actor loss's terms besides state-BC: a (RA, m) whose first B rows are pi(s), actions (B, m),
-    q1 (B,) = Q1(s, pi(s)) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2 (mean_squared: w_bc
+    """The actor loss's terms besides state-BC: a (RA, m), q1 (RA,) whose first B rows are pi(s) and
+    Q1(s, pi(s)) (the rest unused), actions (B, m) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2 (mean_squared: w_bc
     mean over all elements, TD3+BC's), lambda = alpha / mean|q1| (detached), loss = -lambda mean(q1) + bc.
     Seed axis: a leading S on every tensor -> (S,) each."""
-    squared = (a[..., :actions.shape[-2], :] - actions).square()
+    rows = actions.shape[-2]
+    if a.shape[-2] > rows:  # else no slice: its backward would be a zero fill and a copy
+        a, q1 = a[..., :rows, :], q1[..., :rows]
+    squared = (a - actions).square()
     bc = w_bc * (squared.mean((-2, -1)) if mean_squared else squared.sum(-1).mean(-1))
     lam = alpha / q1.abs().mean(-1).detach()
     return -lam * q1.mean(-1) + bc, bc, lam

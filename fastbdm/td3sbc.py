@@ -272,9 +272,9 @@ class TD3SBC(nn.Module):
         noise: an actor step's UpdateNoise (drawn when None); frozen: this update's FrozenOutputs (the SBC
         states, pi(S) and chain samples; computed here when None). Returns the loss and its terms (bc and
         lambda: values without a graph; sbc with its graph)."""
-        cfg, rows = self.config, b.obs.shape[-2]
+        cfg = self.config
         if self.bdm is None:
-            A = self.actor(b.obs)
+            S, A = b.obs, self.actor(b.obs)
         else:
             if noise is None:
                 noise = self.draw_noise(b.obs.shape[0], b.obs.device)
@@ -282,9 +282,10 @@ class TD3SBC(nn.Module):
                 frozen = self.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]
             S = frozen.sbc_states
             A = self.actor(S) if frozen.sbc_actions is None else frozen.sbc_actions
-        a_pi = A if A.shape[-2] == rows else A[..., :rows, :]  # pi(s): the first rows of pi(S)
-        # the critic's weights as constants: no weight gradients; squeeze, not [0]: no select_backward
-        q1 = self.critic(b.obs, a_pi, members=1, frozen=True).squeeze(-2)
+        # Q1 on every row of (S, pi(S)), of which the terms read the batch's (the first B): the gradients
+        # reach A without a slice's zero fill and copy. The critic's weights as constants: no weight
+        # gradients. squeeze, not [0]: no select_backward.
+        q1 = self.critic(S, A, members=1, frozen=True).squeeze(-2)
         loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc, cfg.algo == "td3bc")
         terms = {"bc": bc, "lambda": lam}
         if self.bdm is not None:

@@ -17,14 +17,14 @@ from .seed_axis import add_seed_axis
 def _actor_terms_kernel(a_ptr, act_ptr, q_ptr, loss_ptr, bc_ptr, lam_ptr, grad_a_ptr, grad_q_ptr,
                         RA, B, m, alpha, bc_scale, MEAN_SQUARED: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Seed program_id(0): a (S, RA, m) whose first B rows are pi(s), actions (S, B, m), q (S, B) ->
-    loss, bc, lambda (S,), grad_a (S, RA, m) (zero rows past B), grad_q (S, B)."""
+    """Seed program_id(0): a (S, RA, m) and q (S, RA) whose first B rows are pi(s) and Q1(s, pi(s)),
+    actions (S, B, m) -> loss, bc, lambda (S,), grad_a (S, RA, m), grad_q (S, RA) (zero rows past B)."""
     sid = tl.program_id(0).to(tl.int64)
     a_ptr += sid * RA * m
     grad_a_ptr += sid * RA * m
     act_ptr += sid * B * m
-    q_ptr += sid * B
-    grad_q_ptr += sid * B
+    q_ptr += sid * RA
+    grad_q_ptr += sid * RA
     cols = tl.arange(0, BLOCK_N)[None, :]
     if MEAN_SQUARED:
         denominator = B * m
@@ -46,28 +46,29 @@ def _actor_terms_kernel(a_ptr, act_ptr, q_ptr, loss_ptr, bc_ptr, lam_ptr, grad_a
         q_abs += tl.abs(q)
     lam = alpha / (tl.sum(q_abs, axis=0) / B)
     bc = bc_scale * (tl.sum(squares, axis=0) / denominator)
-    for r0 in range(0, B, BLOCK_M):
+    for r0 in range(0, RA, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
-        tl.store(grad_q_ptr + rows, tl.zeros([BLOCK_M], dtype=tl.float32) - lam / B, mask=rows < B)
+        tl.store(grad_q_ptr + rows, tl.where(rows < B, -lam / B, 0.0), mask=rows < RA)
     tl.store(loss_ptr + sid, bc - lam * (tl.sum(q_sum, axis=0) / B))
     tl.store(bc_ptr + sid, bc)
     tl.store(lam_ptr + sid, lam)
 
 
 def actor_terms(a, actions, q1, alpha, w_bc, mean_squared, block_m=64, num_warps=4):
-    """a (RA, m), RA >= B, its first B rows pi(s); actions (B, m); q1 (B,) = Q1(s, pi(s)) -> (loss, bc,
-    lambda (0-d), d loss / d a (RA, m), d loss / d q1 (B,)), lambda held constant. Seed axis: a leading S
-    on every tensor, the scalars (S,)."""
+    """a (RA, m), q1 (RA,), RA >= B, their first B rows pi(s) and Q1(s, pi(s)) (the rest unused: zero
+    gradient); actions (B, m) -> (loss, bc, lambda (0-d), d loss / d a (RA, m), d loss / d q1 (RA,)),
+    lambda held constant. Seed axis: a leading S on every tensor, the scalars (S,)."""
     single = actions.dim() == 2
     if single:
         a, actions, q1 = add_seed_axis(a, actions, q1)
     S, B, m = actions.shape
     RA = a.shape[-2]
-    if RA < B:
-        raise ValueError(f"actor_terms: a has {RA} rows, fewer than the batch's {B}: pass pi(s) on the batch first")
+    if RA < B or q1.shape[-1] != RA:
+        raise ValueError(f"actor_terms: a has {RA} rows and q1 {q1.shape[-1]}: both need the same count, at least "
+                         f"the batch's {B}, pi(s) and Q1(s, pi(s)) on the batch first")
     loss, bc, lam = (torch.empty((S,), device=a.device, dtype=torch.float32) for _ in range(3))
     grad_a = torch.empty((S, RA, m), device=a.device, dtype=torch.float32)
-    grad_q = torch.empty((S, B), device=a.device, dtype=torch.float32)
+    grad_q = torch.empty((S, RA), device=a.device, dtype=torch.float32)
     _actor_terms_kernel[(S,)](a.contiguous(), actions.contiguous(), q1.contiguous(), loss, bc, lam, grad_a, grad_q,
                               RA, B, m, float(alpha), float(w_bc), MEAN_SQUARED=bool(mean_squared),
                               BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(m), num_warps=num_warps)

@@ -72,10 +72,11 @@ def test_sbc_loss_weights_levels_unless_compat():
 @pytest.mark.parametrize("mean_squared", [False, True])
 @pytest.mark.parametrize("rows", [B, 2 * B])
 def test_actor_terms_and_their_gradients_match_reference(seeds, mean_squared, rows):
-    """a with B rows (rebrac, td3bc) or 2B (td3sbc's pi(S), the batch's first): the rows past B get zero gradient."""
+    """a, q1 on B rows (rebrac, td3bc) or 2B (td3sbc's (S, pi(S)), the batch's first): the rows past B get zero
+    gradient."""
     lead = () if seeds is None else (seeds,)
     a = (torch.rand(*lead, rows, M) * 2 - 1).requires_grad_(True)
-    actions, q1 = torch.rand(*lead, B, M) * 2 - 1, (torch.randn(*lead, B) * 5).requires_grad_(True)
+    actions, q1 = torch.rand(*lead, B, M) * 2 - 1, (torch.randn(*lead, rows) * 5).requires_grad_(True)
     want = ref.actor_terms(a, actions, q1, 2.5, 0.7, mean_squared)
     want[0].sum().backward()
     got = actor_terms_kernels.actor_terms(a.detach(), actions, q1.detach(), 2.5, 0.7, mean_squared, block_m=16)
@@ -84,18 +85,20 @@ def test_actor_terms_and_their_gradients_match_reference(seeds, mean_squared, ro
         torch.testing.assert_close(g, w.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[3], a.grad, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(got[4], q1.grad, rtol=1e-5, atol=1e-8)
-    assert not got[3][..., B:, :].any()
+    assert not got[3][..., B:, :].any() and not got[4][..., B:].any()
 
 
-def test_actor_terms_refuse_fewer_action_rows_than_the_batch():
-    with pytest.raises(ValueError, match="fewer than the batch"):
-        actor_terms_kernels.actor_terms(torch.zeros(3, M), torch.zeros(4, M), torch.zeros(4), 1.0, 1.0, False)
+@pytest.mark.parametrize("a_rows,q_rows", [(3, 3), (5, 4)])
+def test_actor_terms_refuse_rows_that_do_not_fit(a_rows, q_rows):
+    with pytest.raises(ValueError, match="need the same count, at least the batch's 4"):
+        actor_terms_kernels.actor_terms(torch.zeros(a_rows, M), torch.zeros(4, M), torch.zeros(q_rows), 1.0, 1.0,
+                                        False)
 
 
 def actor_step_loss(backend, sched, a, x0, eps, t, s, actions, q_weight, e_out, d_weight):
     """A stand-in for the actor loss through every op: the terms on (a, Q1 = a q_weight), the SBC rows of
     (S, a), D''s output = its rows d_weight (a linear stand-in for the denoiser), the SBC loss."""
-    loss, bc, lam = backend.actor_terms(a, actions, (a[..., :B, :] @ q_weight).squeeze(-1), 2.5, 0.7, False)
+    loss, bc, lam = backend.actor_terms(a, actions, (a @ q_weight).squeeze(-1), 2.5, 0.7, False)
     _, d_rows = backend.sbc_rows(x0, eps, t, s, a, sched)
     return loss + backend.sbc_loss(e_out, d_rows @ d_weight, t, sched, 0.3, False), (bc, lam)
 
@@ -136,7 +139,7 @@ def test_opcheck():
     sched = DiffusionSchedule(STEPS)
     for seeds in (None, 3):
         x0, eps, t, s, a, e_out, d_out = sbc_inputs(seeds)
-        actions, q1 = a[..., :B, :] * 0.5, torch.randn(*t.shape[:-1], B)
+        actions, q1 = a[..., :B, :] * 0.5, torch.randn(t.shape)
         for op, args in [
             (ops._sbc_states, (s[..., :B, :], eps[..., :B, :])),
             (ops._sbc_states, (s[..., :B, :], None)),
