@@ -167,9 +167,9 @@ def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadca
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):
     """The actor loss's terms besides state-BC: a (RA, m), q1 (RA,) whose first B rows are pi(s) and
-    Q1(s, pi(s)) (the rest unused), actions (B, m) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2 (mean_squared: w_bc
-    mean over all elements, TD3+BC's), lambda = alpha / mean|q1| (detached), loss = -lambda mean(q1) + bc.
-    Seed axis: a leading S on every tensor -> (S,) each."""
+    Q1(s, pi(s)) (the rest unused), actions (B, m) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2
+    (mean_squared: w_bc mean over all elements, TD3+BC's), lambda = alpha / mean_rows |Q1| (detached),
+    loss = -lambda mean_rows Q1 + bc, the means over the B rows. Seed axis: a leading S on every tensor -> (S,) each."""
     rows = actions.shape[-2]
     if a.shape[-2] > rows:  # else no slice: its backward would be a zero fill and a copy
         a, q1 = a[..., :rows, :], q1[..., :rows]

@@ -97,10 +97,11 @@ def test_actor_terms_refuse_rows_that_do_not_fit(a_rows, q_rows):
 
 def actor_step_loss(backend, sched, a, x0, eps, t, s, actions, q_weight, e_out, d_weight):
     """A stand-in for the actor loss through every op: the terms on (a, Q1 = a q_weight), the SBC rows of
-    (S, a), D''s output = its rows d_weight (a linear stand-in for the denoiser), the SBC loss."""
+    (S, a), D''s output = its rows d_weight (a linear stand-in for the denoiser), the SBC loss; each loss
+    scaled (the ops' backward scales the gradients their launch wrote by the incoming one)."""
     loss, bc, lam = backend.actor_terms(a, actions, (a @ q_weight).squeeze(-1), 2.5, 0.7, False)
     _, d_rows = backend.sbc_rows(x0, eps, t, s, a, sched)
-    return loss + backend.sbc_loss(e_out, d_rows @ d_weight, t, sched, 0.3, False), (bc, lam)
+    return 0.5 * loss + 2.0 * backend.sbc_loss(e_out, d_rows @ d_weight, t, sched, 0.3, False), (bc, lam)
 
 
 @pytest.mark.parametrize("seeds", SEEDS)
