@@ -449,6 +449,36 @@ def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tuple[Tensor, Ten
     return _sbc_rows(*args)
 
 
+def _loss_with_grads(op, name: str, wrt: Tuple[int, ...], values: int):
+    """An autograd.Function over `op`, a loss kernel that writes the loss's gradients in its own launch:
+    op(*inputs) -> (loss, values - 1 other values, d loss / d inputs[i] for i in wrt); the loss differentiable
+    in those inputs (backward: the saved gradients scaled by the incoming one), the rest of the outputs
+    values without a graph. generate_vmap_rule and setup_context, for torch.func.grad and vmap, as
+    _DenoiserForward."""
+
+    def forward(*inputs):
+        return op(*inputs)
+
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*output[values:])
+        ctx.input_count = len(inputs)
+
+    def backward(ctx, grad_loss, *_grad_values):
+        if any(need and i not in wrt for i, need in enumerate(ctx.needs_input_grad)):
+            raise RuntimeError(f"fastbdm::{name} is differentiable in inputs {list(wrt)} only: detach the others")
+        grads = [None] * ctx.input_count
+        for i, grad in zip(wrt, ctx.saved_tensors):
+            if ctx.needs_input_grad[i]:
+                grads[i] = grad_loss[(..., *[None] * (grad.dim() - grad_loss.dim()))] * grad
+        return tuple(grads)
+
+    methods = dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context),
+                   backward=staticmethod(backward), generate_vmap_rule=True)
+    return type(f"_{name}", (torch.autograd.Function,), methods)
+
+
 @torch.library.custom_op("fastbdm::sbc_loss", mutates_args=())
 def _sbc_loss(e_out: Tensor, d_out: Tensor, t: Tensor, eta: Tensor, scale: float, broadcast: bool
               ) -> Tuple[Tensor, Tensor]:
@@ -461,28 +491,7 @@ def _(e_out, d_out, t, eta, scale, broadcast):
     return d_out.new_empty(d_out.shape[:-2], dtype=torch.float32), torch.empty_like(d_out, dtype=torch.float32)
 
 
-class _SBCLoss(torch.autograd.Function):
-    """(e_out, d_out, t, eta, scale, broadcast) -> _sbc_loss's (loss, grad_d_out), differentiable in d_out;
-    an autograd.Function for torch.func.grad and vmap, as _TDLoss."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(e_out, d_out, t, eta, scale, broadcast):
-        return _sbc_loss(e_out, d_out, t, eta, scale, broadcast)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_grad_d):
-        (grad_d,) = ctx.saved_tensors
-        if ctx.needs_input_grad[0]:
-            raise RuntimeError("fastbdm::sbc_loss is differentiable in d_out only: detach e_out")
-        return None, grad_loss[..., None, None] * grad_d, None, None, None, None
+_SBCLoss = _loss_with_grads(_sbc_loss, "sbc_loss", wrt=(1,), values=1)  # differentiable in d_out
 
 
 def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
@@ -505,29 +514,8 @@ def _(a, actions, q1, alpha, w_bc, mean_squared):
             torch.empty_like(q1, dtype=torch.float32))
 
 
-class _ActorTerms(torch.autograd.Function):
-    """_actor_terms, the loss differentiable in a and q1 (bc and lambda are values: metrics); an
-    autograd.Function for torch.func.grad and vmap, as _TDLoss."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(a, actions, q1, alpha, w_bc, mean_squared):
-        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*output[3:])
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_grad_values):
-        grad_a, grad_q1 = ctx.saved_tensors
-        if ctx.needs_input_grad[1]:
-            raise RuntimeError("fastbdm::actor_terms is not differentiable in the batch's actions: detach them")
-        return (grad_loss[..., None, None] * grad_a if ctx.needs_input_grad[0] else None, None,
-                grad_loss[..., None] * grad_q1 if ctx.needs_input_grad[2] else None, None, None, None)
+# differentiable in a and q1; bc and lambda: values (metrics)
+_ActorTerms = _loss_with_grads(_actor_terms, "actor_terms", wrt=(0, 2), values=3)
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:

@@ -150,7 +150,8 @@ def sbc_states(s, normal) -> torch.Tensor:
 def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule):
     """The state-BC term's denoiser rows from one q(x0, t, eps): (E's [x_t, c(t)] (R, n+1), D''s
     [x_t, s, c(t), a] (R, 2n+1+m)); shapes and seed axis as noised_rows. Differentiable in a."""
-    return noised_rows(x0, eps, t, None, None, schedule), noised_rows(x0, eps, t, s, a, schedule)
+    x_t, c = schedule.q_sample(x0, t, eps), schedule.time_input(t)
+    return torch.cat([x_t, c], dim=-1), torch.cat([x_t, s, c, a], dim=-1)
 
 
 def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> torch.Tensor:
