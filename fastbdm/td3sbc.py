@@ -8,9 +8,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .backends import kernel_ops, resolve_backend
 from .bdm import BellmanDiffusion
 from .compat import CompatFlags
-from .backends import kernel_ops, resolve_backend
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
 from .nvtx_ranges import phase
 from .presets import ALGO_DEFAULTS, ALGOS
@@ -262,8 +262,10 @@ class TD3SBC(nn.Module):
 
     def actor_ops(self, like: torch.Tensor):
         """The kernel functions of the actor's backend for tensors on like.device (fastbdm.reference, or
-        fastbdm.ops at the actor's precision): the actor loss's sbc_states and actor_terms."""
-        return kernel_ops(resolve_backend(self.actor.backend, like.device), self.actor.precision)
+        fastbdm.ops at the actor's precision, as Actor's): the actor loss's sbc_states and actor_terms."""
+        if resolve_backend(self.actor.backend, like.device) == "triton":
+            return kernel_ops("triton", self.actor.precision)
+        return kernel_ops("torch")
 
     def actor_loss(self, b: Batch, noise: UpdateNoise = None, frozen: FrozenOutputs = None
                    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -286,7 +288,8 @@ class TD3SBC(nn.Module):
         # reach A without a slice's zero fill and copy. The critic's weights as constants: no weight
         # gradients. squeeze, not [0]: no select_backward.
         q1 = self.critic(S, A, members=1, frozen=True).squeeze(-2)
-        loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc, cfg.algo == "td3bc")
+        loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
+                                                      mean_squared=cfg.algo == "td3bc")
         terms = {"bc": bc, "lambda": lam}
         if self.bdm is not None:
             terms["sbc"] = self.state_bc_loss(S, A, noise, frozen.sbc_samples)
