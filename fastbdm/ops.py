@@ -449,15 +449,13 @@ def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tuple[Tensor, Ten
     return _sbc_rows(*args)
 
 
-def _loss_with_grads(op, name: str, wrt: Tuple[int, ...], values: int):
-    """An autograd.Function over `op`, a loss kernel that writes the loss's gradients in its own launch:
-    op(*inputs) -> (loss, values - 1 other values, d loss / d inputs[i] for i in wrt); the loss differentiable
-    in those inputs (backward: the saved gradients scaled by the incoming one), the rest of the outputs
-    values without a graph. generate_vmap_rule and setup_context, for torch.func.grad and vmap, as
-    _DenoiserForward."""
-
-    def forward(*inputs):
-        return op(*inputs)
+def _loss_with_grads(name: str, wrt: Tuple[int, ...], values: int):
+    """The base of an autograd.Function over the op fastbdm::`name`, a loss kernel that writes the loss's
+    gradients in its own launch: its forward (the subclass's, calling the op: torch.compile traces a
+    module-level op, not one held in a closure) returns (loss, values - 1 other values, d loss / d inputs[i]
+    for i in wrt); the loss differentiable in those inputs (backward: the saved gradients scaled by the
+    incoming one), the other outputs values without a graph. generate_vmap_rule and setup_context, for
+    torch.func.grad and vmap, as _DenoiserForward."""
 
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
@@ -474,9 +472,8 @@ def _loss_with_grads(op, name: str, wrt: Tuple[int, ...], values: int):
                 grads[i] = grad_loss[(..., *[None] * (grad.dim() - grad_loss.dim()))] * grad
         return tuple(grads)
 
-    methods = dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context),
-                   backward=staticmethod(backward), generate_vmap_rule=True)
-    return type(f"_{name}", (torch.autograd.Function,), methods)
+    methods = dict(setup_context=staticmethod(setup_context), backward=staticmethod(backward), generate_vmap_rule=True)
+    return type(f"_{name}_base", (torch.autograd.Function,), methods)
 
 
 @torch.library.custom_op("fastbdm::sbc_loss", mutates_args=())
@@ -491,7 +488,12 @@ def _(e_out, d_out, t, eta, scale, broadcast):
     return d_out.new_empty(d_out.shape[:-2], dtype=torch.float32), torch.empty_like(d_out, dtype=torch.float32)
 
 
-_SBCLoss = _loss_with_grads(_sbc_loss, "sbc_loss", wrt=(1,), values=1)  # differentiable in d_out
+class _SBCLoss(_loss_with_grads("sbc_loss", wrt=(1,), values=1)):
+    """_sbc_loss, differentiable in d_out."""
+
+    @staticmethod
+    def forward(e_out, d_out, t, eta, scale, broadcast):
+        return _sbc_loss(e_out, d_out, t, eta, scale, broadcast)
 
 
 def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
@@ -514,8 +516,12 @@ def _(a, actions, q1, alpha, w_bc, mean_squared):
             torch.empty_like(q1, dtype=torch.float32))
 
 
-# differentiable in a and q1; bc and lambda: values (metrics)
-_ActorTerms = _loss_with_grads(_actor_terms, "actor_terms", wrt=(0, 2), values=3)
+class _ActorTerms(_loss_with_grads("actor_terms", wrt=(0, 2), values=3)):
+    """_actor_terms, the loss differentiable in a and q1; bc and lambda values (metrics)."""
+
+    @staticmethod
+    def forward(a, actions, q1, alpha, w_bc, mean_squared):
+        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:
