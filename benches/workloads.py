@@ -69,9 +69,10 @@ def triton_ready(device: torch.device) -> bool:
 
 # Variant names: BACKEND[-PRECISION][+graphs] (PRECISION of the Triton MLP kernels, tf32 unless named).
 UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs", "triton-bf16+graphs")
-# The baselines (--algo rebrac, td3bc) run no denoiser kernel: eager, or in CUDA graphs.
+# The baselines (--algo rebrac, td3bc) run no denoiser kernel; on the triton backend their actor and critics
+# are the fused small-MLP kernels. Eager, or in CUDA graphs.
 BASELINES = ("rebrac", "td3bc")
-BASELINE_VARIANTS = ("torch", "torch+graphs")
+BASELINE_VARIANTS = ("torch", "torch+graphs", "triton", "triton+graphs")
 KERNEL_VARIANTS = ("torch", "triton", "triton-bf16")
 
 

@@ -7,8 +7,9 @@ The rule (one launch per op unless listed):
   expand, slice, select, unsqueeze, split ...; and detach, alias, _unsafe_view, lift_fresh), and
   allocations (empty, empty_strided, empty_like, new_empty): no kernel on CUDA;
 - _local_scalar_dense (.item(), a host read): counted apart, as `syncs`; ops outside the aten
-  namespace (profiler:: ranges) and composite ops reached with autograd off (matmul in a backward pass:
-  its mm or bmm comes through the mode on its own) are not counted;
+  namespace (profiler:: ranges) are not counted, nor are composite ops themselves (CompositeImplicitAutograd,
+  e.g. matmul reached with autograd off, in a backward pass or a custom op's body): the mode runs their
+  decomposition under itself, so their parts (mm, bmm, ...) are counted;
 - two launches: the backward of a slice or select (a zero fill, then a copy into the slice), and
   native_layer_norm_backward asked for the gain and bias gradients too (its dX kernel, then theirs);
 - multi-tensor ops (_fused_adam_, _fused_adamw_, _foreach_*): the launches of ATen's
@@ -75,14 +76,19 @@ def _tensor_lists(args) -> List[List[torch.Tensor]]:
     return [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
 
 
+def is_composite(func) -> bool:
+    """Whether an op is CompositeImplicitAutograd: no kernel of its own, a decomposition into other ops."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+
+
 def aten_launches(func, args) -> int:
     """Kernels one dispatched op launches on CUDA by this module's rule (0 for views, allocations,
     syncs, composite ops whose parts are dispatched themselves, and ops outside aten)."""
     namespace, name = func._schema.name.split("::")
     if namespace != "aten" or func.is_view or name in NO_KERNEL or name == SYNC:
         return 0
-    if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
-        return 0  # e.g. matmul reached with autograd off: its mm/bmm come through this mode next
+    if is_composite(func):
+        return 0  # e.g. matmul reached with autograd off: LaunchCounter counts its decomposition's parts
     if name in ZEROS_THEN_COPY:
         return 2
     if name == "native_layer_norm_backward":  # dX, then the gain and bias gradients when asked for
@@ -122,6 +128,9 @@ class LaunchCounter(TorchDispatchMode):
                 return opdef._init_fn(*args, **kwargs)
         if func._schema.name == "aten::" + SYNC:
             self.syncs += 1
+        if is_composite(func):  # below autograd (a backward, a custom op's body): count its parts
+            with self:
+                return func.decompose(*args, **kwargs)
         count = aten_launches(func, args)
         if count:
             key = self.phase()

@@ -56,21 +56,21 @@ def _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN: tl.constexpr, M, R):
 @triton.jit
 def _forward_kernel(
     x1_ptr, x2_ptr, w_ptrs, b_ptrs, g_ptrs, beta_ptrs, pre_ptrs, stats_ptr, out_ptr,
-    R, D1, D2, widths, M, M_STORED, out_scale, eps,
+    R, D1, D2, x_strides, widths, M, M_STORED, out_scale, eps,
     NUM_HIDDEN: tl.constexpr, ENSEMBLE: tl.constexpr, LAYER_NORM: tl.constexpr, TANH: tl.constexpr,
     SAVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """BLOCK_M rows of group program_id(1) = seed * M + member through the network. x1 (S, R, D1), x2
-    (S, R, D2) (D2 = 0: none); widths (D1 + D2, H_1, ..., H_L, N_OUT); pre_l (S, M, R, H_l); stats (S, 2L,
+    (S, R, D2) (D2 = 0: none), unit column stride, x_strides = (x1's seed and row strides, x2's); widths (D1 + D2, H_1, ..., H_L, N_OUT); pre_l (S, M, R, H_l); stats (S, 2L,
     M, R); out (S, M, R, N_OUT)."""
     pid = tl.program_id(0)
     gid = tl.program_id(1).to(tl.int64)
     sid, mid = gid // M, gid % M
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < R
-    x1_ptr += sid * R * D1
-    x2_ptr += sid * R * D2
+    x1_ptr += sid * x_strides[0]
+    x2_ptr += sid * x_strides[2]
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
     for l in tl.static_range(NUM_HIDDEN):
@@ -84,11 +84,11 @@ def _forward_kernel(
             for n0 in range(0, N, BLOCK_N):
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 mask_n = offs_n < N
-                acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x1_ptr, D1, offs_m, mask_m, D1,
-                                     w_ptr, s_in, s_out, offs_n, mask_n, BLOCK_K, PRECISION)
+                acc = _accum_strided(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x1_ptr, x_strides[1], offs_m,
+                                     mask_m, D1, w_ptr, s_in, s_out, offs_n, mask_n, BLOCK_K, PRECISION)
                 if D2 > 0:
-                    acc = _accum_strided(acc, x2_ptr, D2, offs_m, mask_m, D2, w_ptr + D1 * s_in, s_in, s_out, offs_n,
-                                         mask_n, BLOCK_K, PRECISION)
+                    acc = _accum_strided(acc, x2_ptr, x_strides[3], offs_m, mask_m, D2, w_ptr + D1 * s_in, s_in, s_out,
+                                         offs_n, mask_n, BLOCK_K, PRECISION)
                 run_mean, run_m2 = _bias_relu_store(acc, b_ptr, pre_ptr, offs_m, mask_m, N, offs_n, mask_n, n0,
                                                     run_mean, run_m2)
             new_mean, new_rstd = _row_stats(run_mean, run_m2, N, eps)
@@ -221,11 +221,12 @@ def _backward_deltas_kernel(
 
 
 @triton.jit
-def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, h_ptr, h_stats, h_g, h_beta, dz_ptr, dh_ptr, pre_ptr,
+def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, x1_row, x2_row, h_ptr, h_stats, h_g, h_beta, dz_ptr, dh_ptr, pre_ptr,
                  stats, dw_ptr, s_in, s_out, db_ptr, dg_ptr, dbeta_ptr,
                  FROM_INPUT: tl.constexpr, LAYER_NORM: tl.constexpr, NORM_GRADS: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr):
-    """Tile (ti, tj) of dW = h^T dz for a layer (in K, out N): h = [x1, x2] (FROM_INPUT) or N(pre) of the
+    """Tile (ti, tj) of dW = h^T dz for a layer (in K, out N): h = [x1, x2] (FROM_INPUT; row strides x1_row,
+    x2_row) or N(pre) of the
     layer below (h_ptr (R, K), its statistics h_stats, h_g, h_beta); dz (R, N). Tiles with ti == 0 also
     write db = sum dz and (NORM_GRADS) dg = sum dh xhat, dbeta = sum dh of this layer's own LayerNorm
     (dh, pre (R, N), stats)."""
@@ -240,9 +241,9 @@ def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, h_ptr, h_stats, h_g
         offs_r = r0 + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
         if FROM_INPUT:  # h^T = [x1, x2]^T, (BLOCK_I, BLOCK_R)
-            hT = tl.load(x1_ptr + offs_r[None, :] * D1 + offs_i[:, None],
+            hT = tl.load(x1_ptr + offs_r[None, :] * x1_row + offs_i[:, None],
                          mask=(offs_i < D1)[:, None] & mask_r[None, :], other=0.0)
-            hT += tl.load(x2_ptr + offs_r[None, :] * D2 + (offs_i - D1)[:, None],
+            hT += tl.load(x2_ptr + offs_r[None, :] * x2_row + (offs_i - D1)[:, None],
                           mask=((offs_i >= D1) & mask_i)[:, None] & mask_r[None, :], other=0.0)
         else:
             mean = tl.load(h_stats + offs_r, mask=mask_r, other=0.0)
@@ -271,7 +272,7 @@ def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, h_ptr, h_stats, h_g
 @triton.jit
 def _weight_grads_kernel(
     x1_ptr, x2_ptr, g_ptrs, beta_ptrs, pre_ptrs, stats_ptr, dh_ptrs, dz_ptrs, dzo_ptr,
-    dw_ptrs, db_ptrs, dg_ptrs, dbeta_ptrs, R, D1, D2, widths, M, M_STORED,
+    dw_ptrs, db_ptrs, dg_ptrs, dbeta_ptrs, R, D1, D2, x_strides, widths, M, M_STORED,
     NUM_HIDDEN: tl.constexpr, ENSEMBLE: tl.constexpr, LAYER_NORM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -283,8 +284,8 @@ def _weight_grads_kernel(
     t = tl.program_id(0)
     gid = tl.program_id(1).to(tl.int64)
     sid, mid = gid // M, gid % M
-    x1_ptr += sid * R * D1
-    x2_ptr += sid * R * D2
+    x1_ptr += sid * x_strides[0]
+    x2_ptr += sid * x_strides[2]
     start = 0
     for l in tl.static_range(NUM_HIDDEN + 1):
         K, N = widths[l], widths[l + 1]
@@ -300,6 +301,7 @@ def _weight_grads_kernel(
             tiles = tl.cdiv(K, BLOCK_I) * tiles_j
             if (t >= start) & (t < start + tiles):
                 _weight_tile((t - start) // tiles_j, (t - start) % tiles_j, K, N, R, M, x1_ptr, x2_ptr, D1, D2,
+                             x_strides[1], x_strides[3],
                              h_ptr, h_stats, h_g, h_beta, dzo_ptr + gid * R * N, dzo_ptr, dzo_ptr, stats_ptr,
                              dw_ptrs[l] + w_off, s_in, s_out, db_ptrs[l] + v_off, dzo_ptr, dzo_ptr,
                              l == 0, LAYER_NORM, False, BLOCK_R, BLOCK_I, BLOCK_O, PRECISION)
@@ -308,6 +310,7 @@ def _weight_grads_kernel(
             tiles = tl.cdiv(K, BLOCK_I) * tiles_j
             if (t >= start) & (t < start + tiles):
                 _weight_tile((t - start) // tiles_j, (t - start) % tiles_j, K, N, R, M, x1_ptr, x2_ptr, D1, D2,
+                             x_strides[1], x_strides[3],
                              h_ptr, h_stats, h_g, h_beta, dz_ptrs[l] + gid * R * N, dh_ptrs[l] + gid * R * N,
                              pre_ptrs[l] + gid * R * N, _stats_ptr(stats_ptr, sid, mid, l, NUM_HIDDEN, M, R),
                              dw_ptrs[l] + w_off, s_in, s_out, db_ptrs[l] + v_off, dg_ptrs[l] + v_off,
@@ -336,16 +339,29 @@ def widths(matrices, layout):
     return (*ins, matrices[-1].shape[-1] if layout == "ensemble" else matrices[-1].shape[-2])
 
 
+def _rows(x):
+    """x (S, R, D) fp32 read in place when its columns have unit stride (a column view of a batch's row
+    matrix, a seed axis expanded with stride 0), else a contiguous copy."""
+    x = x.detach().to(torch.float32)
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def _x_strides(x1, x2):
+    """(x1's seed stride, x1's row stride, x2's, x2's) in elements; x2 None: x1's again (unused)."""
+    x2 = x1 if x2 is None else x2
+    return (x1.stride(0), x1.stride(1), x2.stride(0), x2.stride(1))
+
+
 def _stacked(x1, x2, weights, layout):
-    """(x1, x2 with the seed axis, weights stacked (S, ...) contiguous fp32, single, S, stored members)."""
+    """(x1, x2 with the seed axis, unit column stride (_rows), weights stacked (S, ...) contiguous fp32,
+    single, S, stored members)."""
     single = x1.dim() == 2
     if single:
         x1, x2 = x1[None], None if x2 is None else x2[None]
         weights = [w[None] for w in weights]
     check_stacked(x1.shape[0], weights)
     weights = [w.detach().to(torch.float32).contiguous() for w in weights]
-    x1 = x1.detach().to(torch.float32).contiguous()
-    x2 = None if x2 is None else x2.detach().to(torch.float32).contiguous()
+    x1, x2 = _rows(x1), None if x2 is None else _rows(x2)
     return x1, x2, weights, single, x1.shape[0], weights[0].shape[1] if layout == "ensemble" else 1
 
 
@@ -370,7 +386,8 @@ def small_mlp_forward(x1, x2, weights, layout, layer_norm, members=1, out_scale=
     _forward_kernel[(triton.cdiv(R, block_m), S * M)](
         x1, x1 if x2 is None else x2, tuple(matrices), tuple(biases), gains or tuple(matrices[:-1]),
         shifts or tuple(matrices[:-1]), tuple(pres), stats, out,
-        R, x1.shape[2], 0 if x2 is None else x2.shape[2], dims, M, stored, float(out_scale), LAYER_NORM_EPS,
+        R, x1.shape[2], 0 if x2 is None else x2.shape[2], _x_strides(x1, x2), dims, M, stored, float(out_scale),
+        LAYER_NORM_EPS,
         NUM_HIDDEN=L, ENSEMBLE=layout == "ensemble", LAYER_NORM=layer_norm, TANH=out_scale > 0,
         SAVE=save_activations, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_O=output_block(dims[-1]),
         PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
@@ -426,7 +443,7 @@ def small_mlp_backward(grad_out, x1, x2, weights, out, acts, layout, layer_norm,
         _weight_grads_kernel[(tiles, S * M)](
             x1, x1 if x2 is None else x2, gains or placeholders, shifts or placeholders, tuple(pres), stats,
             tuple(dhs), tuple(dzs), dzo, tuple(dws), tuple(dbs), dgs or tuple(dws[:-1]), dbetas or tuple(dws[:-1]),
-            R, D1, D2, dims, M, stored,
+            R, D1, D2, _x_strides(x1, x2), dims, M, stored,
             NUM_HIDDEN=L, ENSEMBLE=layout == "ensemble", LAYER_NORM=layer_norm, BLOCK_R=block_r, BLOCK_I=block_i,
             BLOCK_J=block_j, BLOCK_O=output_block(dims[-1]), PRECISION=precision, num_warps=num_warps,
             num_stages=num_stages,

@@ -27,7 +27,7 @@ from fastbdm.graphs import GraphedPolicy  # noqa: E402
 TIMED_VARIANTS = [("td3sbc", "torch", 1), ("td3sbc", "triton", 1), ("td3sbc", "triton+graphs", 1),
                   ("td3sbc", "triton+graphs", 2), ("td3sbc", "triton+graphs", 4), ("td3sbc", "triton+graphs", 8),
                   ("td3sbc", "triton-bf16+graphs", 1)]
-TIMED_VARIANTS += [(algo, variant, 1) for algo in BASELINES for variant in ("torch", "torch+graphs")]
+TIMED_VARIANTS += [(algo, variant, 1) for algo in BASELINES for variant in ("torch", "triton", "triton+graphs")]
 
 
 def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
@@ -36,8 +36,9 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
 
 
 def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc") -> dict:
-    """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included)."""
-    backend = "triton" if algo == "td3sbc" else "torch"
+    """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included), on the
+    triton backend (every algorithm's default on CUDA)."""
+    backend = "triton"
     eager = UpdateLoop(backend, size, device, seed=0, algo=algo)
     for _ in range(updates // eager.steps_per_call):
         eager.step()

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benches.workloads import SIZES, UpdateLoop, bench_device  # noqa: E402
 from fastbdm.launch_count import LaunchCounter, cuda_kernels  # noqa: E402
 
-CASES = (("td3sbc", "triton"), ("td3sbc", "torch"), ("rebrac", "torch"), ("td3bc", "torch"))
+CASES = (("td3sbc", "triton"), ("td3sbc", "torch"), ("rebrac", "triton"), ("rebrac", "torch"), ("td3bc", "triton"),
+         ("td3bc", "torch"))
 WARMUP_PAIRS = 2  # optimizer state and the monitor's index tensors exist before the counted pair
 
 

@@ -27,6 +27,7 @@ from conftest import ON_GPU
 from fastbdm import ops, reference
 from fastbdm.kernels import small_mlp
 from fastbdm.kernels.small_mlp import small_mlp_backward, small_mlp_forward
+from fastbdm.launch_count import LaunchCounter
 from fastbdm.networks import Actor, TwinCritic
 from test_kernels_forward import assert_close_scaled
 from test_kernels_tf32 import EPS_1
@@ -83,6 +84,35 @@ def test_small_mlp_forward_and_backward(case, seeds):
         assert_close_scaled(got_grad, want_grad)
     if layout == "ensemble" and members < 2:  # the member not evaluated gets exactly zero gradients
         assert all(g[..., 1, :, :].abs().max() == 0 for g in grads)
+
+
+@pytest.mark.parametrize("seeds", [None, 3])
+@pytest.mark.parametrize("case", ["critics", "actor"])
+def test_column_views_of_a_row_matrix_are_read_in_place(case, seeds):
+    """x1, x2 as column views of a batch's (R, width) row matrix (fastbdm.replay; a seed axis S in front):
+    the kernels read them with their strides, no copy launched, and give exactly the results of contiguous
+    inputs (the same arithmetic in the same order)."""
+    layout, layer_norm, members, scale, d2, n_out = CASES[case]
+    lead, rows = (() if seeds is None else (seeds,)), 37
+    weights = [w.detach() for w in small_weights(layout, layer_norm, (32, 48, 32), N + d2, n_out, seeds=seeds)]
+    matrix = torch.randn(*lead, rows, N + 3 + d2)
+    x1, x2 = matrix[..., 1:N + 1], (matrix[..., N + 3:] if d2 else None)
+    assert not x1.is_contiguous()
+    dense = [x1.contiguous(), None if x2 is None else x2.contiguous()]
+    with LaunchCounter() as counter:
+        out, acts = small_mlp_forward(x1, x2, weights, layout, layer_norm, members, scale, "ieee",
+                                      save_activations=True, **BLOCKS)
+        grad_out = torch.ones_like(out)
+        got = small_mlp_backward(grad_out, x1, x2, weights, out, acts, layout, layer_norm, members, scale,
+                                 need_x1=True, need_x2=x2 is not None, precision="ieee", **BWD_BLOCKS)
+    assert not any(op.startswith("aten::clone") or op.startswith("aten::_to_copy") for _, op in counter.ops)
+    want_out, want_acts = small_mlp_forward(*dense, weights, layout, layer_norm, members, scale, "ieee",
+                                            save_activations=True, **BLOCKS)
+    want = small_mlp_backward(grad_out, *dense, weights, want_out, want_acts, layout, layer_norm, members, scale,
+                              need_x1=True, need_x2=x2 is not None, precision="ieee", **BWD_BLOCKS)
+    assert torch.equal(out, want_out)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        assert (g is None and w is None) or torch.equal(g, w)
 
 
 def test_small_mlp_backward_only_what_is_asked():
@@ -222,6 +252,8 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
     for i, name in enumerate(fn.arg_names):  # R = 1024 and every width a multiple of 16: divisibility hints
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name == "x_strides":  # the inputs' seed and row strides: no divisibility assumed
+            sig[name] = ("i32",) * 4
         elif name.endswith("_ptrs") or name == "widths":
             count = LONG.get(name, L)
             sig[name] = tuple(["i32" if name == "widths" else "*fp32"] * count)

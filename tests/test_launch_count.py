@@ -64,6 +64,20 @@ def test_custom_ops_count_their_bodies():
     assert counter.ops == {("other", "triton::_mlp_forward_kernel"): 1}
 
 
+@torch.library.custom_op("fastbdm_test::matmul_then_add", mutates_args=())
+def _matmul_then_add(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x @ w + 1
+
+
+def test_composite_ops_inside_a_custom_op_count_their_parts():
+    """matmul in a custom op's body reaches the mode below autograd: its bmm is a launch (once), the
+    composite matmul none."""
+    x, w = torch.randn(3, 4, 5), torch.randn(3, 5, 2)
+    with LaunchCounter() as counter:
+        _matmul_then_add(x, w)
+    assert counter.ops == {("other", "aten::bmm"): 1, ("other", "aten::add"): 1}
+
+
 @pytest.mark.parametrize("numels,depth,launches", [
     ([100] * 36, 4, 1), ([100] * 37, 4, 2), ([100] * 64, 2, 1), ([100] * 65, 2, 2),
     ([65536 * MAX_BLOCKS], 2, 1), ([65536 * MAX_BLOCKS + 1], 2, 2), ([0, 5], 4, 1)])
