@@ -10,19 +10,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .seed_axis import add_seed_axis
+from .seed_axis import add_seed_axis, unit_columns
 
 
 @triton.jit
 def _actor_terms_kernel(a_ptr, act_ptr, q_ptr, loss_ptr, bc_ptr, lam_ptr, grad_a_ptr, grad_q_ptr,
-                        RA, B, m, alpha, bc_scale, MEAN_SQUARED: tl.constexpr,
+                        RA, B, m, act_seed, act_row, alpha, bc_scale, MEAN_SQUARED: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Seed program_id(0): a (S, RA, m) and q (S, RA) whose first B rows are pi(s) and Q1(s, pi(s)),
-    actions (S, B, m) -> loss, bc, lambda (S,), grad_a (S, RA, m), grad_q (S, RA) (zero rows past B)."""
+    actions (S, B, m) (seed and row strides act_seed, act_row) -> loss, bc, lambda (S,), grad_a (S, RA, m),
+    grad_q (S, RA) (zero rows past B)."""
     sid = tl.program_id(0).to(tl.int64)
     a_ptr += sid * RA * m
     grad_a_ptr += sid * RA * m
-    act_ptr += sid * B * m
+    act_ptr += sid * act_seed
     q_ptr += sid * RA
     grad_q_ptr += sid * RA
     cols = tl.arange(0, BLOCK_N)[None, :]
@@ -38,7 +39,8 @@ def _actor_terms_kernel(a_ptr, act_ptr, q_ptr, loss_ptr, bc_ptr, lam_ptr, grad_a
         batch = rows < B
         mask = batch[:, None] & (cols < m)
         idx = rows[:, None] * m + cols
-        diff = tl.load(a_ptr + idx, mask=mask, other=0.0) - tl.load(act_ptr + idx, mask=mask, other=0.0)
+        action = tl.load(act_ptr + rows[:, None] * act_row + cols, mask=mask, other=0.0)
+        diff = tl.load(a_ptr + idx, mask=mask, other=0.0) - action
         tl.store(grad_a_ptr + idx, (2.0 * bc_scale / denominator) * diff, mask=(rows < RA)[:, None] & (cols < m))
         squares += tl.sum(diff * diff, axis=1)
         q = tl.load(q_ptr + rows, mask=batch, other=0.0)
@@ -69,8 +71,10 @@ def actor_terms(a, actions, q1, alpha, w_bc, mean_squared, block_m=64, num_warps
     loss, bc, lam = (torch.empty((S,), device=a.device, dtype=torch.float32) for _ in range(3))
     grad_a = torch.empty((S, RA, m), device=a.device, dtype=torch.float32)
     grad_q = torch.empty((S, RA), device=a.device, dtype=torch.float32)
-    _actor_terms_kernel[(S,)](a.contiguous(), actions.contiguous(), q1.contiguous(), loss, bc, lam, grad_a, grad_q,
-                              RA, B, m, float(alpha), float(w_bc), MEAN_SQUARED=bool(mean_squared),
+    actions = unit_columns(actions)  # a batch's column view read in place
+    _actor_terms_kernel[(S,)](a.contiguous(), actions, q1.contiguous(), loss, bc, lam, grad_a, grad_q,
+                              RA, B, m, actions.stride(0), actions.stride(1), float(alpha), float(w_bc),
+                              MEAN_SQUARED=bool(mean_squared),
                               BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(m), num_warps=num_warps)
     results = (loss, bc, lam, grad_a, grad_q)
     return tuple(x[0] for x in results) if single else results

@@ -9,17 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .seed_axis import add_seed_axis
+from .seed_axis import add_seed_axis, unit_columns
 
 
 @triton.jit
-def _sbc_states_kernel(s_ptr, normal_ptr, out_ptr, B, n, STANDARDISED: tl.constexpr,
+def _sbc_states_kernel(s_ptr, normal_ptr, out_ptr, B, n, s_seed, s_row, STANDARDISED: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Columns BLOCK_N * program_id(0) + [0, BLOCK_N) of seed program_id(1): s (S, B, n), normal (S, B, n)
-    -> out (S, 2B, n) = [s; mean + std normal] (STANDARDISED: [s; (s - mean) / std]), mean and the
-    unbiased std over the B rows."""
+    """Columns BLOCK_N * program_id(0) + [0, BLOCK_N) of seed program_id(1): s (S, B, n) (seed and row
+    strides s_seed, s_row), normal (S, B, n) -> out (S, 2B, n) = [s; mean + std normal] (STANDARDISED:
+    [s; (s - mean) / std]), mean and the unbiased std over the B rows."""
     sid = tl.program_id(1).to(tl.int64)
-    s_ptr += sid * B * n
+    s_ptr += sid * s_seed
     normal_ptr += sid * B * n
     out_ptr += sid * 2 * B * n
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -27,20 +27,22 @@ def _sbc_states_kernel(s_ptr, normal_ptr, out_ptr, B, n, STANDARDISED: tl.conste
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     for r0 in range(0, B, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)[:, None]
-        total += tl.sum(tl.load(s_ptr + rows * n + cols[None, :], mask=(rows < B) & col_ok, other=0.0), axis=0)
+        total += tl.sum(tl.load(s_ptr + rows * s_row + cols[None, :], mask=(rows < B) & col_ok, other=0.0),
+                        axis=0)
     mean = total / B
     squares = tl.zeros([BLOCK_N], dtype=tl.float32)
     for r0 in range(0, B, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)[:, None]
         mask = (rows < B) & col_ok
-        dev = tl.where(mask, tl.load(s_ptr + rows * n + cols[None, :], mask=mask, other=0.0) - mean[None, :], 0.0)
+        s = tl.load(s_ptr + rows * s_row + cols[None, :], mask=mask, other=0.0)
+        dev = tl.where(mask, s - mean[None, :], 0.0)
         squares += tl.sum(dev * dev, axis=0)
     std = tl.where(cols < n, tl.sqrt(squares / (B - 1)), 1.0)  # past n: masked, no 0 / 0
     for r0 in range(0, B, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)[:, None]
         mask = (rows < B) & col_ok
         idx = rows * n + cols[None, :]
-        s = tl.load(s_ptr + idx, mask=mask, other=0.0)
+        s = tl.load(s_ptr + rows * s_row + cols[None, :], mask=mask, other=0.0)
         tl.store(out_ptr + idx, s, mask=mask)
         if STANDARDISED:
             second = (s - mean[None, :]) / std[None, :]
@@ -56,11 +58,12 @@ def sbc_states(s, normal, block_m=32, block_n=32, num_warps=4):
     if single:
         s, normal = add_seed_axis(s, normal)
     S, B, n = s.shape
-    s = s.contiguous()
+    s = unit_columns(s)  # a batch's column view read in place
     normal = s if normal is None else normal.contiguous()
     out = torch.empty((S, 2 * B, n), device=s.device, dtype=torch.float32)
     _sbc_states_kernel[(triton.cdiv(n, block_n), S)](
-        s, normal, out, B, n, STANDARDISED=normal is s, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        s, normal, out, B, n, s.stride(0), s.stride(1), STANDARDISED=normal is s, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=num_warps)
     return out[0] if single else out
 
 

@@ -24,7 +24,7 @@ def sbc_inputs(seeds=None):
 @pytest.mark.parametrize("standardised", [False, True])
 def test_sbc_states_match_reference(seeds, standardised):
     lead = () if seeds is None else (seeds,)
-    s = torch.randn(*lead, B, N) * 3 + 1
+    s = (torch.randn(*lead, B, N + 4) * 3 + 1)[..., 2:2 + N]  # a batch's column view: read in place
     normal = None if standardised else torch.randn(*lead, B, N)
     got = state_bc.sbc_states(s, normal, block_m=16, block_n=8)  # several row and column blocks
     assert got.shape == (*lead, 2 * B, N)
@@ -76,7 +76,8 @@ def test_actor_terms_and_their_gradients_match_reference(seeds, mean_squared, ro
     gradient."""
     lead = () if seeds is None else (seeds,)
     a = (torch.rand(*lead, rows, M) * 2 - 1).requires_grad_(True)
-    actions, q1 = torch.rand(*lead, B, M) * 2 - 1, (torch.randn(*lead, rows) * 5).requires_grad_(True)
+    actions = (torch.rand(*lead, B, M + 3) * 2 - 1)[..., 1:1 + M]  # a batch's column view: read in place
+    q1 = (torch.randn(*lead, rows) * 5).requires_grad_(True)
     want = ref.actor_terms(a, actions, q1, 2.5, 0.7, mean_squared)
     want[0].sum().backward()
     got = actor_terms_kernels.actor_terms(a.detach(), actions, q1.detach(), 2.5, 0.7, mean_squared, block_m=16)
