@@ -72,7 +72,8 @@ class NormalizedPolicy(nn.Module):
 
 
 class EnsembleLinear(nn.Module):
-    """`members` independent Linear layers applied in one batched matmul: (E, B, in) -> (E, B, out).
+    """The parameters of `members` independent Linear layers for one batched matmul: weight (E, in, out),
+    bias (E, 1, out) (TwinCritic.forward applies them: (E', B, in) -> (E', B, out) with the first E').
 
     Each member is initialised like torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in)).
     """
@@ -82,10 +83,6 @@ class EnsembleLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor, members: int = None) -> torch.Tensor:
-        """x (E', B, in) -> (E', B, out) with the first E' = members (default all) members."""
-        return torch.baddbmm(self.bias[:members], x, self.weight[:members])
 
 
 class TwinCritic(_Backend, nn.Module):
@@ -104,18 +101,24 @@ class TwinCritic(_Backend, nn.Module):
         self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(members, 1, h)) for h in norms)
         self.out = EnsembleLinear(members, widths[-1], 1)
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None) -> torch.Tensor:
-        """(members, B) values of the first `members` critics (default all); Q1 alone is members=1."""
+    def forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None, frozen: bool = False) -> torch.Tensor:
+        """(members, B) values of the first `members` critics (default all); Q1 alone is members=1.
+        frozen: the weights as constants (detached), differentiable in s and a only (the actor's loss)."""
         count = self.members if members is None else members
+        weights = [w.detach() for w in self.weights()] if frozen else self.weights()
         fused = self._fused(s)
         if fused is not None:
-            return fused(s, a, self.weights(), "ensemble", self.layer_norm, count).squeeze(-1)
+            return fused(s, a, weights, "ensemble", self.layer_norm, count).squeeze(-1)
         x = torch.cat([s, a], dim=-1).expand(count, -1, -1)
-        for i, layer in enumerate(self.hidden):
-            x = torch.relu(layer(x, count))
+        weights = iter(weights)
+        for _ in self.hidden:  # weights()' order: W, b (, g, beta) per hidden layer
+            w, b = next(weights), next(weights)
+            x = torch.relu(torch.baddbmm(b[:count], x, w[:count]))
             if self.layer_norm:
-                x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[i][:count] + self.norm_bias[i][:count]
-        return self.out(x, count).squeeze(-1)
+                g, beta = next(weights), next(weights)
+                x = F.layer_norm(x, x.shape[-1:]) * g[:count] + beta[:count]
+        w, b = next(weights), next(weights)
+        return torch.baddbmm(b[:count], x, w[:count]).squeeze(-1)
 
     def weights(self) -> list:
         """(W, b, g, beta) per hidden layer ((W, b) without layer_norm), then (W_out, b_out): the layout

@@ -2,9 +2,10 @@
 td_loss, small_mlp) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
-it; denoiser_forward, td_loss and small_mlp are differentiable through torch.autograd.Functions over
-the ops (_DenoiserForward, _FusedLoss, _SmallMLP), the others are no-grad. Each op has a vmap rule, its seed axis
-(kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch for all of them.
+it; denoiser_forward, small_mlp and the fused losses are differentiable through torch.autograd.Functions
+over the ops (_DenoiserForward, _SmallMLP, the losses' _loss_with_grads), the others are no-grad. Each op
+has a vmap rule, its seed axis (kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch
+for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
 its buffers.
 """
@@ -15,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import denoiser_backward, denoiser_mlp, noising
+from .kernels import actor_terms as actor_terms_kernels, denoiser_backward, denoiser_mlp, noising, state_bc
 from .kernels import small_mlp as small_mlp_kernels, td_loss as td_loss_kernels
 from .kernels import reverse_chain as reverse_chain_kernels, weight_stationary_chain
 from . import reference
@@ -201,39 +202,45 @@ def _(pred, target1, y2, done, gamma):
     return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
-class _FusedLoss(torch.autograd.Function):
-    """(op, output, *constants) -> op's results (loss, [metrics ...,] d loss / d output), differentiable
-    in output: its gradient is grad_loss times the op's own. For the fused loss ops (_td_loss,
-    _critic_td_loss, _denoising_loss); an autograd.Function for torch.func.grad and vmap, as
-    _DenoiserForward."""
+def _loss_with_grads(name: str, wrt: Tuple[int, ...], values: int):
+    """The base of an autograd.Function over the op fastbdm::`name`, a loss kernel that writes the loss's
+    gradients in its own launch: its forward (the subclass's, calling the op: torch.compile traces a
+    module-level op, not one held in a closure) returns (loss, values - 1 other values, d loss / d inputs[i]
+    for i in wrt); the loss differentiable in those inputs (backward: the saved gradients scaled by the
+    incoming one), the other outputs values without a graph. generate_vmap_rule and setup_context, for
+    torch.func.grad and vmap, as _DenoiserForward."""
 
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(op, output, *constants):
-        return op(output, *constants)
-
-    @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[-1])
-        ctx.name = inputs[0]
+        ctx.save_for_backward(*output[values:])
+        ctx.input_count = len(inputs)
+
+    def backward(ctx, grad_loss, *_grad_values):
+        if any(need and i not in wrt for i, need in enumerate(ctx.needs_input_grad)):
+            raise RuntimeError(f"fastbdm::{name} is differentiable in inputs {list(wrt)} only: detach the others")
+        grads = [None] * ctx.input_count
+        for i, grad in zip(wrt, ctx.saved_tensors):
+            if ctx.needs_input_grad[i]:
+                grads[i] = grad_loss[(..., *[None] * (grad.dim() - grad_loss.dim()))] * grad
+        return tuple(grads)
+
+    methods = dict(setup_context=staticmethod(setup_context), backward=staticmethod(backward), generate_vmap_rule=True)
+    return type(f"_{name}_base", (torch.autograd.Function,), methods)
+
+
+class _TDLoss(_loss_with_grads("td_loss", wrt=(0,), values=1)):
+    """_td_loss, differentiable in pred."""
 
     @staticmethod
-    def backward(ctx, grad_loss, *_grad_rest):
-        (grad_output,) = ctx.saved_tensors
-        if any(ctx.needs_input_grad[2:]):
-            raise RuntimeError(f"{ctx.name} is differentiable in its first argument only: detach the others")
-        lead = grad_loss.shape
-        return None, grad_loss.reshape(*lead, *[1] * (grad_output.dim() - len(lead))) * grad_output, \
-            *[None] * (len(ctx.needs_input_grad) - 2)
+    def forward(pred, target1, y2, done, gamma):
+        return _td_loss(pred, target1, y2, done, gamma)
 
 
 def td_loss(pred, target1, y2, done, gamma: float) -> Tensor:
     """BDM TD loss (reference.td_loss): pred (2R, n), target1, y2 (R, n), done (R,) -> scalar; with the
     seed axis pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (S,) losses."""
-    return _FusedLoss.apply(_td_loss, pred, target1, y2, done, float(gamma))[0]
+    return _TDLoss.apply(pred, target1, y2, done, float(gamma))[0]
 
 
 # --- small_mlp (the actor, the twin critics): differentiable in both inputs and the weights ----------
@@ -419,7 +426,7 @@ def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: Diffusion
 
 def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
     """td_loss as a LossTerm with d loss / d pred."""
-    loss, grad = _FusedLoss.apply(_td_loss, pred, target1, y2, done, float(gamma))
+    loss, grad = _TDLoss.apply(pred, target1, y2, done, float(gamma))
     return LossTerm(loss, pred, grad)
 
 
@@ -437,6 +444,14 @@ def _(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, 
     return q.new_empty(lead), q.new_empty(lead), torch.empty_like(q)
 
 
+class _CriticTDLoss(_loss_with_grads("critic_td_loss", wrt=(0,), values=2)):
+    """_critic_td_loss, differentiable in q."""
+
+    @staticmethod
+    def forward(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc):
+        return _critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc)
+
+
 def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
                    broadcast_penalty: bool = False):
     """reference.critic_td_loss in one launch, with d loss / d q in its LossTerm -> (LossTerm, q mean);
@@ -444,8 +459,8 @@ def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, v
     if broadcast_penalty:
         return reference.critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma, w_bc,
                                         broadcast_penalty)
-    loss, q_mean, grad = _FusedLoss.apply(_critic_td_loss, q, q_target, next_action, data_next_action, rewards, dones,
-                                          valid, float(gamma), float(w_bc))
+    loss, q_mean, grad = _CriticTDLoss.apply(q, q_target, next_action, data_next_action, rewards, dones, valid,
+                                             float(gamma), float(w_bc))
     return LossTerm(loss, q, grad), q_mean
 
 
@@ -461,10 +476,18 @@ def _(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction):
     return out.new_empty(out.shape[:-2]), torch.empty_like(out)
 
 
+class _DenoisingLoss(_loss_with_grads("denoising_loss", wrt=(0,), values=1)):
+    """_denoising_loss, differentiable in out."""
+
+    @staticmethod
+    def forward(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction):
+        return _denoising_loss(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction)
+
+
 def denoising_loss(out, x0, eps, t, schedule: DiffusionSchedule, prediction: str) -> LossTerm:
     """reference.denoising_loss in one launch, with d loss / d out in its LossTerm."""
-    loss, grad = _FusedLoss.apply(_denoising_loss, out, x0, eps, t, schedule.sqrt_ab, schedule.sqrt_one_minus_ab,
-                                  PREDICTIONS.index(prediction))
+    loss, grad = _DenoisingLoss.apply(out, x0, eps, t, schedule.sqrt_ab, schedule.sqrt_one_minus_ab,
+                                      PREDICTIONS.index(prediction))
     return LossTerm(loss, out, grad)
 
 
@@ -490,12 +513,140 @@ _register_seed_vmap(_critic_td_loss, set(range(7)), (0, 0, 0))
 _register_seed_vmap(_denoising_loss, {0, 1, 2, 3}, (0, 0))
 
 
+# === the actor loss's terms (issue 14: kernels/state_bc.py, kernels/actor_terms.py) ==================
+
+@torch.library.custom_op("fastbdm::sbc_states", mutates_args=())
+def _sbc_states(s: Tensor, normal: Optional[Tensor]) -> Tensor:
+    return state_bc.sbc_states(s, normal)
+
+
+@_sbc_states.register_fake
+def _(s, normal):
+    return s.new_empty((*s.shape[:-2], 2 * s.shape[-2], s.shape[-1]), dtype=torch.float32)
+
+
+def sbc_states(s: Tensor, normal: Optional[Tensor]) -> Tensor:
+    """reference.sbc_states in one launch: s (B, n), normal (B, n) or None (standardised) -> (2B, n);
+    seed axis (S, B, n) -> (S, 2B, n). No grad."""
+    return _sbc_states(s.detach(), normal)
+
+
+@torch.library.custom_op("fastbdm::sbc_rows", mutates_args=())
+def _sbc_rows(x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, a: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor,
+              steps: int) -> Tuple[Tensor, Tensor]:
+    return state_bc.sbc_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps)
+
+
+@_sbc_rows.register_fake
+def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
+    n, m = x0.shape[-1], a.shape[-1]
+    return (x0.new_empty((*x0.shape[:-1], n + 1), dtype=torch.float32),
+            x0.new_empty((*x0.shape[:-1], 2 * n + 1 + m), dtype=torch.float32))
+
+
+class _SBCRows(torch.autograd.Function):
+    """_sbc_rows, differentiable in a (D''s rows' action columns); an autograd.Function for torch.func.grad
+    and vmap, as _DenoiserForward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
+        return _sbc_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[0])
+        ctx.set_materialize_grads(False)
+        ctx.action_column = 2 * inputs[0].shape[-1] + 1
+
+    @staticmethod
+    def backward(ctx, _grad_e_rows, grad_d_rows):
+        if any(ctx.needs_input_grad[:4]):
+            raise RuntimeError("fastbdm::sbc_rows is differentiable in a only: detach x0, eps and s")
+        grad_a = None if grad_d_rows is None else grad_d_rows[..., ctx.action_column:]
+        return None, None, None, None, grad_a, None, None, None
+
+
+def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tuple[Tensor, Tensor]:
+    """reference.sbc_rows in one launch: x0, eps, s (R, n), t (R,), a (R, m) -> (E's rows (R, n+1), D''s
+    rows (R, 2n+1+m)), differentiable in a; seed axis: a leading S on every argument and result."""
+    args = (x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
+    if torch.is_grad_enabled() and a.requires_grad:
+        return _SBCRows.apply(*args)
+    return _sbc_rows(*args)
+
+
+@torch.library.custom_op("fastbdm::sbc_loss", mutates_args=())
+def _sbc_loss(e_out: Tensor, d_out: Tensor, t: Tensor, eta: Tensor, scale: float, broadcast: bool
+              ) -> Tuple[Tensor, Tensor]:
+    """(loss (), d loss / d d_out (R, n)); with the seed axis (loss (S,), grad (S, R, n))."""
+    return state_bc.sbc_loss(e_out, d_out, t, eta, scale, broadcast)
+
+
+@_sbc_loss.register_fake
+def _(e_out, d_out, t, eta, scale, broadcast):
+    return d_out.new_empty(d_out.shape[:-2], dtype=torch.float32), torch.empty_like(d_out, dtype=torch.float32)
+
+
+class _SBCLoss(_loss_with_grads("sbc_loss", wrt=(1,), values=1)):
+    """_sbc_loss, differentiable in d_out."""
+
+    @staticmethod
+    def forward(e_out, d_out, t, eta, scale, broadcast):
+        return _sbc_loss(e_out, d_out, t, eta, scale, broadcast)
+
+
+def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
+    """reference.sbc_loss in one launch, its gradient w.r.t. d_out written by the same launch: e_out,
+    d_out (R, n), t (R,) -> scalar; seed axis (S, R, n), t (S, R) -> (S,)."""
+    return _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))[0]
+
+
+@torch.library.custom_op("fastbdm::actor_terms", mutates_args=())
+def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, alpha: float, w_bc: float, mean_squared: bool
+                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, bc, lambda, d loss / d a, d loss / d q1); the scalars (S,) with the seed axis."""
+    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+
+
+@_actor_terms.register_fake
+def _(a, actions, q1, alpha, w_bc, mean_squared):
+    scalar = lambda: q1.new_empty(q1.shape[:-1], dtype=torch.float32)  # noqa: E731
+    return (scalar(), scalar(), scalar(), torch.empty_like(a, dtype=torch.float32),
+            torch.empty_like(q1, dtype=torch.float32))
+
+
+class _ActorTerms(_loss_with_grads("actor_terms", wrt=(0, 2), values=3)):
+    """_actor_terms, the loss differentiable in a and q1; bc and lambda values (metrics)."""
+
+    @staticmethod
+    def forward(a, actions, q1, alpha, w_bc, mean_squared):
+        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+
+
+def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """reference.actor_terms in one launch, which also writes the loss's gradients w.r.t. a and q1:
+    (loss, bc, lambda), the loss differentiable in a and q1, bc and lambda values without a graph."""
+    args = (a, actions, q1, float(alpha), float(w_bc), bool(mean_squared))
+    if torch.is_grad_enabled() and (a.requires_grad or q1.requires_grad):
+        return _ActorTerms.apply(*args)[:3]
+    return _actor_terms(*args)[:3]
+
+
+_register_seed_vmap(_sbc_states, {0, 1}, 0)
+_register_seed_vmap(_sbc_rows, {0, 1, 2, 3, 4}, (0, 0))
+_register_seed_vmap(_sbc_loss, {0, 1, 2}, (0, 0))
+_register_seed_vmap(_actor_terms, {0, 1, 2}, (0, 0, 0, 0, 0))
+
+
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
 # construction of a SimpleNamespace (a graph break under fullgraph=True).
 _AT_PRECISION = {
     precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, td_loss_term=td_loss_term,
                                bdm_td_rows=bdm_td_rows, critic_td_loss=critic_td_loss, denoising_loss=denoising_loss,
                                smoothed_action=smoothed_action,
+                               sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, actor_terms=actor_terms,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))
@@ -504,7 +655,8 @@ _AT_PRECISION = {
 
 
 def with_precision(precision: str) -> SimpleNamespace:
-    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp)
+    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp, and the
+    actor loss's sbc_states, sbc_rows, sbc_loss, actor_terms)
     with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
     denoiser_mlp.check_precision(precision)
     return _AT_PRECISION[precision]

@@ -200,3 +200,46 @@ def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_
     -max_action, max_action); action = pi'(s'), normal N(0, 1), both (..., m) (any leading axes)."""
     noise = (normal * policy_noise).clamp(-noise_clip, noise_clip)
     return (action + noise).clamp(-max_action, max_action)
+
+
+# --- the actor loss's terms (issue 14: kernels/state_bc.py, kernels/actor_terms.py) -----------------------
+
+def sbc_states(s, normal) -> torch.Tensor:
+    """The state-BC term's states S = [s; s_rand] (2B, n) from s (B, n): s_rand = mean + std * normal
+    (normal (B, n)), or with normal None the standardised s (compat standardised_sbc_half); mean and the
+    unbiased std per dim over the B rows. Seed axis: (S, B, n) -> (S, 2B, n)."""
+    mean, std = s.mean(-2, keepdim=True), s.std(-2, keepdim=True)
+    return torch.cat([s, (s - mean) / std if normal is None else mean + std * normal], dim=-2)
+
+
+def sbc_rows(x0, eps, t, s, a, schedule: DiffusionSchedule):
+    """The state-BC term's denoiser rows from one q(x0, t, eps): (E's [x_t, c(t)] (R, n+1), D''s
+    [x_t, s, c(t), a] (R, 2n+1+m)); shapes and seed axis as noised_rows. Differentiable in a."""
+    x_t, c = schedule.q_sample(x0, t, eps), schedule.time_input(t)
+    return torch.cat([x_t, c], dim=-1), torch.cat([x_t, s, c, a], dim=-1)
+
+
+def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> torch.Tensor:
+    """scale * mean_rows(eta_t ||e_out - d_out||^2), eta_t = schedule.eta[t] / its mean over the rows;
+    e_out, d_out (R, n), t (R,) int64. broadcast (compat broadcast_sbc_weights): the research code's (R, 1)
+    weights times (R,) errors, an (R, R) outer product whose mean is mean(eta_t) mean(err): the level
+    weighting lost. Seed axis: (S, R, n), t (S, R) -> (S,)."""
+    eta = schedule.eta[t]
+    eta = eta / eta.mean(-1, keepdim=True)
+    err = (e_out - d_out).square().sum(-1)
+    weighted = eta.mean(-1) * err.mean(-1) if broadcast else (eta * err).mean(-1)
+    return scale * weighted
+
+
+def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):
+    """The actor loss's terms besides state-BC: a (RA, m), q1 (RA,) whose first B rows are pi(s) and
+    Q1(s, pi(s)) (the rest unused), actions (B, m) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2
+    (mean_squared: w_bc mean over all elements, TD3+BC's), lambda = alpha / mean_rows |Q1| (detached),
+    loss = -lambda mean_rows Q1 + bc, the means over the B rows. Seed axis: a leading S on every tensor -> (S,) each."""
+    rows = actions.shape[-2]
+    if a.shape[-2] > rows:  # else no slice: its backward would be a zero fill and a copy
+        a, q1 = a[..., :rows, :], q1[..., :rows]
+    squared = (a - actions).square()
+    bc = w_bc * (squared.mean((-2, -1)) if mean_squared else squared.sum(-1).mean(-1))
+    lam = alpha / q1.abs().mean(-1).detach()
+    return -lam * q1.mean(-1) + bc, bc, lam

@@ -263,22 +263,29 @@ class TD3SBC(nn.Module):
     def sbc_states(self, s: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """S = [s; s_rand] (2B, n): s_rand = batch mean + batch std * normal per dim, normal (B, n)
         (UpdateNoise.sbc_normal; drawn when None; compat: s standardised, no normal)."""
-        mean, std = s.mean(0), s.std(0)
         if self.flags.standardised_sbc_half:
-            return torch.cat([s, (s - mean) / std])
-        s_rand = mean + std * (torch.randn_like(s) if normal is None else normal)
-        return torch.cat([s, s_rand])
+            normal = None
+        elif normal is None:
+            normal = torch.randn_like(s)
+        return self.actor_ops(s).sbc_states(s, normal)
+
+    def actor_ops(self, like: torch.Tensor):
+        """The kernel functions of the actor's backend for tensors on like.device (fastbdm.reference, or
+        fastbdm.ops at the actor's precision, as Actor's): the actor loss's sbc_states and actor_terms."""
+        if resolve_backend(self.actor.backend, like.device) == "triton":
+            return kernel_ops("triton", self.actor.precision)
+        return kernel_ops("torch")
 
     def actor_loss(self, b: Batch, noise: UpdateNoise = None, frozen: FrozenOutputs = None
                    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """-lambda Q1(s, pi(s)) + actor BC (+ state-BC for td3sbc), lambda = alpha / mean|Q1| (detached).
         Actor BC: w_a mean_rows ||pi(s) - a||^2, for td3bc w_a mean over all elements of (pi(s) - a)^2.
         noise: an actor step's UpdateNoise (drawn when None); frozen: this update's FrozenOutputs (the SBC
-        states, pi(S) and chain samples; computed here when None). Returns the loss and its terms (with
-        their graphs)."""
+        states, pi(S) and chain samples; computed here when None). Returns the loss and its terms (bc and
+        lambda: values without a graph; sbc with its graph)."""
         cfg = self.config
         if self.bdm is None:
-            a_pi = self.actor(b.obs)
+            S, A = b.obs, self.actor(b.obs)
         else:
             if noise is None:
                 noise = self.draw_noise(b.obs.shape[0], b.obs.device)
@@ -286,12 +293,12 @@ class TD3SBC(nn.Module):
                 frozen = self.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]
             S = frozen.sbc_states
             A = self.actor(S) if frozen.sbc_actions is None else frozen.sbc_actions
-            a_pi = A[:b.obs.shape[0]]
-        squared = (a_pi - b.actions).square()
-        bc = cfg.w_actor_bc * (squared.mean() if cfg.algo == "td3bc" else squared.sum(-1).mean())
-        q1 = self.critic(b.obs, a_pi, members=1)[0]
-        lam = cfg.alpha / q1.abs().mean().detach()
-        loss = -lam * q1.mean() + bc
+        # Q1 on every row of (S, pi(S)), of which the terms read the batch's (the first B): the gradients
+        # reach A without a slice's zero fill and copy. The critic's weights as constants: no weight
+        # gradients. squeeze, not [0]: no select_backward.
+        q1 = self.critic(S, A, members=1, frozen=True).squeeze(-2)
+        loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
+                                                      mean_squared=cfg.algo == "td3bc")
         terms = {"bc": bc, "lambda": lam}
         if self.bdm is not None:
             terms["sbc"] = self.state_bc_loss(S, A, noise, frozen.sbc_samples)
@@ -306,20 +313,14 @@ class TD3SBC(nn.Module):
         caller ran it (TD3SBC.frozen_outputs); else sampled here."""
         cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
         ops = bdm.ops(S)
-        t, eps = noise.sbc_t, noise.sbc_eps
-        eta = sch.eta[t]
-        eta = eta / eta.mean()
+        t = noise.sbc_t
         x0 = bdm.sample(S, A.detach(), noise.sbc_z, noise=noise.sbc_chain) if samples is None else samples
+        e_rows, d_rows = ops.sbc_rows(x0, noise.sbc_eps, t, S, A, sch)  # one q(x0, t, eps) for both
         with torch.no_grad():
-            x_t = sch.q_sample(x0, t, eps)
-            c = sch.time_input(t)
-            e_out = ops.denoiser_forward(torch.cat([x_t, c], -1), self.data_denoiser.weights())
-        d_out = ops.denoiser_forward(torch.cat([x_t, S, c, A], -1), bdm.target_denoiser.weights())
-        err = (e_out - d_out).square().sum(-1)
-        # compat: the research code's (2B,1) weights times (2B,) errors is a (2B, 2B) outer product,
-        # whose mean is mean(eta) mean(err): the level weighting is lost (mean(eta) = 1)
-        weighted = eta.mean() * err.mean() if self.flags.broadcast_sbc_weights else (eta * err).mean()
-        return cfg.w_rel * cfg.w_actor_bc * weighted
+            e_out = ops.denoiser_forward(e_rows, self.data_denoiser.weights())
+        d_out = ops.denoiser_forward(d_rows, bdm.target_denoiser.weights())
+        # compat broadcast_sbc_weights: the level weighting lost (reference.sbc_loss)
+        return ops.sbc_loss(e_out, d_out, t, sch, cfg.w_rel * cfg.w_actor_bc, self.flags.broadcast_sbc_weights)
 
     def critic_side_losses(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
                            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

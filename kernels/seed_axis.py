@@ -19,3 +19,9 @@ def check_stacked(seeds, weights):
         if w.dim() < 2 or w.shape[0] != seeds:
             raise ValueError(f"rows stacked for {seeds} seeds need weights stacked (S, ...) with S = {seeds}; "
                              f"weight {i} has shape {tuple(w.shape)}: stack each seed's weights with torch.stack")
+
+
+def unit_columns(x):
+    """x (S, R, D) as it is when its columns have unit stride (a column view of a batch's row matrix: a
+    kernel reads it with its seed and row strides, x.stride(0), x.stride(1)), else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()

@@ -15,15 +15,18 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .actor_terms import _actor_terms_kernel
 from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
 from .denoiser_mlp import _mlp_forward_kernel
 from .gather_fields import _gather_fields_kernel
 from .noising import _bdm_td_rows_kernel, _noised_rows_kernel, _smoothed_action_kernel
 from .reverse_chain import _reverse_chain_kernel
+from .state_bc import _sbc_loss_kernel, _sbc_rows_kernel, _sbc_states_kernel
 from .td_loss import _critic_td_loss_kernel, _denoising_loss_kernel, _td_loss_kernel
 from .weight_stationary_chain import _ws_chain_kernel
 
-FLOATS = {"eps", "c_scale", "gamma", "inv_count", "w_bc", "policy_noise", "noise_clip", "max_action"}
+FLOATS = {"eps", "c_scale", "gamma", "inv_count", "w_bc", "policy_noise", "noise_clip", "max_action", "scale",
+          "alpha", "bc_scale"}
 DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
 SHARED_LIMIT = 200 * 1024  # of the 228 KB per SM, what one program may take and still fit with the L1 carve-out
 BLOCK_SHARED_LIMIT = 227 * 1024  # what one sm_90 block may hold (the weight-stationary chain, one program per SM)
@@ -43,6 +46,11 @@ CONFIGS = {
     "smoothed_action": (_smoothed_action_kernel, dict(BLOCK=1024), {}),
     "gather_fields": (_gather_fields_kernel, dict(offsets=(0, 17, 23, 24, 41, 47, 48), widths=(17, 6, 1, 17, 6, 1, 1),
                                                   BLOCK_I=64, BLOCK_D=32), dict(divisible=set())),
+    # the actor loss's (kernels/state_bc.py, kernels/actor_terms.py)
+    "sbc_states": (_sbc_states_kernel, dict(STANDARDISED=False, BLOCK_M=32, BLOCK_N=32), {}),
+    "sbc_rows": (_sbc_rows_kernel, dict(BLOCK_M=16, BLOCK_C=64), {}),
+    "sbc_loss": (_sbc_loss_kernel, dict(BROADCAST=False, BLOCK_M=32, BLOCK_N=32), {}),
+    "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, BLOCK_M=64, BLOCK_N=8), {}),
     # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
     # the input-gradient-only path
     "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),

@@ -202,7 +202,7 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
 
 def test_opcheck_of_the_critic_side_ops():
     """torch.library.opcheck (schema, fake tensors, AOT dispatch) of the ops, 2-D and with the seed axis; on
-    inputs that require no grad (their autograd is ops._FusedLoss, tested above)."""
+    inputs that require no grad (their autograd is ops._loss_with_grads, tested above)."""
     sched = DiffusionSchedule(STEPS)
     buffers = (sched.sqrt_ab, sched.sqrt_one_minus_ab)
     for seeds in (1, 3):

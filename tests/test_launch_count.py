@@ -136,3 +136,31 @@ def test_a_pair_samples_in_two_launches_per_draw_and_records_metrics_in_seven_pe
     assert phases["metrics"]["total"] == 2 * 7
     # randint + index_select per seed and update; S seeds' rows: one stack per update
     assert phases["sample"]["total"] == 2 * (2 * seeds + (1 if seeds > 1 else 0))
+
+
+def test_the_actor_step_launches_the_fused_actor_loss_and_no_critic_weight_gradients():
+    """td3sbc, triton: the actor phase of a pair (S = [s; s_rand], pi(S), Q1, the SBC rows, E and D', the
+    losses, their backward to the actor's weights) is 21 launches (84 before the actor loss's kernels): one
+    weight-gradient launch (the actor's: the critic's weights are constants there), no zero fills, no
+    slice or select backward, no copy of the batch's column views."""
+    from fastbdm import Batch, TD3SBC, TD3SBCConfig
+
+    n, m, rows = 5, 2, 24
+    cfg = TD3SBCConfig.for_algo("td3sbc", actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
+                                steps=3, backend="triton")
+    agent = TD3SBC(n, m, config=cfg)
+
+    def pair():
+        batches = [Batch(torch.randn(rows, n), torch.rand(rows, m), torch.randn(rows), torch.randn(rows, n),
+                         torch.rand(rows, m), torch.zeros(rows), torch.ones(rows)) for _ in range(2)]
+        noises = [agent.draw_noise(rows, "cpu", actor_step) for actor_step in (False, True)]
+        agent.update_pair(batches, noises)
+
+    pair()  # Adam's state exists before the counted pair
+    with LaunchCounter() as counter:
+        pair()
+    actor = {op: count for (name, op), count in counter.ops.items() if name == "actor"}
+    assert actor["triton::_weight_grads_kernel"] == 1
+    assert not {"aten::zeros", "aten::slice_backward", "aten::select_backward", "aten::clone"} & set(actor)
+    assert all(actor[f"triton::_{k}_kernel"] == 1 for k in ("sbc_states", "sbc_rows", "sbc_loss", "actor_terms"))
+    assert sum(actor.values()) == 21

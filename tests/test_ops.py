@@ -150,7 +150,7 @@ def test_compiled_loss_and_backward_match_eager():
 
 def test_opcheck():
     """torch.library.opcheck: schema, fake tensors, AOT dispatch. The ops have no autograd registration
-    (their autograd is ops._DenoiserForward / ops._FusedLoss, tested against the reference above and under
+    (their autograd is ops._DenoiserForward / ops._loss_with_grads, tested against the reference above and under
     torch.compile), so they are checked on inputs that require no grad."""
     triton_bdm, _ = make_pair()
     sch, R = triton_bdm.schedule, 20

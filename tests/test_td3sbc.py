@@ -61,6 +61,22 @@ def test_update_moves_learners_actor_every_second_step_and_targets_by_tau():
     assert all(torch.isfinite(v).all() for v in metrics.values())
 
 
+@pytest.mark.parametrize("algo", ["td3sbc", "td3bc"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_actor_loss_holds_the_critic_weights_constant(algo, backend):
+    """Q1 in the actor loss is differentiable in its action input only: no graph to the critic's weights (the
+    fused backward would compute their gradients, unasked), and the actor's gradient unchanged by it."""
+    cfg = TD3SBCConfig.for_algo(algo, actor_hidden=(32, 32), critic_hidden=(32, 32), denoiser_hidden=(32, 32),
+                                steps=5, backend=backend)
+    agent, b = TD3SBC(N, M, config=cfg), make_batch()
+    torch.manual_seed(0)
+    loss, _ = agent.actor_loss(b)
+    critic = list(agent.critic.parameters())
+    assert all(p.requires_grad for p in critic)
+    assert all(g is None for g in torch.autograd.grad(loss, critic, allow_unused=True, retain_graph=True))
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(loss, list(agent.actor.parameters())))
+
+
 def test_sbc_gradient_reaches_actor_only_through_target_action_input():
     agent, b = make_agent(), make_batch()
     params = list(agent.actor.parameters())
