@@ -69,16 +69,16 @@ class UpdateRunner:
         with phase("noise"):
             return batch, self.agent.draw_noise(self.batch_size, batch.obs.device, actor_step, generator=self.generator)
 
-    def _record(self, metrics: dict) -> None:
+    def _record(self, *updates: dict) -> None:
+        """The metrics of one update or of a pair's two (one UpdateMonitor.record: seven kernels)."""
         with phase("metrics"):
-            self.monitor.record(metrics)
+            self.monitor.record(*updates)
 
     def pair(self) -> None:
         """One update pair, eagerly (policy_freq 2, even update count): both batches and noises drawn in
-        the order two `step` calls draw them, TD3SBC.update_pair, each update's metrics recorded."""
+        the order two `step` calls draw them, TD3SBC.update_pair, both updates' metrics recorded in one call."""
         batches, noises = zip(*(self._draw(actor_step) for actor_step in (False, True)))
-        for metrics in self.agent.update_pair(batches, noises):
-            self._record(metrics)
+        self._record(*self.agent.update_pair(batches, noises))
 
     def _warmup_pair(self) -> None:
         """One real pair on a side stream: optimizer state and kernels exist before capture."""
@@ -141,24 +141,18 @@ class SeedBatchRunner(UpdateRunner):
     """UpdateRunner of a SeedBatch (fastbdm.seed_batch): each update draws every seed's batch and noise from
     that seed's generator (batch.generators, registered with the graph) and updates all seeds at once;
     monitors[k] records seed k's metrics: SeedBatchRunner(batch, buffer, monitors, batch_size, graphs,
-    pairs_per_graph). The monitors are stacked (UpdateMonitor.stack: one record for all seeds); each
-    still reads its own seed."""
+    pairs_per_graph). The monitors are stacked (UpdateMonitor.stack, the runner's `monitor`: one record for
+    all seeds); each still reads its own seed."""
 
     def __init__(self, agent, buffer: TransitionBuffer, monitors: List[UpdateMonitor], batch_size: int,
                  graphs: bool = False, pairs_per_graph: int = 1):
-        super().__init__(agent, buffer, monitors, batch_size, graphs, pairs_per_graph)
-        self.seed_monitors = UpdateMonitor.stack(monitors)
+        super().__init__(agent, buffer, UpdateMonitor.stack(monitors), batch_size, graphs, pairs_per_graph)
 
     def step(self) -> None:
         self._record(self.agent.step(self.buffer, self.batch_size))
 
     def pair(self) -> None:
-        for metrics in self.agent.pair_step(self.buffer, self.batch_size):
-            self._record(metrics)
-
-    def _record(self, metrics: dict) -> None:
-        with phase("metrics"):
-            self.seed_monitors.record(metrics)
+        self._record(*self.agent.pair_step(self.buffer, self.batch_size))
 
     def generators(self) -> List[torch.Generator]:
         return list(self.agent.generators)

@@ -119,6 +119,6 @@ def test_a_pair_samples_in_two_launches_per_draw_and_records_metrics_in_seven_pe
     with LaunchCounter() as counter:
         runner.pair()
     phases = counter.by_phase()
-    assert phases["metrics"]["total"] == 2 * 7
+    assert phases["metrics"]["total"] == 7
     # randint + index_select per seed and update; S seeds' rows: one stack per update
     assert phases["sample"]["total"] == 2 * (2 * seeds + (1 if seeds > 1 else 0))
