@@ -114,3 +114,22 @@ def test_seed_batch_draws_without_stacks_and_its_noise_is_each_seeds_draw_noise(
         want = batch.template.draw_noise(B, "cpu", True, generator=gen)
         for got, field in zip(noise, want):
             assert (got is None) == (field is None) and (field is None or torch.equal(got[k], field))
+
+
+def test_seed_batch_learns_alike_from_the_strided_views_and_from_contiguous_copies():
+    """A SeedBatch pair on the Triton kernels (interpreter) reads the seeds' draws as strided views of the
+    (S, ...) draws (no field is contiguous at S = 3): bit for bit what it learns from contiguous copies."""
+    buffer, learned = make_buffer(), []
+    for contiguous in (False, True):
+        batch = SeedBatch([make_agent("td3sbc", seed, backend="triton") for seed in range(3)],
+                          [torch.Generator().manual_seed(10 + seed) for seed in range(3)])
+        batches, noises = draw_updates(batch.template, buffer, B, [False, True], batch.generators)
+        assert not any(f.is_contiguous() for f in (*batches[0], *noises[1]) if f is not None and f.dim() > 1)
+        if contiguous:
+            batches = [type(b)(*(f.contiguous() for f in b)) for b in batches]
+            noises = [type(n)(*(None if f is None else f.contiguous() for f in n)) for n in noises]
+        metrics = batch.update_pair(batches, noises)
+        learned.append((metrics, {name: p.detach().clone() for name, p in batch.parameters.items()}))
+    (metrics, params), (want_metrics, want_params) = learned
+    assert all(torch.equal(params[name], want_params[name]) for name in want_params)
+    assert all(torch.equal(m[k], w[k]) for m, w in zip(metrics, want_metrics) for k in w)
