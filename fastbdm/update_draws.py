@@ -10,7 +10,9 @@ The numbers a seed draws depend on how its updates are grouped (a pair's draws a
 updates' draws), and the trainers group them by the update count and the run's boundaries alone
 (graphs.UpdateRunner.run: pairs from an even count, single updates where a pair does not fit), so seed
 k draws alike alone and in a batch of seeds, and a resumed run like the uninterrupted one with the same
---log-every, --eval-every and --checkpoint-every. No host synchronisation; on CUDA each generator must be
+--log-every, --eval-every and --checkpoint-every (a run resumed from an odd update count, where an odd
+--steps stopped it, draws other numbers, of the same distribution, than one that passed that count
+inside a pair). No host synchronisation; on CUDA each generator must be
 registered with a graph that captures the draws (graphs.UpdateRunner.generators).
 """
 from typing import List, Sequence, Tuple
