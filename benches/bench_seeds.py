@@ -10,6 +10,7 @@ import torch
 from fastbdm import TD3SBC
 from fastbdm.backends import torch_matmul_precision
 from fastbdm.seed_batch import SeedBatch
+from fastbdm.update_draws import draw_updates
 
 from .workloads import ACT_DIM, OBS_DIM, config, synthetic_buffer, update_bytes, update_flops
 
@@ -38,9 +39,7 @@ def test_seeds(seeds, mode, measure, bench_setup, benchmark):
     else:  # each agent's pair of updates, as the trainer's runner does (UpdateRunner.pair)
         def pair():
             for agent in learners:
-                draws = [(b, agent.draw_noise(size.batch, device, actor_step))
-                         for actor_step in (False, True) for b in [buffer.sample(size.batch)]]
-                agent.update_pair(*zip(*draws))
+                agent.update_pair(*draw_updates(agent, buffer, size.batch, [False, True], [None], seed_axis=False))
 
     def round_():
         with torch_matmul_precision("tf32"):

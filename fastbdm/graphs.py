@@ -1,8 +1,7 @@
 """Running updates: eagerly, or on CUDA by replaying a captured CUDA graph of K pairs of updates.
 
 Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update), run
-as TD3SBC.update_pair: both batches and both updates' noise drawn first (in the order two single
-updates draw them), the frozen networks' outputs of both updates (one reverse chain), then the two
+as TD3SBC.update_pair: both batches and both updates' noise drawn first, at once (fastbdm.update_draws), the frozen networks' outputs of both updates (one reverse chain), then the two
 updates' losses, backward passes, fused capturable Adam steps, the target lerps and the device-side
 metric recording, all in the graph. The host only replays it. The generators that the updates draw
 from (a seed's own, UpdateRunner's generator; a SeedBatch's, one per seed) are registered with the
@@ -16,6 +15,7 @@ from .monitor import UpdateMonitor
 from .nvtx_ranges import phase
 from .replay import TransitionBuffer
 from .td3sbc import TD3SBC
+from .update_draws import draw_updates
 
 WARMUP_PAIRS = 2  # eager pairs on a side stream before capture (optimizer state, kernel compilation)
 
@@ -59,26 +59,23 @@ class UpdateRunner:
     def step(self) -> None:
         """One update, eagerly: sample, update, record metrics on the device."""
         actor_step = (self.agent.num_updates + 1) % self.agent.config.policy_freq == 0
-        batch, noise = self._draw(actor_step)
+        (batch,), (noise,) = self._draw([actor_step])
         self._record(self.agent.update(batch, noise))
 
-    def _draw(self, actor_step: bool):
-        """One update's batch and noise, from self.generator."""
-        with phase("sample"):
-            batch = self.buffer.sample(self.batch_size, generator=self.generator)
-        with phase("noise"):
-            return batch, self.agent.draw_noise(self.batch_size, batch.obs.device, actor_step, generator=self.generator)
+    def _draw(self, actor_steps):
+        """The batches and noises of consecutive updates (actor_steps[u]: update u steps the actor), drawn at
+        once from self.generator (fastbdm.update_draws)."""
+        return draw_updates(self.agent, self.buffer, self.batch_size, actor_steps, [self.generator], seed_axis=False)
 
-    def _record(self, metrics: dict) -> None:
+    def _record(self, *updates: dict) -> None:
+        """The metrics of one update or of a pair's two (one UpdateMonitor.record: seven kernels)."""
         with phase("metrics"):
-            self.monitor.record(metrics)
+            self.monitor.record(*updates)
 
     def pair(self) -> None:
-        """One update pair, eagerly (policy_freq 2, even update count): both batches and noises drawn in
-        the order two `step` calls draw them, TD3SBC.update_pair, each update's metrics recorded."""
-        batches, noises = zip(*(self._draw(actor_step) for actor_step in (False, True)))
-        for metrics in self.agent.update_pair(batches, noises):
-            self._record(metrics)
+        """One update pair, eagerly (policy_freq 2, even update count): both batches and noises drawn at once,
+        TD3SBC.update_pair, both updates' metrics recorded in one call."""
+        self._record(*self.agent.update_pair(*self._draw([False, True])))
 
     def _warmup_pair(self) -> None:
         """One real pair on a side stream: optimizer state and kernels exist before capture."""
@@ -141,24 +138,18 @@ class SeedBatchRunner(UpdateRunner):
     """UpdateRunner of a SeedBatch (fastbdm.seed_batch): each update draws every seed's batch and noise from
     that seed's generator (batch.generators, registered with the graph) and updates all seeds at once;
     monitors[k] records seed k's metrics: SeedBatchRunner(batch, buffer, monitors, batch_size, graphs,
-    pairs_per_graph). The monitors are stacked (UpdateMonitor.stack: one record for all seeds); each
-    still reads its own seed."""
+    pairs_per_graph). The monitors are stacked (UpdateMonitor.stack, the runner's `monitor`: one record for
+    all seeds); each still reads its own seed."""
 
     def __init__(self, agent, buffer: TransitionBuffer, monitors: List[UpdateMonitor], batch_size: int,
                  graphs: bool = False, pairs_per_graph: int = 1):
-        super().__init__(agent, buffer, monitors, batch_size, graphs, pairs_per_graph)
-        self.seed_monitors = UpdateMonitor.stack(monitors)
+        super().__init__(agent, buffer, UpdateMonitor.stack(monitors), batch_size, graphs, pairs_per_graph)
 
     def step(self) -> None:
         self._record(self.agent.step(self.buffer, self.batch_size))
 
     def pair(self) -> None:
-        for metrics in self.agent.pair_step(self.buffer, self.batch_size):
-            self._record(metrics)
-
-    def _record(self, metrics: dict) -> None:
-        with phase("metrics"):
-            self.seed_monitors.record(metrics)
+        self._record(*self.agent.pair_step(self.buffer, self.batch_size))
 
     def generators(self) -> List[torch.Generator]:
         return list(self.agent.generators)

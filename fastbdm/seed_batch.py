@@ -11,7 +11,7 @@ rounding of batched against single matmuls, whichever other seeds share the batc
 from its own seed, and its batches and noise come from its own generator (`generators`).
 
 On CUDA (pending a GPU): the generators are torch.Generator(device="cuda"), and a CUDA graph that
-captures `draw` registers each of them (torch.cuda.CUDAGraph.register_generator_state,
+captures the draws registers each of them (torch.cuda.CUDAGraph.register_generator_state,
 graphs.SeedBatchRunner) so that every replay advances its Philox offset; the fused Adam is capturable
 with a tensor lr (make_adam).
 
@@ -29,8 +29,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from .networks import Actor, normalize_states
-from .nvtx_ranges import phase
 from .td3sbc import TD3SBC, Batch, FrozenOutputs, UpdateNoise, make_adam
+from .update_draws import draw_updates
 
 # Parameter-name prefixes of each learner's online network, in the order of TD3SBC.optimizers' one Adam
 # (so that a seed's slice of the Adam state is a single-seed agent's, index for index).
@@ -129,18 +129,11 @@ class SeedBatch:
         return trainable, frozen
 
     def draw(self, buffer, batch_size: int, actor_step: bool):
-        """Each seed's batch (buffer.sample_rows) and UpdateNoise from its own generator, stacked: a Batch of
-        (S, B, ...) column views of the seeds' stacked rows, a stacked UpdateNoise."""
-        rows, noises, device = [], [], buffer.rows.device
-        for gen in self.generators:
-            with phase("sample"):
-                rows.append(buffer.sample_rows(batch_size, generator=gen))
-            with phase("noise"):
-                noises.append(self.template.draw_noise(batch_size, device, actor_step, generator=gen))
-        with phase("sample"):  # one stack of the seeds' rows, not one per field
-            batch = buffer.fields(torch.stack(rows))
-        with phase("noise"):
-            return batch, stack_noise(noises)
+        """Each seed's batch (from `buffer`) and UpdateNoise of one update from its own generator
+        (fastbdm.update_draws): a Batch of (S, B, ...) column views of the seeds' gathered rows, an
+        UpdateNoise of (S, ...) views."""
+        (batch,), (noise,) = draw_updates(self.template, buffer, batch_size, [actor_step], self.generators)
+        return batch, noise
 
     def step(self, buffer, batch_size: int) -> Dict[str, torch.Tensor]:
         """One update of every seed on its own batch and noise, drawn from its own generator (`draw`)."""
@@ -167,10 +160,9 @@ class SeedBatch:
         return {k: v.detach() for k, v in metrics.items()}
 
     def pair_step(self, buffer, batch_size: int) -> List[Dict[str, torch.Tensor]]:
-        """One update pair of every seed (update_pair), each seed's two batches and noises drawn from its
-        own generator in the order two `step` calls draw them."""
-        draws = [self.draw(buffer, batch_size, actor_step) for actor_step in (False, True)]
-        return self.update_pair(*zip(*draws))
+        """One update pair of every seed (update_pair), each seed's two batches and noises drawn at once from
+        its own generator (fastbdm.update_draws: as UpdateRunner.pair draws a single seed's)."""
+        return self.update_pair(*draw_updates(self.template, buffer, batch_size, [False, True], self.generators))
 
     def update_pair(self, batches: Sequence[Batch], noises: Sequence[UpdateNoise]) -> List[Dict[str, torch.Tensor]]:
         """TD3SBC.update_pair per seed, batched: the two updates of an actor period (policy_freq 2, from

@@ -2,6 +2,7 @@
 (docs/ALGORITHM.md#one-td3-sbc-update), and its baselines on the same TD3 skeleton: ReBRAC (without the
 state-BC term and its learners) and TD3+BC (Q scaled by alpha / mean|Q1|, mean-squared actor BC, no critic BC)."""
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -33,7 +34,8 @@ class Batch(NamedTuple):
 
 class UpdateNoise(NamedTuple):
     """Every random number of one update (TD3SBC.draw_noise), so that an update is a function of its
-    batch and its noise. B rows, n = obs dim, m = action dim; None where the algorithm or the step has
+    batch and its noise. The fields are views of two flat draws, one of normals and one of levels
+    (TD3SBC.noise_layout gives their order there). B rows, n = obs dim, m = action dim; None where the algorithm or the step has
     no such draw (bdm, data, sbc: td3sbc only; sbc: actor steps only; the chains: sampler "ddpm" only).
 
     policy (B, m) N(0, 1): the target action's smoothing noise before scaling and clipping.
@@ -185,30 +187,60 @@ class TD3SBC(nn.Module):
     def flags(self) -> CompatFlags:
         return self.config.compat
 
+    def noise_layout(self, rows: int, actor_step: bool = True) -> Tuple[List[Tuple[str, tuple]], List[Tuple[str, tuple]]]:
+        """Where one update's UpdateNoise fields on `rows` rows lie in its two flat draws: ([(field, shape)] of
+        the normals, [(field, shape)] of the levels), each in its order inside its draw. Normals: policy;
+        bdm_eps, bdm_z (absent with compat shared_noise: bdm_z is bdm_eps), bdm_chain (ddpm); data_eps; on
+        actor steps sbc_normal (absent with compat standardised_sbc_half), sbc_eps, sbc_z, sbc_chain. Levels:
+        bdm_t, data_t, on actor steps sbc_t."""
+        cfg, flags, n = self.config, self.flags, self.obs_mean.shape[0]
+        normals, levels = [("policy", (rows, self.act_dim))], []
+        if self.bdm is None:
+            return normals, levels
+
+        def diffusion(term, count):  # t, eps, z, chain noise of one BDM-sampled term on `count` rows
+            levels.append((f"{term}_t", (count,)))
+            normals.append((f"{term}_eps", (count, n)))
+            if not flags.shared_noise:
+                normals.append((f"{term}_z", (count, n)))
+            if self.bdm.sampler == "ddpm":
+                normals.append((f"{term}_chain", (cfg.steps, count, n)))
+
+        diffusion("bdm", rows)
+        levels.append(("data_t", (rows,)))
+        normals.append(("data_eps", (rows, n)))
+        if actor_step:
+            if not flags.standardised_sbc_half:
+                normals.append(("sbc_normal", (rows, n)))
+            diffusion("sbc", 2 * rows)
+        return normals, levels
+
+    def noise_sizes(self, rows: int, actor_step: bool = True) -> Tuple[int, int]:
+        """(normals, levels): the lengths of one update's two flat draws (noise_layout)."""
+        return tuple(sum(math.prod(shape) for _, shape in part) for part in self.noise_layout(rows, actor_step))
+
+    def noise_views(self, normals: torch.Tensor, levels: torch.Tensor, rows: int, actor_step: bool = True
+                    ) -> UpdateNoise:
+        """One update's UpdateNoise as views of its flat draws (noise_layout): normals ([S,] noise_sizes[0])
+        N(0, 1) float, levels ([S,] noise_sizes[1]) int64 in [0, steps); every field keeps the leading dims."""
+        fields = {}
+        for flat, part in zip((normals, levels), self.noise_layout(rows, actor_step)):
+            sizes = [math.prod(shape) for _, shape in part]
+            fields.update((name, view.unflatten(-1, shape)) for (name, shape), view in zip(part, flat.split(sizes, -1)))
+        if self.bdm is not None and self.flags.shared_noise:
+            fields.update({f"{term}_z": fields[f"{term}_eps"] for term in ("bdm", "sbc") if f"{term}_eps" in fields})
+        return UpdateNoise(**fields)
+
     def draw_noise(self, rows: int, device, actor_step: bool = True, generator=None) -> UpdateNoise:
         """The random numbers of one update on `rows` rows, drawn from `generator` (default: torch's global
-        one) in the order the update uses them: policy; BDM t, eps, z, chain; data t, eps; on actor steps
-        the SBC states' normals, t, eps, z, chain. A generator on a CUDA device must be registered with a
-        CUDA graph that captures the draws (torch.cuda.CUDAGraph.register_generator_state)."""
-        cfg, flags, n = self.config, self.flags, self.obs_mean.shape[0]
-        normal = lambda *shape: torch.randn(*shape, device=device, generator=generator)  # noqa: E731
-        level = lambda count: torch.randint(0, cfg.steps, (count,), device=device, generator=generator)  # noqa: E731
-        draws = {"policy": normal(rows, self.act_dim)}
-        if self.bdm is None:
-            return UpdateNoise(**draws)
-        ddpm = self.bdm.sampler == "ddpm"
-
-        def diffusion(count):  # t, eps, z, chain noise of one BDM-sampled term on `count` rows
-            t, eps = level(count), normal(count, n)
-            z = eps if flags.shared_noise else normal(count, n)
-            return t, eps, z, normal(cfg.steps, count, n) if ddpm else None
-
-        draws.update(zip(("bdm_t", "bdm_eps", "bdm_z", "bdm_chain"), diffusion(rows)))
-        draws.update(data_t=level(rows), data_eps=normal(rows, n))
-        if actor_step:
-            draws["sbc_normal"] = None if flags.standardised_sbc_half else normal(rows, n)
-            draws.update(zip(("sbc_t", "sbc_eps", "sbc_z", "sbc_chain"), diffusion(2 * rows)))
-        return UpdateNoise(**draws)
+        one): all its normals in one torch.randn, then all its levels in one torch.randint, the fields views
+        of them (noise_views). A generator on a CUDA device must be registered with a CUDA graph that
+        captures the draws (torch.cuda.CUDAGraph.register_generator_state)."""
+        normals, levels = self.noise_sizes(rows, actor_step)
+        normal = torch.randn(normals, device=device, generator=generator)
+        level = torch.randint(0, self.config.steps, (levels,), device=device, generator=generator) if levels else \
+            torch.empty(0, dtype=torch.int64, device=device)
+        return self.noise_views(normal, level, rows, actor_step)
 
     def target_action(self, next_obs: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max); normal (B, m) is

@@ -10,6 +10,7 @@ from fastbdm import Batch, TD3SBC, TD3SBCConfig
 from fastbdm.graphs import GraphCaptureError, UpdateRunner
 from fastbdm.monitor import UpdateMonitor
 from fastbdm.replay import TransitionBuffer
+from fastbdm.update_draws import draw_updates
 
 N, M, B = 5, 2, 16
 aten = torch.ops.aten
@@ -112,8 +113,9 @@ def test_runner_without_graphs_is_the_plain_update_loop():
     UpdateRunner(agents[0], buffers[0], monitors[0], B, graphs=False).run(5, progress.append)
     assert progress == [2, 2, 1]  # the progress bar moves with every pair (update_pair) and single update
     torch.manual_seed(5)
-    for _ in range(5):
-        monitors[1].record(agents[1].update(buffers[1].sample(B)))
+    for actor_steps in ([False, True], [False, True], [False]):  # a pair's numbers are drawn at once
+        batches, noises = draw_updates(agents[1], buffers[1], B, actor_steps, [None], seed_axis=False)
+        monitors[1].record(*(agents[1].update(b, noise) for b, noise in zip(batches, noises)))
     # a pair evaluates its frozen networks on 2B and 4B rows: the same up to float rounding
     # (tests/test_update_pair.py)
     for p, q in zip(agents[0].parameters(), agents[1].parameters()):

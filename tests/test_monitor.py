@@ -2,6 +2,7 @@
 update where a term was NaN or inf; one seed's monitor, or S seeds' stacked (UpdateMonitor.stack)."""
 import math
 
+import pytest
 import torch
 
 from fastbdm.monitor import UpdateMonitor
@@ -62,3 +63,37 @@ def test_stacked_monitors_record_each_seed_as_its_own_monitor():
     assert joined[2].state_dict()["step"] == 11 and joined[2].nonfinite()[0] == ("bc", 2)
     assert joined[1].nonfinite() == [("critic_loss", 2), ("actor_loss", 4)]  # its q_mean was always finite
     assert stacked.sums.abs().sum() == 0  # each seed's read reset its slice of the stack
+
+
+def test_a_pair_in_one_record_equals_its_two_updates_recorded_one_by_one():
+    """record(first, second): each update keeps its own number in the non-finite record (update 2's NaN
+    critic_loss is update 2, not 1 or 3) and the first's absent actor terms count nothing; one seed or
+    S seeds stacked, single records and pairs mixed as the runner mixes them."""
+    by_one, by_pairs = UpdateMonitor("cpu"), UpdateMonitor("cpu")
+    grouping = [[UPDATES[0]], UPDATES[1:3], [UPDATES[3]], UPDATES[:2], UPDATES[2:]]
+    for group in grouping:
+        for metrics in group:
+            by_one.record({n: torch.tensor(v) for n, v in metrics.items()})
+        by_pairs.record(*({n: torch.tensor(v) for n, v in metrics.items()} for metrics in group))
+    means, first = expected([m for group in grouping for m in group])
+    assert by_pairs.read() == by_one.read() == means  # actor_loss, bc: 4 records, not 8
+    assert by_pairs.state_dict() == by_one.state_dict() == {"step": 8, "first_nonfinite": [2, 3, -1, -1, 4, -1, -1, -1]}
+    seeds = 3  # seed 1's critic_loss is finite on the pair's first update, NaN on its second
+    runs = [[{n: v * (seed + 1) if seed != 1 or n != "critic_loss" else (NAN if i % 2 else 1.0) for n, v in m.items()}
+             for i, m in enumerate(UPDATES)] for seed in range(seeds)]
+    alone = [UpdateMonitor("cpu") for _ in range(seeds)]
+    stacked = UpdateMonitor.stack(joined := [UpdateMonitor("cpu") for _ in range(seeds)])
+    for pair in ((0, 1), (2, 3)):
+        for seed, monitor in enumerate(alone):
+            for i in pair:
+                monitor.record({n: torch.tensor(v) for n, v in runs[seed][i].items()})
+        stacked.record(*({n: torch.tensor([runs[seed][i][n] for seed in range(seeds)]) for n in UPDATES[i]}
+                         for i in pair))
+    for one, other in zip(alone, joined):
+        assert other.state_dict() == one.state_dict() and other.read() == one.read()
+    assert joined[1].nonfinite() == [("critic_loss", 2), ("q_mean", 3), ("actor_loss", 4)]
+
+
+def test_record_refuses_more_updates_than_a_pair():
+    with pytest.raises(ValueError, match="1 to 2 updates"):
+        UpdateMonitor("cpu").record(*[{"critic_loss": torch.tensor(1.0)}] * 3)

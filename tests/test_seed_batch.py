@@ -6,10 +6,13 @@ Tolerance: the batched update differs from the single ones only in how its matmu
 per gradient. Adam turns a gradient g into a step lr m / (sqrt(v) + 1e-8), which for |g| >> 1e-8 is
 insensitive to g's relative rounding (the ratio cancels it), so after 5 updates of lr = 1e-3 the
 parameters (O(0.1..1)) agree to ~5 x 1e-3 x 1e-7 plus their own rounding (a few ulps, ~6e-8):
-measured at most 6e-8 (rebrac) and 3e-8 (td3sbc, td3bc). atol 1e-6 leaves room for an element whose
-gradient is near Adam's eps, while a seed that read another seed's weights, batch or noise, or a
-wrong step, moves parameters by ~lr = 1e-3, 1000 times the tolerance (a grad handed to the fused
-Adam in a transposed layout was caught here: 2e-3).
+measured at most 6e-8 (rebrac) and 3e-8 (td3sbc, td3bc): atol 1e-6. An element whose gradient cancels
+by chance to near Adam's eps (|g| ~ 1e-7 where the median is 2e-2: one in ~1e5) turns that rounding into
+a step difference of up to ~lr (seed 0 with generator 100's draws: g = -3.6e-7 at update 1 in
+bdm.denoiser.linears.0.weight[13, 13], off by 1.4e-6 after two updates), so such isolated elements may
+pass atol (ALLOWED_OFF of a tensor's elements, at least one, each within 2 lr). A seed that read another
+seed's weights, batch or noise, or a wrong step, moves nearly every element by ~lr = 1e-3, 1000 times
+atol (a grad handed to the fused Adam in a transposed layout was caught here: 2e-3).
 """
 from types import SimpleNamespace
 
@@ -23,6 +26,15 @@ from fastbdm.replay import TransitionBuffer
 from fastbdm.td3sbc import Batch
 
 N, M, B, SEEDS, UPDATES = 6, 3, 16, 3, 5
+ALLOWED_OFF = 1e-3  # the share of a parameter's elements that may pass atol (module docstring)
+
+
+def assert_same_parameters(got, want, what: str, lr: float = 1e-3) -> None:
+    """got within atol 1e-6 of want but for isolated elements (ALLOWED_OFF of them, at least one), each
+    within 2 lr: the module docstring's tolerance."""
+    off = int(((got - want).abs() > 1e-6).sum())
+    assert off <= max(1, ALLOWED_OFF * want.numel()), f"{what}: {off} of {want.numel()} elements off by more than 1e-6"
+    torch.testing.assert_close(got, want, rtol=0, atol=2 * lr, msg=lambda m: f"{what}: {m}")
 
 
 def make_agent(algo, seed, **overrides):
@@ -69,7 +81,7 @@ def test_batched_update_equals_single_seed_updates(algo, overrides, batched_back
     for seed, agent in enumerate(singles):
         state = batched.agent_state(seed)
         for name, p in agent.state_dict().items():
-            torch.testing.assert_close(state[name], p, rtol=0, atol=1e-6, msg=lambda m: f"seed {seed} {name}: {m}")
+            assert_same_parameters(state[name], p, f"seed {seed} {name}")
         moved = [name for name, p in agent.named_parameters() if not torch.equal(p, make_agent(
             algo, seed, **overrides).state_dict()[name])]
         assert len(moved) == len(list(agent.parameters())), "every learner moved: the comparison is not vacuous"
@@ -123,7 +135,7 @@ def test_batched_update_pair_equals_single_seed_update_pairs(algo, overrides, ba
     for seed, agent in enumerate(singles):
         state = batched.agent_state(seed)
         for name, p in agent.state_dict().items():
-            torch.testing.assert_close(state[name], p, rtol=0, atol=1e-6, msg=lambda m: f"seed {seed} {name}: {m}")
+            assert_same_parameters(state[name], p, f"seed {seed} {name}")
     with pytest.raises(ValueError, match="even update count"):
         batched.step(make_buffer(), B)
         batched.pair_step(make_buffer(), B)

@@ -5,9 +5,12 @@ a batch and alone, batched runs resume (also after SIGKILL, and one seed alone),
 Tolerance (ALIKE): a seed in a batch runs SeedBatch's vmapped update, alone TD3SBC.update, on the same
 batches and noise (its own generator): the arithmetic differs in the matmuls' blocking, fp32 rounding of
 ~1e-7 (tests/test_seed_batch.py). Over 40 updates Adam amplifies it where a gradient element is near
-zero (its sign decides a step of ~lr): measured worst 1e-4 relative (data_loss; the other terms 1e-6),
-so rtol 1e-3. A seed that drew another seed's batches or noise, or the global stream, differs at O(1)
-(seed 0 against seed 1: 10-60 % on every term). Evaluation returns are left out: MuJoCo amplifies 1e-7
+zero (its sign decides a step of ~lr), and the training's chaos spreads that element's difference:
+with the update streams of fastbdm.update_draws seed 1's critic_loss and q_mean moved by up to 2e-2
+relative at update 40 (one critic weight off by 6e-4 after the first pair), the other terms by 1e-7 to
+1e-3; over five update streams the median relative difference of all rows' terms was at most 2e-5.
+So: every term within 10 %, the median within 1e-3. A seed that drew another seed's batches or noise,
+or the global stream, differs at O(1) (seed 0 or 2 against seed 1: median 4e-2 to 8e-2, terms up to 20x). Evaluation returns are left out: MuJoCo amplifies 1e-7
 differences in actions chaotically (one episode's return moved by 54 of 290 at update 20), so only the
 training terms are compared.
 """
@@ -49,12 +52,13 @@ def rows(out, seed):
 
 
 def assert_alike(got, want):
-    """The same rows, their training terms within ALIKE's rtol 1e-3 (module docstring)."""
+    """The same rows, their training terms each within 10 % and their median relative difference within
+    1e-3 (ALIKE, module docstring)."""
     assert [r["step"] for r in got] == [r["step"] for r in want]
-    for g, w in zip(got, want):
-        torch.testing.assert_close(torch.tensor([g[k] for k in TRAINING_TERMS], dtype=torch.float64),
-                                   torch.tensor([w[k] for k in TRAINING_TERMS], dtype=torch.float64),
-                                   rtol=1e-3, atol=1e-6, msg=lambda m: f"update {g['step']}: {m}")
+    terms = [torch.tensor([[r[k] for k in TRAINING_TERMS] for r in rows], dtype=torch.float64) for rows in (got, want)]
+    torch.testing.assert_close(*terms, rtol=0.1, atol=1e-6)
+    relative = ((terms[0] - terms[1]).abs() / terms[1].abs().clamp(min=1e-6)).median()
+    assert relative <= 1e-3, f"median relative difference of the training terms {relative:.1e}"
 
 
 @pytest.fixture

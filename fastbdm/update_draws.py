@@ -1,0 +1,57 @@
+"""The random numbers of consecutive updates (one update, or the two of a pair) drawn at once, for one seed or
+S seeds, each seed from its own generator: all the updates' batch indices in one torch.randint, then all
+their normals in one torch.randn, then all their diffusion levels in one torch.randint (the updates one
+after another inside each draw, each in TD3SBC.noise_layout's order), and the batches' rows in one gather
+for every seed and update. A pair costs four kernels at one seed (3 S + 1 at S seeds), where drawing its
+updates one by one cost twenty: no stacks either, each seed's draws are written into its row of (S, ...)
+tensors and the Batch and UpdateNoise fields are views.
+
+The numbers a seed draws depend on how its updates are grouped (a pair's draws are not two single
+updates' draws), and the trainers group them by the update count and the run's boundaries alone
+(graphs.UpdateRunner.run: pairs from an even count, single updates where a pair does not fit), so seed
+k draws alike alone and in a batch of seeds, and a resumed run like the uninterrupted one with the same
+--log-every, --eval-every and --checkpoint-every (a run resumed from an odd update count, where an odd
+--steps stopped it, draws other numbers, of the same distribution, than one that passed that count
+inside a pair). No host synchronisation; on CUDA each generator must be
+registered with a graph that captures the draws (graphs.UpdateRunner.generators).
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .nvtx_ranges import phase
+from .replay import TransitionBuffer
+from .td3sbc import TD3SBC, Batch, UpdateNoise
+
+
+def draw_updates(agent: TD3SBC, buffer: TransitionBuffer, batch_size: int, actor_steps: Sequence[bool],
+                 generators: Sequence[torch.Generator], seed_axis: bool = True
+                 ) -> Tuple[List[Batch], List[UpdateNoise]]:
+    """The batches and UpdateNoise of len(actor_steps) consecutive updates (actor_steps[u]: update u steps
+    the actor) of S = len(generators) seeds, seed k's drawn from generators[k] (None: torch's global one).
+    seed_axis: every field (S, ...); False (one generator): without the seed axis."""
+    device, seeds, updates = buffer.rows.device, len(generators), len(actor_steps)
+    if not seed_axis and seeds != 1:
+        raise ValueError(f"draw_updates without a seed axis draws one seed's updates, got {seeds} generators")
+    sizes = [agent.noise_sizes(batch_size, actor_step) for actor_step in actor_steps]
+    indices = torch.empty(seeds, updates * batch_size, dtype=torch.int64, device=device)
+    normals = torch.empty(seeds, sum(n for n, _ in sizes), device=device)
+    levels = torch.empty(seeds, sum(n for _, n in sizes), dtype=torch.int64, device=device)
+    for k, generator in enumerate(generators):
+        with phase("sample"):
+            torch.randint(0, len(buffer), indices.shape[1:], generator=generator, device=device, out=indices[k])
+        with phase("noise"):
+            torch.randn(normals.shape[1:], generator=generator, device=device, out=normals[k])
+            if levels.shape[1]:  # rebrac, td3bc: no levels
+                torch.randint(0, agent.config.steps, levels.shape[1:], generator=generator, device=device,
+                              out=levels[k])
+    with phase("sample"):
+        rows = buffer.rows.index_select(0, indices.flatten()).unflatten(0, (seeds, updates, batch_size))
+    if not seed_axis:
+        rows, normals, levels = rows[0], normals[0], levels[0]
+    batches = [buffer.fields(rows.select(-3, u)) for u in range(updates)]
+    normal_parts = normals.split([n for n, _ in sizes], -1)
+    level_parts = levels.split([n for _, n in sizes], -1)
+    noises = [agent.noise_views(normal, level, batch_size, actor_step)
+              for normal, level, actor_step in zip(normal_parts, level_parts, actor_steps)]
+    return batches, noises

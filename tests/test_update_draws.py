@@ -1,0 +1,135 @@
+"""An update's random numbers in two flat draws (TD3SBC.draw_noise: one randn, one randint, the UpdateNoise
+fields views of them) and consecutive updates' draws at once (fastbdm.update_draws): the fields' shapes,
+independence and distribution, and each seed's numbers alike alone, in a batch of seeds and against
+explicit draws from its generator."""
+import pytest
+import torch
+
+from fastbdm import TD3SBC, TD3SBCConfig
+from fastbdm.compat import CompatFlags
+from fastbdm.launch_count import LaunchCounter
+from fastbdm.seed_batch import SeedBatch
+from fastbdm.update_draws import draw_updates
+
+from test_seed_batch import B, make_agent, make_buffer
+
+N, M, STEPS = 6, 3, 4
+
+
+def agent(algo="td3sbc", **fields):
+    return TD3SBC(N, M, config=TD3SBCConfig.for_algo(algo, actor_hidden=(8,), critic_hidden=(8,), denoiser_hidden=(8,),
+                                                     steps=STEPS, backend="torch", **fields))
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, {"policy": (B, M), "bdm_t": (B,), "bdm_eps": (B, N), "bdm_z": (B, N), "data_t": (B,), "data_eps": (B, N),
+          "sbc_normal": (B, N), "sbc_t": (2 * B,), "sbc_eps": (2 * B, N), "sbc_z": (2 * B, N)}),
+    ({"sampler": "ddpm"}, {"bdm_chain": (STEPS, B, N), "sbc_chain": (STEPS, 2 * B, N)}),
+])
+def test_one_update_draws_one_randn_and_one_randint_whose_views_are_its_fields(fields, expected):
+    a = agent(**fields)
+    with LaunchCounter() as counter:
+        noise = a.draw_noise(B, "cpu", actor_step=True, generator=torch.Generator().manual_seed(0))
+    assert counter.ops == {("other", "aten::randn"): 1, ("other", "aten::randint"): 1}
+    present = {k: tuple(v.shape) for k, v in noise._asdict().items() if v is not None}
+    assert {k: present[k] for k in expected} == expected
+    normals = [v for k, v in noise._asdict().items() if v is not None and v.is_floating_point()]
+    levels = [v for k, v in noise._asdict().items() if v is not None and not v.is_floating_point()]
+    # views of one buffer each, side by side: no field overlaps another, together they fill the buffer
+    for views, size in zip((normals, levels), a.noise_sizes(B)):
+        base = views[0]._base if views[0]._base is not None else views[0]
+        assert all(v._base is base for v in views) and base.numel() == size == sum(v.numel() for v in views)
+        starts = sorted((v.storage_offset(), v.numel()) for v in views)
+        assert all(s + n == t for (s, n), (t, _) in zip(starts, starts[1:]))
+    # standard normals, independent across fields; levels uniform over [0, STEPS)
+    many = a.draw_noise(4096, "cpu", generator=torch.Generator().manual_seed(1))
+    flat = torch.cat([v.flatten() for v in many._asdict().values() if v is not None and v.is_floating_point()])
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01
+    corr = torch.corrcoef(torch.stack([many.bdm_eps.flatten(), many.bdm_z.flatten(), many.data_eps.flatten(),
+                                       many.sbc_normal.flatten()]))
+    assert (corr - torch.eye(4)).abs().max() < 0.02
+    t = torch.cat([many.bdm_t, many.data_t, many.sbc_t])
+    assert t.min() == 0 and t.max() == STEPS - 1 and (torch.bincount(t) / len(t) - 1 / STEPS).abs().max() < 0.02
+    assert not torch.equal(many.bdm_t, many.data_t)
+
+
+def test_compat_flags_and_baselines_drop_their_draws():
+    shared = agent(compat=CompatFlags(shared_noise=True, standardised_sbc_half=True)).draw_noise(B, "cpu")
+    assert shared.bdm_z is shared.bdm_eps and shared.sbc_z is shared.sbc_eps and shared.sbc_normal is None
+    critic_only = agent().draw_noise(B, "cpu", actor_step=False)
+    assert critic_only.sbc_t is None and critic_only.sbc_eps is None and critic_only.sbc_normal is None
+    baseline = agent("rebrac")
+    with LaunchCounter() as counter:
+        rebrac = baseline.draw_noise(B, "cpu")
+    assert counter.ops == {("other", "aten::randn"): 1}  # the policy noise; no levels
+    assert rebrac.policy.shape == (B, M) and all(v is None for v in rebrac[1:])
+
+
+@pytest.mark.parametrize("algo", ["td3sbc", "rebrac"])
+def test_a_seeds_draws_are_alike_alone_in_a_batch_and_from_its_generator(algo):
+    """Seed 1 of seeds 0, 1, 2 (SeedBatch, rows of (S, ...) tensors) draws what seed 1 alone draws (no seed
+    axis: UpdateRunner's draws), and that is, from its generator: a single update's batch indices
+    (randint), then TD3SBC.draw_noise; a pair's indices of both batches, then both updates' normals in
+    one randn, then their levels in one randint."""
+    buffer, template = make_buffer(), make_agent(algo, 0)
+    generators = lambda: [torch.Generator().manual_seed(10 + seed) for seed in range(3)]  # noqa: E731
+    for actor_steps in ([True], [False, True]):
+        three = draw_updates(template, buffer, B, actor_steps, generators())
+        alone = draw_updates(template, buffer, B, actor_steps, [generators()[1]], seed_axis=False)
+        gen = generators()[1]
+        indices = torch.randint(0, len(buffer), (len(actor_steps) * B,), generator=gen)
+        if actor_steps == [True]:
+            noises = [template.draw_noise(B, "cpu", True, generator=gen)]
+        else:
+            sizes = [template.noise_sizes(B, step) for step in actor_steps]
+            normals = torch.randn(sum(n for n, _ in sizes), generator=gen).split([n for n, _ in sizes])
+            count = sum(n for _, n in sizes)
+            levels = (torch.randint(0, STEPS, (count,), generator=gen) if count else torch.empty(0, dtype=torch.long)
+                      ).split([n for _, n in sizes])
+            noises = [template.noise_views(*args, B, step) for *args, step in zip(normals, levels, actor_steps)]
+        batches = [buffer.fields(buffer.rows[part]) for part in indices.split(B)]
+        for u in range(len(actor_steps)):
+            for got3, got1, want in zip((*three[0][u], *three[1][u]), (*alone[0][u], *alone[1][u]),
+                                        (*batches[u], *noises[u])):
+                assert (got3 is None) == (got1 is None) == (want is None)
+                if want is not None:
+                    assert torch.equal(got3[1], want) and torch.equal(got1, want)
+            assert not torch.equal(three[0][u].obs[0], batches[u].obs)  # seed 0 draws from its own stream
+            assert not torch.equal(three[1][u].policy[0], noises[u].policy)
+
+
+def test_seed_batch_draws_without_stacks_and_its_noise_is_each_seeds_draw_noise():
+    """SeedBatch.draw: seed k's noise is TD3SBC.draw_noise from seed k's generator after its batch indices;
+    S randint + 1 gather for the batches, S randn + S randint for the noise, nothing stacked."""
+    buffer, seeds = make_buffer(), 3
+    batch = SeedBatch([make_agent("td3sbc", seed) for seed in range(seeds)],
+                      [torch.Generator().manual_seed(10 + seed) for seed in range(seeds)])
+    with LaunchCounter() as counter:
+        _, noise = batch.draw(buffer, B, actor_step=True)
+    assert counter.ops == {("sample", "aten::randint"): seeds, ("sample", "aten::index_select"): 1,
+                           ("noise", "aten::normal_"): seeds, ("noise", "aten::randint"): seeds}
+    for k in range(seeds):
+        gen = torch.Generator().manual_seed(10 + k)
+        torch.randint(0, len(buffer), (B,), generator=gen)
+        want = batch.template.draw_noise(B, "cpu", True, generator=gen)
+        for got, field in zip(noise, want):
+            assert (got is None) == (field is None) and (field is None or torch.equal(got[k], field))
+
+
+def test_seed_batch_learns_alike_from_the_strided_views_and_from_contiguous_copies():
+    """A SeedBatch pair on the Triton kernels (interpreter) reads the seeds' draws as strided views of the
+    (S, ...) draws (no field is contiguous at S = 3): bit for bit what it learns from contiguous copies."""
+    buffer, learned = make_buffer(), []
+    for contiguous in (False, True):
+        batch = SeedBatch([make_agent("td3sbc", seed, backend="triton") for seed in range(3)],
+                          [torch.Generator().manual_seed(10 + seed) for seed in range(3)])
+        batches, noises = draw_updates(batch.template, buffer, B, [False, True], batch.generators)
+        assert not any(f.is_contiguous() for f in (*batches[0], *noises[1]) if f is not None and f.dim() > 1)
+        if contiguous:
+            batches = [type(b)(*(f.contiguous() for f in b)) for b in batches]
+            noises = [type(n)(*(None if f is None else f.contiguous() for f in n)) for n in noises]
+        metrics = batch.update_pair(batches, noises)
+        learned.append((metrics, {name: p.detach().clone() for name, p in batch.parameters.items()}))
+    (metrics, params), (want_metrics, want_params) = learned
+    assert all(torch.equal(params[name], want_params[name]) for name in want_params)
+    assert all(torch.equal(m[k], w[k]) for m, w in zip(metrics, want_metrics) for k in w)
