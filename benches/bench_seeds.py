@@ -1,8 +1,8 @@
 """Many seeds in one process (fastbdm.seed_batch): the whole update of S seeds, sampling included, batched
 (one SeedBatch.pair_step for all S per update pair) for S = 1, 2, 4, 8, and S = 4 run one after another
-(four TD3SBC agents, TD3SBC.update_pair each) as today's sequential --seeds does. td3sbc at the size's batch, eager, the torch
-backend on the CPU and triton on CUDA (graphs for the batch: pending, see docs/PERFORMANCE.md). One round
-= one update pair (policy_freq = 2 updates) of every seed; extra_info: seeds, updates_per_round (per seed) and
+(four TD3SBC agents, TD3SBC.update_pair each) as today's sequential --seeds does. td3sbc at the size's batch,
+eager, the torch backend on the CPU and triton on CUDA (graphs for the batch: pending, see docs/PERFORMANCE.md).
+One round = one update pair (policy_freq = 2 updates) of every seed; extra_info: seeds, updates_per_round (per seed) and
 per_seed_update_s = median / (seeds x updates_per_round), the number to compare across S."""
 import pytest
 import torch

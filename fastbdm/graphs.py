@@ -1,11 +1,11 @@
 """Running updates: eagerly, or on CUDA by replaying a captured CUDA graph of K pairs of updates.
 
 Each captured pair is (critic/BDM/data-denoiser update, the same plus the actor and target update), run
-as TD3SBC.update_pair: both batches and both updates' noise drawn first, at once (fastbdm.update_draws), the frozen networks' outputs of both updates (one reverse chain), then the two
-updates' losses, backward passes, fused capturable Adam steps, the target lerps and the device-side
-metric recording, all in the graph. The host only replays it. The generators that the updates draw
-from (a seed's own, UpdateRunner's generator; a SeedBatch's, one per seed) are registered with the
-graph, so that every replay advances their streams.
+as TD3SBC.update_pair: both batches and both updates' noise drawn first, at once (fastbdm.update_draws), the frozen
+networks' outputs of both updates (one reverse chain), then the two updates' losses, backward passes, fused
+capturable Adam steps, the target lerps and the device-side metric recording, all in the graph. The host only
+replays it. The generators that the updates draw from (a seed's own, UpdateRunner's generator; a SeedBatch's, one
+per seed) are registered with the graph, so that every replay advances their streams.
 """
 from typing import List
 

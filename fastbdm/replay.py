@@ -1,6 +1,9 @@
 """Normalised transitions resident on the training device, sampled without leaving it."""
+from typing import List
+
 import torch
 
+from .kernels.gather_fields import gather_fields
 from .networks import normalize_states
 from .td3sbc import Batch
 
@@ -12,7 +15,9 @@ class TransitionBuffer:
 
     `sample` draws indices with torch.randint on that device and gathers the rows in one index_select
     (two kernels): no host synchronisation, safe inside a CUDA graph (the default generator is
-    graph-aware).
+    graph-aware). `gather` takes drawn indices of S seeds' U updates (fastbdm.update_draws) and returns
+    each update's Batch, its fields column views of the gathered rows or, with `dense` (the triton
+    backend: kernels/gather_fields.py, still one launch), contiguous blocks the kernels read without a copy.
     """
 
     def __init__(self, transitions, device):
@@ -44,6 +49,20 @@ class TransitionBuffer:
         buffer's device; default torch's global one)."""
         idx = torch.randint(0, self.size, (batch_size,), device=self.rows.device, generator=generator)
         return self.rows.index_select(0, idx)
+
+    def gather(self, indices: torch.Tensor, dense: bool = False) -> List[Batch]:
+        """indices (S, U, B) into the transitions (S seeds' U updates of B rows) -> U Batches of (S, B, ...)
+        fields, in one launch: column views of the index_select's (S, U, B, width) rows, or (dense) each
+        field a contiguous (S, B, d) block of gather_fields' update-major output."""
+        S, U, B = indices.shape
+        if not dense:
+            rows = self.rows.index_select(0, indices.flatten()).unflatten(0, (S, U, B))
+            return [self.fields(rows.select(1, u)) for u in range(U)]
+        flat = gather_fields(self.rows, indices, self.widths)
+        blocks = [block.view(U, S, B, d) for block, d in zip(flat.split([S * U * B * d for d in self.widths]),
+                                                               self.widths)]
+        return [Batch(*(b[u].squeeze(-1) if vector else b[u] for b, vector in zip(blocks, self.vectors)))
+                for u in range(U)]
 
     def sample(self, batch_size: int, generator: torch.Generator = None) -> Batch:
         """sample_rows as a Batch (its fields column views of the gathered rows)."""

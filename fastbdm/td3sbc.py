@@ -35,8 +35,8 @@ class Batch(NamedTuple):
 class UpdateNoise(NamedTuple):
     """Every random number of one update (TD3SBC.draw_noise), so that an update is a function of its
     batch and its noise. The fields are views of two flat draws, one of normals and one of levels
-    (TD3SBC.noise_layout gives their order there). B rows, n = obs dim, m = action dim; None where the algorithm or the step has
-    no such draw (bdm, data, sbc: td3sbc only; sbc: actor steps only; the chains: sampler "ddpm" only).
+    (TD3SBC.noise_layout gives their order there). B rows, n = obs dim, m = action dim; None where the algorithm or
+    the step has no such draw (bdm, data, sbc: td3sbc only; sbc: actor steps only; the chains: sampler "ddpm" only).
 
     policy (B, m) N(0, 1): the target action's smoothing noise before scaling and clipping.
     bdm_t (B,), bdm_eps, bdm_z (B, n), bdm_chain (steps, B, n): the BDM TD loss (bdm_z is bdm_eps with
@@ -187,7 +187,8 @@ class TD3SBC(nn.Module):
     def flags(self) -> CompatFlags:
         return self.config.compat
 
-    def noise_layout(self, rows: int, actor_step: bool = True) -> Tuple[List[Tuple[str, tuple]], List[Tuple[str, tuple]]]:
+    def noise_layout(self, rows: int, actor_step: bool = True
+                     ) -> Tuple[List[Tuple[str, tuple]], List[Tuple[str, tuple]]]:
         """Where one update's UpdateNoise fields on `rows` rows lie in its two flat draws: ([(field, shape)] of
         the normals, [(field, shape)] of the levels), each in its order inside its draw. Normals: policy;
         bdm_eps, bdm_z (absent with compat shared_noise: bdm_z is bdm_eps), bdm_chain (ddpm); data_eps; on

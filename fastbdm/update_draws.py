@@ -2,9 +2,9 @@
 S seeds, each seed from its own generator: all the updates' batch indices in one torch.randint, then all
 their normals in one torch.randn, then all their diffusion levels in one torch.randint (the updates one
 after another inside each draw, each in TD3SBC.noise_layout's order), and the batches' rows in one gather
-for every seed and update. A pair costs four kernels at one seed (3 S + 1 at S seeds), where drawing its
-updates one by one cost twenty: no stacks either, each seed's draws are written into its row of (S, ...)
-tensors and the Batch and UpdateNoise fields are views.
+for every seed and update (TransitionBuffer.gather; its fields contiguous on the triton backend). A pair costs four
+kernels at one seed (3 S + 1 at S seeds), where drawing its updates one by one cost twenty: no stacks either, each
+seed's draws are written into its row of (S, ...) tensors and the Batch and UpdateNoise fields are views.
 
 The numbers a seed draws depend on how its updates are grouped (a pair's draws are not two single
 updates' draws), and the trainers group them by the update count and the run's boundaries alone
@@ -19,6 +19,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from .backends import resolve_backend
 from .nvtx_ranges import phase
 from .replay import TransitionBuffer
 from .td3sbc import TD3SBC, Batch, UpdateNoise
@@ -45,11 +46,12 @@ def draw_updates(agent: TD3SBC, buffer: TransitionBuffer, batch_size: int, actor
             if levels.shape[1]:  # rebrac, td3bc: no levels
                 torch.randint(0, agent.config.steps, levels.shape[1:], generator=generator, device=device,
                               out=levels[k])
-    with phase("sample"):
-        rows = buffer.rows.index_select(0, indices.flatten()).unflatten(0, (seeds, updates, batch_size))
+    with phase("sample"):  # the triton backend's kernels read contiguous fields: gathered so, no copies later
+        dense = resolve_backend(agent.config.backend, device) == "triton"
+        batches = buffer.gather(indices.view(seeds, updates, batch_size), dense)
     if not seed_axis:
-        rows, normals, levels = rows[0], normals[0], levels[0]
-    batches = [buffer.fields(rows.select(-3, u)) for u in range(updates)]
+        batches = [Batch(*(field[0] for field in batch)) for batch in batches]
+        normals, levels = normals[0], levels[0]
     normal_parts = normals.split([n for n, _ in sizes], -1)
     level_parts = levels.split([n for _, n in sizes], -1)
     noises = [agent.noise_views(normal, level, batch_size, actor_step)

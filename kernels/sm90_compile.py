@@ -82,8 +82,8 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE,
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr") else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16
-                         else "*fp32")
+            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr") else "*i32" if name == "counter_ptr"
+                         else "*bf16" if name in bf16 else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)

@@ -62,8 +62,8 @@ def _forward_kernel(
     BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """BLOCK_M rows of group program_id(1) = seed * M + member through the network. x1 (S, R, D1), x2
-    (S, R, D2) (D2 = 0: none), unit column stride, x_strides = (x1's seed and row strides, x2's); widths (D1 + D2, H_1, ..., H_L, N_OUT); pre_l (S, M, R, H_l); stats (S, 2L,
-    M, R); out (S, M, R, N_OUT)."""
+    (S, R, D2) (D2 = 0: none), unit column stride, x_strides = (x1's seed and row strides, x2's); widths (D1 + D2,
+    H_1, ..., H_L, N_OUT); pre_l (S, M, R, H_l); stats (S, 2L, M, R); out (S, M, R, N_OUT)."""
     pid = tl.program_id(0)
     gid = tl.program_id(1).to(tl.int64)
     sid, mid = gid // M, gid % M
@@ -221,8 +221,8 @@ def _backward_deltas_kernel(
 
 
 @triton.jit
-def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, x1_row, x2_row, h_ptr, h_stats, h_g, h_beta, dz_ptr, dh_ptr, pre_ptr,
-                 stats, dw_ptr, s_in, s_out, db_ptr, dg_ptr, dbeta_ptr,
+def _weight_tile(ti, tj, K, N, R, M, x1_ptr, x2_ptr, D1, D2, x1_row, x2_row, h_ptr, h_stats, h_g, h_beta, dz_ptr,
+                 dh_ptr, pre_ptr, stats, dw_ptr, s_in, s_out, db_ptr, dg_ptr, dbeta_ptr,
                  FROM_INPUT: tl.constexpr, LAYER_NORM: tl.constexpr, NORM_GRADS: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr):
     """Tile (ti, tj) of dW = h^T dz for a layer (in K, out N): h = [x1, x2] (FROM_INPUT; row strides x1_row,

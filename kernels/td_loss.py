@@ -84,18 +84,19 @@ def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, block_m=64, n
 def _critic_td_loss_kernel(
     q_ptr, q_target_ptr, next_action_ptr, data_next_action_ptr, rewards_ptr, dones_ptr, valid_ptr,
     grad_ptr, loss_ptr, q_mean_ptr,
-    B, m, gamma, w_bc,
+    B, m, gamma, w_bc, qt_seed_stride, qt_member_stride,
     MEMBERS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
     """Program program_id(0) = seed: all B rows of q (S, MEMBERS, B) against y (B,); writes grad_q
-    (S, MEMBERS, B), loss (S,) and the mean of q (S,); q_target (S, MEMBERS, B); rewards, dones, valid
+    (S, MEMBERS, B), loss (S,) and the mean of q (S,); q_target (S, MEMBERS, B) with unit row stride (its
+    seed and member strides given: a column slice of both updates' target values); rewards, dones, valid
     (S, B); the actions (S, B, m)."""
     sid = tl.program_id(0).to(tl.int64)
     q_ptr += sid * MEMBERS * B
     grad_ptr += sid * MEMBERS * B
     next_action_ptr += sid * B * m
     data_next_action_ptr += sid * B * m
-    q_target_ptr += sid * MEMBERS * B
+    q_target_ptr += sid * qt_seed_stride
     rewards_ptr += sid * B
     dones_ptr += sid * B
     valid_ptr += sid * B
@@ -113,7 +114,7 @@ def _critic_td_loss_kernel(
         not_done = gamma * (1.0 - tl.load(dones_ptr + rows, mask=ok, other=0.0))
         q_next = tl.load(q_target_ptr + rows, mask=ok, other=0.0)
         for k in tl.static_range(1, MEMBERS):
-            q_next = tl.minimum(q_next, tl.load(q_target_ptr + k * B + rows, mask=ok, other=0.0))
+            q_next = tl.minimum(q_next, tl.load(q_target_ptr + k * qt_member_stride + rows, mask=ok, other=0.0))
         y = tl.load(rewards_ptr + rows, mask=ok, other=0.0) + not_done * (q_next - penalty)
         for k in tl.static_range(MEMBERS):
             q = tl.load(q_ptr + k * B + rows, mask=ok, other=0.0)
@@ -146,10 +147,13 @@ def critic_td_loss_fwd_bwd(q, q_target, next_action, data_next_action, rewards, 
         loss.fill_(float("nan"))
         q_mean.fill_(float("nan"))
     else:
-        floats = [x.to(torch.float32).contiguous() for x in (q, q_target, next_action, data_next_action, rewards,
-                                                             dones, valid)]
+        q_target = q_target.to(torch.float32)
+        if q_target.stride(-1) != 1:
+            q_target = q_target.contiguous()
+        floats = [x.to(torch.float32).contiguous() for x in (q, next_action, data_next_action, rewards, dones, valid)]
         _critic_td_loss_kernel[(S,)](
-            *floats, grad, loss, q_mean, B, m, float(gamma), float(w_bc),
+            floats[0], q_target, *floats[1:], grad, loss, q_mean, B, m, float(gamma), float(w_bc),
+            q_target.stride(0), q_target.stride(1),
             MEMBERS=members, BLOCK_B=block_b, BLOCK_A=triton.next_power_of_2(max(m, 1)), num_warps=num_warps,
         )
     if single:

@@ -41,6 +41,21 @@ def test_critic_td_loss_kernel_matches_reference(seeds):
 
 
 @pytest.mark.parametrize("seeds", SEEDS)
+def test_critic_td_loss_reads_a_column_slice_of_the_target_values_in_place(seeds):
+    """q_target as TD3SBC.frozen_outputs hands it over (one update's columns of both updates' (S, 2, 2B)
+    target values): read with its strides, no copy launched, the results of a contiguous copy exactly."""
+    q, q_target, *rest = critic_inputs(seeds)
+    both = torch.cat([q_target, torch.randn_like(q_target)], dim=-1)
+    sliced = both[..., :q_target.shape[-1]]
+    assert not sliced.is_contiguous()
+    with LaunchCounter() as counter:
+        got = critic_td_loss_fwd_bwd(q, sliced, *rest, 0.99, 0.3, block_b=16)
+    assert "aten::clone" not in {op for _, op in counter.ops}
+    want = critic_td_loss_fwd_bwd(q, q_target, *rest, 0.99, 0.3, block_b=16)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("seeds", SEEDS)
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_denoising_loss_kernel_matches_reference(seeds, prediction):
     sched = DiffusionSchedule(STEPS)
@@ -186,7 +201,8 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     """Per update pair on the triton backend: the target action (pi' + its smoothing kernel) and Q' once on
     both updates' next states (their only torch ops the cats that merge them), then per update the critic
     forward and its loss kernel, the BDM rows kernel, D' and D forwards and the TD loss kernel, E's rows,
-    forward and loss kernel; no launch summing the losses, and a backward of the networks' kernels only."""
+    forward and loss kernel; no launch summing the losses, and a backward of the networks' kernels (and the
+    denoisers' weight-gradient matmuls) only."""
     agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
                                              steps=2, backend="triton"), device=DEVICE)
     batches = [make_batch(), make_batch()]
@@ -197,7 +213,8 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     assert phases["critic"]["triton"] == 3 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 4, "total": 8}
     assert phases["data_denoiser"] == {"aten": 0, "triton": 2 * 3, "total": 6}
     assert {op for (phase, op) in counter.ops if phase == "critic" and op.startswith("aten::")} == {"aten::cat"}
-    assert "other" not in phases and phases["backward"]["aten"] == 0
+    assert "other" not in phases  # the denoisers' weight-gradient matmuls are the backward's only torch ops
+    assert {op for (phase, op) in counter.ops if phase == "backward" and op.startswith("aten::")} == {"aten::bmm"}
 
 
 def test_opcheck_of_the_critic_side_ops():

@@ -46,3 +46,17 @@ def test_sampled_fields_are_views_of_one_gathered_block():
     storages = {field.untyped_storage().data_ptr() for field in batch}
     assert len(storages) == 1
     assert batch.obs.untyped_storage().nbytes() == B * buffer.rows.shape[1] * 4
+
+
+@pytest.mark.parametrize("act_dim", [1, 3])
+def test_gather_dense_fields_equal_the_column_views_and_are_contiguous(act_dim):
+    """TransitionBuffer.gather of S seeds' U updates: each update's Batch from gather_fields (dense, the triton
+    backend's) equals the index_select's column views field for field, and every field is contiguous."""
+    buffer = TransitionBuffer(transitions(act_dim), "cpu")
+    indices = torch.randint(0, ROWS, (3, 2, B))
+    views, dense = buffer.gather(indices), buffer.gather(indices, dense=True)
+    assert len(views) == len(dense) == 2
+    for view_batch, dense_batch in zip(views, dense):
+        for name, view, field in zip(view_batch._fields, view_batch, dense_batch):
+            assert field.is_contiguous() and torch.equal(field, view), name
+    assert not views[0].obs.is_contiguous()  # the views are strided: the dense gather is what saves the copies

@@ -10,9 +10,9 @@ with the update streams of fastbdm.update_draws seed 1's critic_loss and q_mean 
 relative at update 40 (one critic weight off by 6e-4 after the first pair), the other terms by 1e-7 to
 1e-3; over five update streams the median relative difference of all rows' terms was at most 2e-5.
 So: every term within 10 %, the median within 1e-3. A seed that drew another seed's batches or noise,
-or the global stream, differs at O(1) (seed 0 or 2 against seed 1: median 4e-2 to 8e-2, terms up to 20x). Evaluation returns are left out: MuJoCo amplifies 1e-7
-differences in actions chaotically (one episode's return moved by 54 of 290 at update 20), so only the
-training terms are compared.
+or the global stream, differs at O(1) (seed 0 or 2 against seed 1: median 4e-2 to 8e-2, terms up to 20x).
+Evaluation returns are left out: MuJoCo amplifies 1e-7 differences in actions chaotically (one episode's return
+moved by 54 of 290 at update 20), so only the training terms are compared.
 """
 import json
 import os

@@ -117,14 +117,16 @@ def test_seed_batch_draws_without_stacks_and_its_noise_is_each_seeds_draw_noise(
 
 
 def test_seed_batch_learns_alike_from_the_strided_views_and_from_contiguous_copies():
-    """A SeedBatch pair on the Triton kernels (interpreter) reads the seeds' draws as strided views of the
-    (S, ...) draws (no field is contiguous at S = 3): bit for bit what it learns from contiguous copies."""
+    """A SeedBatch pair on the Triton kernels (interpreter) reads the seeds' noise as strided views of the
+    (S, ...) draws (no field is contiguous at S = 3; the batches are gathered dense, TransitionBuffer.gather):
+    bit for bit what it learns from contiguous copies."""
     buffer, learned = make_buffer(), []
     for contiguous in (False, True):
         batch = SeedBatch([make_agent("td3sbc", seed, backend="triton") for seed in range(3)],
                           [torch.Generator().manual_seed(10 + seed) for seed in range(3)])
         batches, noises = draw_updates(batch.template, buffer, B, [False, True], batch.generators)
-        assert not any(f.is_contiguous() for f in (*batches[0], *noises[1]) if f is not None and f.dim() > 1)
+        assert not any(f.is_contiguous() for f in noises[1] if f is not None and f.dim() > 1)
+        assert all(f.is_contiguous() for b in batches for f in b)
         if contiguous:
             batches = [type(b)(*(f.contiguous() for f in b)) for b in batches]
             noises = [type(n)(*(None if f is None else f.contiguous() for f in n)) for n in noises]
