@@ -174,8 +174,8 @@ class UpdateLoop:
         graphs = variant.endswith("+graphs")
         if not graphs and self.model.config.policy_freq == 2:
             self.steps_per_call = 2
-        runner = UpdateRunner(self.model, buffer, UpdateMonitor(device), size.batch, graphs=graphs,
-                              pairs_per_graph=pairs_per_graph)
+        monitor = UpdateMonitor(device, fused=backend == "triton")  # one record launch on the triton backend
+        runner = UpdateRunner(self.model, buffer, monitor, size.batch, graphs=graphs, pairs_per_graph=pairs_per_graph)
 
         def step(count=self.steps_per_call):  # torch's matmuls at the trainer's setting (fastbdm.train.main)
             with torch_matmul_precision(precision):

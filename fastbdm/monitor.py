@@ -1,13 +1,15 @@
 """Training metrics kept on the device: running sums and the first update where a term was not finite.
 
 `record` launches seven tiny kernels whatever the number of metrics (and seeds), for one update or the two
-of a pair, and never synchronises; `read` is the one host sync, made every N updates by the trainer.
+of a pair, or one (`fused`, the triton backend: kernels/record_metrics.py), and never synchronises; `read` is the one host sync, made every N updates by the trainer.
 `UpdateMonitor.stack` joins S seeds' monitors so that one record of (S,) metric values updates all of them with the
 same seven kernels.
 """
 from typing import Dict, List, Sequence
 
 import torch
+
+from .kernels.record_metrics import record_metrics
 
 METRICS = ("critic_loss", "q_mean", "bdm_loss", "data_loss", "actor_loss", "bc", "sbc", "lambda")
 NEVER = torch.iinfo(torch.int64).max  # first_update's value of a term that has always been finite
@@ -20,10 +22,11 @@ class UpdateMonitor:
     each of the k names since the last read; first_update ([S,] k) int64: the first update number where
     the term was NaN or inf (NEVER if none); clock ([S,] MAX_UPDATES) int64: the updates recorded (`step`,
     the last column) and the numbers before it (column c holds step - (MAX_UPDATES - 1 - c)), so that a
-    record of u updates reads their numbers as its last u columns after one add."""
+    record of u updates reads their numbers as its last u columns after one add. fused: record in one Triton
+    launch (kernels/record_metrics.py; a CUDA device, or the CPU interpreter), else in seven torch kernels."""
 
-    def __init__(self, device, names=METRICS, seeds: int = None):
-        self.names = list(names)
+    def __init__(self, device, names=METRICS, seeds: int = None, fused: bool = False):
+        self.names, self.fused = list(names), fused
         self.index = {n: i for i, n in enumerate(self.names)}
         self.lead, k = () if seeds is None else (seeds,), len(self.names)
         self.totals = torch.zeros(2, *self.lead, k, device=device)
@@ -54,7 +57,7 @@ class UpdateMonitor:
         names = monitors[0].names
         if any(m.names != names for m in monitors):
             raise ValueError("UpdateMonitor.stack needs monitors of the same metric names")
-        stacked = cls(monitors[0].clock.device, names, seeds=len(monitors))
+        stacked = cls(monitors[0].clock.device, names, seeds=len(monitors), fused=monitors[0].fused)
         for seed, monitor in enumerate(monitors):
             for field in ("totals", "first_update", "clock"):
                 view = getattr(stacked, field).select(-2 if field == "totals" else 0, seed)
@@ -74,6 +77,9 @@ class UpdateMonitor:
             raise ValueError(f"UpdateMonitor.record takes 1 to {MAX_UPDATES} updates' metrics, got {len(updates)}")
         key = tuple(tuple(metrics) for metrics in updates)
         names = list(dict.fromkeys(n for metrics in updates for n in metrics))
+        if self.fused:
+            self._record_fused(updates, names)
+            return
         if key not in self._sources:
             device, u, j = self.clock.device, len(updates), len(names)
             idx = torch.tensor([self.index[n] for n in names] * u, device=device)
@@ -90,6 +96,18 @@ class UpdateMonitor:
         first = torch.where(finite, self._never, self.clock[..., -len(updates):, None]).flatten(-2)
         self.first_update.scatter_reduce_(-1, idx.expand_as(first), first, "amin")
         self.totals.index_add_(-1, idx, source)
+
+    def _record_fused(self, updates, names) -> None:
+        """record in one launch: the slots name-major, a placeholder (this monitor's absent value) where an
+        update lacks a name; the state as (S, ...) views (S = 1 without seeds)."""
+        if "placeholder" not in self._sources:
+            self._sources["placeholder"] = torch.zeros(self.lead, device=self.clock.device)
+        placeholder = self._sources["placeholder"]
+        slots = [(metrics.get(n, placeholder), n in metrics) for n in names for metrics in updates]
+        lead = self.lead or (1,)
+        record_metrics([v for v, _ in slots], [p for _, p in slots], [self.index[n] for n in names],
+                       self.totals.view(2, *lead, -1), self.first_update.view(*lead, -1),
+                       self.clock.view(*lead, MAX_UPDATES), len(updates))
 
     def read(self) -> Dict[str, float]:
         """Means since the last read (terms that were recorded), then reset the sums. A term the

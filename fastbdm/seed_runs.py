@@ -19,6 +19,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
+from .backends import resolve_backend
 from .checkpoint import estimated_size, set_rng_state
 from .graphs import GraphedPolicy, SeedBatchRunner, UpdateRunner, first_line
 from .monitor import UpdateMonitor
@@ -117,7 +118,8 @@ def train_batch(args, records: List[SeedRecord], device: torch.device, transitio
     env_name, _ = split_name(args.env)
     buffer = TransitionBuffer(transitions, device)
     learners, template = build_learners(records, config, transitions, buffer, device)
-    monitors = [UpdateMonitor(device) for _ in records]
+    fused = resolve_backend(config.backend, device) == "triton"  # one record launch (kernels/record_metrics.py)
+    monitors = [UpdateMonitor(device, fused=fused) for _ in records]
     for record in records:
         check_free_space(record.ckpt_path, estimated_size(template, template.optimizers.values()))
     start = records[0].start

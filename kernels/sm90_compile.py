@@ -19,6 +19,7 @@ from .actor_terms import _actor_terms_kernel
 from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
 from .denoiser_mlp import _mlp_forward_kernel
 from .gather_fields import _gather_fields_kernel
+from .record_metrics import _record_metrics_kernel
 from .noising import _bdm_td_rows_kernel, _noised_rows_kernel, _smoothed_action_kernel
 from .reverse_chain import _reverse_chain_kernel
 from .state_bc import _sbc_loss_kernel, _sbc_rows_kernel, _sbc_states_kernel
@@ -44,6 +45,11 @@ CONFIGS = {
     "critic_td_loss": (_critic_td_loss_kernel, dict(MEMBERS=2, BLOCK_B=128, BLOCK_A=8), {}),
     "denoising_loss": (_denoising_loss_kernel, dict(PREDICTION=2, BLOCK_M=32, BLOCK_N=32), {}),
     "smoothed_action": (_smoothed_action_kernel, dict(BLOCK=1024), {}),
+    # a pair's record of td3sbc's 8 metrics (16 slots)
+    "record_metrics": (_record_metrics_kernel, dict(NAMES=tuple(range(8)), PRESENT=(True,) * 16, UPDATES=2,
+                                                    MAX_UPDATES=2),
+                       dict(num_warps=1, divisible=set(), tuples={"value_ptrs": ("*fp32", 16),
+                                                                  "value_strides": ("i32", 16)})),
     "gather_fields": (_gather_fields_kernel, dict(offsets=(0, 17, 23, 24, 41, 47, 48), widths=(17, 6, 1, 17, 6, 1, 1),
                                                   BLOCK_I=64, BLOCK_D=32), dict(divisible=set())),
     # the actor loss's (kernels/state_bc.py, kernels/actor_terms.py)
@@ -75,19 +81,22 @@ for _precision, _bf16 in (("tf32", ()), ("bf16", BF16 | {"w2f_ptr"})):
             dict(num_warps=8, divisible=DIVISIBLE | {"rows_per_group"}, bf16=_bf16, shared_limit=BLOCK_SHARED_LIMIT))
 
 
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=()):
-    """fn compiled for sm_90; bf16: pointer arguments that point to bf16 data (the others fp32)."""
-    sig = {}
+def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=(), tuples=None):
+    """fn compiled for sm_90; bf16: pointer arguments that point to bf16 data (the others fp32); tuples:
+    {argument: (type, length)} of the tuple arguments (no divisibility assumed)."""
+    sig, tuples = {}, tuples or {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name in tuples:
+            sig[name] = (tuples[name][0],) * tuples[name][1]
         elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr") else "*i32" if name == "counter_ptr"
+            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr", "first_ptr", "clock_ptr") else "*i32" if name == "counter_ptr"
                          else "*bf16" if name in bf16 else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or name in divisible}
+             if name not in tuples and (sig[name].startswith("*") or name in divisible)}
     return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
