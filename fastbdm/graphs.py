@@ -68,7 +68,7 @@ class UpdateRunner:
         return draw_updates(self.agent, self.buffer, self.batch_size, actor_steps, [self.generator], seed_axis=False)
 
     def _record(self, *updates: dict) -> None:
-        """The metrics of one update or of a pair's two (one UpdateMonitor.record: seven kernels)."""
+        """The metrics of one update or of a pair's two (one UpdateMonitor.record: seven kernels, or one fused launch)."""
         with phase("metrics"):
             self.monitor.record(*updates)
 

@@ -1,9 +1,9 @@
 """Training metrics kept on the device: running sums and the first update where a term was not finite.
 
 `record` launches seven tiny kernels whatever the number of metrics (and seeds), for one update or the two
-of a pair, or one (`fused`, the triton backend: kernels/record_metrics.py), and never synchronises; `read` is the one host sync, made every N updates by the trainer.
-`UpdateMonitor.stack` joins S seeds' monitors so that one record of (S,) metric values updates all of them with the
-same seven kernels.
+of a pair, or one (`fused`, the triton backend: kernels/record_metrics.py), and never synchronises; `read`
+is the one host sync, made every N updates by the trainer. `UpdateMonitor.stack` joins S seeds' monitors
+so that one record of (S,) metric values updates all of them with the same launches.
 """
 from typing import Dict, List, Sequence
 
