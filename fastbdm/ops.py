@@ -600,18 +600,24 @@ class _SBCLoss(_loss_with_grads("sbc_loss", wrt=(1,), values=1)):
 def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
     """reference.sbc_loss in one launch, its gradient w.r.t. d_out written by the same launch: e_out,
     d_out (R, n), t (R,) -> scalar; seed axis (S, R, n), t (S, R) -> (S,)."""
-    return _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))[0]
+    return sbc_loss_term(e_out, d_out, t, schedule, scale, broadcast).loss
+
+
+def sbc_loss_term(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> LossTerm:
+    """sbc_loss as a LossTerm with d loss / d d_out."""
+    loss, grad = _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))
+    return LossTerm(loss, d_out, grad)
 
 
 @torch.library.custom_op("fastbdm::actor_terms", mutates_args=())
-def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, alpha: float, w_bc: float, mean_squared: bool
-                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, other_loss: Optional[Tensor], other_grad: Optional[Tensor],
+                 alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, bc, lambda, d loss / d a, d loss / d q1); the scalars (S,) with the seed axis."""
-    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared, other_loss, other_grad)
 
 
 @_actor_terms.register_fake
-def _(a, actions, q1, alpha, w_bc, mean_squared):
+def _(a, actions, q1, other_loss, other_grad, alpha, w_bc, mean_squared):
     scalar = lambda: q1.new_empty(q1.shape[:-1], dtype=torch.float32)  # noqa: E731
     return (scalar(), scalar(), scalar(), torch.empty_like(a, dtype=torch.float32),
             torch.empty_like(q1, dtype=torch.float32))
@@ -622,7 +628,7 @@ class _ActorTerms(_loss_with_grads("actor_terms", wrt=(0, 2), values=3)):
 
     @staticmethod
     def forward(a, actions, q1, alpha, w_bc, mean_squared):
-        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+        return _actor_terms(a, actions, q1, None, None, alpha, w_bc, mean_squared)
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -631,13 +637,23 @@ def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -
     args = (a, actions, q1, float(alpha), float(w_bc), bool(mean_squared))
     if torch.is_grad_enabled() and (a.requires_grad or q1.requires_grad):
         return _ActorTerms.apply(*args)[:3]
-    return _actor_terms(*args)[:3]
+    return _actor_terms(a, actions, q1, None, None, *args[3:])[:3]
+
+
+def actor_terms_grads(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool, other: LossTerm = None
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """actor_terms plus another term of the actor loss, no graph: (loss, bc, lambda, d loss / d a, d loss / d q1)
+    with other.loss added into the loss and other.grad, its gradient w.r.t. a (a column view is read in
+    place), into d loss / d a by the same launch, so that backward starts at a with one gradient."""
+    other_loss, other_grad = (None, None) if other is None else (other.loss.detach(), other.grad)
+    return _actor_terms(a.detach(), actions, q1.detach(), other_loss, other_grad, float(alpha), float(w_bc),
+                        bool(mean_squared))
 
 
 _register_seed_vmap(_sbc_states, {0, 1}, 0)
 _register_seed_vmap(_sbc_rows, {0, 1, 2, 3, 4}, (0, 0))
 _register_seed_vmap(_sbc_loss, {0, 1, 2}, (0, 0))
-_register_seed_vmap(_actor_terms, {0, 1, 2}, (0, 0, 0, 0, 0))
+_register_seed_vmap(_actor_terms, {0, 1, 2, 3, 4}, (0, 0, 0, 0, 0))
 
 
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
@@ -646,7 +662,8 @@ _AT_PRECISION = {
     precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, td_loss_term=td_loss_term,
                                bdm_td_rows=bdm_td_rows, critic_td_loss=critic_td_loss, denoising_loss=denoising_loss,
                                smoothed_action=smoothed_action,
-                               sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, actor_terms=actor_terms,
+                               sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, sbc_loss_term=sbc_loss_term,
+                               actor_terms=actor_terms, actor_terms_grads=actor_terms_grads,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))

@@ -231,6 +231,11 @@ def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadca
     return scale * weighted
 
 
+def sbc_loss_term(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> LossTerm:
+    """sbc_loss as a LossTerm (the kernels' interface; no output gradient here)."""
+    return LossTerm(sbc_loss(e_out, d_out, t, schedule, scale, broadcast))
+
+
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):
     """The actor loss's terms besides state-BC: a (RA, m), q1 (RA,) whose first B rows are pi(s) and
     Q1(s, pi(s)) (the rest unused), actions (B, m) -> (loss, bc, lambda): bc = w_bc mean_rows ||pi(s) - a||^2

@@ -50,7 +50,7 @@ CONFIGS = {
     "sbc_states": (_sbc_states_kernel, dict(STANDARDISED=False, BLOCK_M=32, BLOCK_N=32), {}),
     "sbc_rows": (_sbc_rows_kernel, dict(BLOCK_M=16, BLOCK_C=64), {}),
     "sbc_loss": (_sbc_loss_kernel, dict(BROADCAST=False, BLOCK_M=32, BLOCK_N=32), {}),
-    "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, BLOCK_M=64, BLOCK_N=8), {}),
+    "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, HAS_OTHER=True, BLOCK_M=64, BLOCK_N=8), {}),
     # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
     # the input-gradient-only path
     "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),
