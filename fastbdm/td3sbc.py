@@ -11,7 +11,7 @@ from torch import nn
 
 from . import loss_terms
 from .backends import kernel_ops, resolve_backend
-from .bdm import BellmanDiffusion
+from .bdm import BellmanDiffusion, DataDenoising
 from .compat import CompatFlags
 from .loss_terms import LossTerm
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
@@ -283,15 +283,21 @@ class TD3SBC(nn.Module):
 
     def data_denoiser_term(self, b: Batch, noise: UpdateNoise = None) -> LossTerm:
         """The data denoiser's loss, mean over rows and dims of (E(q(s,t,eps),t) - target)^2, as a LossTerm
-        (with d loss / d E's output from the Triton backend); t, eps from noise (drawn when None)."""
+        (with d loss / d E's output from the Triton backend); t, eps from noise (drawn when None). On its own:
+        critic_side_terms runs it in the BDM TD loss's launches (BellmanDiffusion.td_loss_terms)."""
         sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
         if noise is None:
             noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
-        t, eps = noise.data_t, noise.data_eps
+        data = self.data_denoising(b, noise)
+        rows = ops.noised_rows(data.noised, data.eps, data.t, None, None, sch)
+        out = ops.denoiser_forward(rows, data.net.weights())
+        return ops.denoising_loss(out, data.x0, data.eps, data.t, sch, self.config.prediction)
+
+    def data_denoising(self, b: Batch, noise: UpdateNoise) -> DataDenoising:
+        """The data denoiser's loss inputs: E learns the dataset's states s with its own t, eps (noise.data_t,
+        data_eps); compat mismatched_data_denoiser noises s' instead, the target still of s."""
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
-        rows = ops.noised_rows(noised, eps, t, None, None, sch)
-        out = ops.denoiser_forward(rows, self.data_denoiser.weights())
-        return ops.denoising_loss(out, b.obs, eps, t, sch, self.config.prediction)
+        return DataDenoising(self.data_denoiser, noised, b.obs, noise.data_t, noise.data_eps)
 
     def sbc_states(self, s: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """S = [s; s_rand] (2B, n): s_rand = batch mean + batch std * normal per dim, normal (B, n)
@@ -408,11 +414,10 @@ class TD3SBC(nn.Module):
             critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_target)
         terms, metrics = [critic], {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
         if self.bdm is not None:
-            with phase("bdm"):
-                bdm = self.bdm.td_loss_term(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
-                                            noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain, frozen.samples)
-            with phase("data_denoiser"):
-                data = self.data_denoiser_term(b, noise)
+            with phase("bdm"):  # and the data denoiser's loss, in the same row and loss launches
+                bdm, data = self.bdm.td_loss_terms(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
+                                                   noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
+                                                   frozen.samples, self.data_denoising(b, noise))
             terms += [bdm, data]
             metrics.update(bdm_loss=bdm.loss.detach(), data_loss=data.loss.detach())
         return terms, metrics
