@@ -1,7 +1,7 @@
 """Bellman Diffusion: a conditional diffusion model of the successor state measure d(x | s, a),
 trained by temporal differences on the denoiser's output (docs/ALGORITHM.md#the-successor-state-measure)."""
 import copy
-from typing import Sequence, Union
+from typing import List, NamedTuple, Sequence, Union
 
 import torch
 from torch import nn
@@ -12,6 +12,20 @@ from .loss_terms import LossTerm
 from .networks import Denoiser
 from .reference import SAMPLERS
 from .schedule import PREDICTIONS, DiffusionSchedule
+
+
+class DataDenoising(NamedTuple):
+    """A second denoiser's denoising loss, run in the BDM TD loss's row and loss launches (TD3-SBC's data
+    denoiser E: docs/ALGORITHM.md#one-td3-sbc-update). net: an unconditional Denoiser; noised (B, obs_dim):
+    the states noised into its input rows [q(noised, t, eps), c(t)]; x0 (B, obs_dim): the states of its
+    loss's target (noised itself but for compat mismatched_data_denoiser); t (B,), eps (B, obs_dim): its own
+    draws."""
+
+    net: Denoiser
+    noised: torch.Tensor
+    x0: torch.Tensor
+    t: torch.Tensor
+    eps: torch.Tensor
 
 
 class BellmanDiffusion(nn.Module):
@@ -88,8 +102,14 @@ class BellmanDiffusion(nn.Module):
 
     def td_loss_term(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None,
                      samples=None) -> LossTerm:
-        """The BDM TD loss as a LossTerm (with d loss / d the online denoiser's output from the Triton
-        backend); gradients reach self.denoiser only. t, eps, z are drawn when None; chain_noise
+        """The BDM TD loss as a LossTerm: td_loss_terms' first."""
+        return self.td_loss_terms(s, a, s_next, a_next, done, t, eps, z, chain_noise, samples)[0]
+
+    def td_loss_terms(self, s, a, s_next, a_next, done, t=None, eps=None, z=None, chain_noise=None,
+                      samples=None, data: DataDenoising = None) -> List[LossTerm]:
+        """[the BDM TD loss] or, with data, [the BDM TD loss, data's denoising loss] as LossTerms (with d loss
+        / d the network's output from the Triton backend, each loss's rows and loss in the same launch);
+        the TD loss's gradients reach self.denoiser only. t, eps, z are drawn when None; chain_noise
         (steps, B, obs_dim): the DDPM sampler's (drawn when None). samples (B, obs_dim): the target chain's
         x0 on (s_next, a_next) from z and chain_noise when the caller ran it already
         (TD3SBC.frozen_outputs); else sampled here."""
@@ -104,11 +124,17 @@ class BellmanDiffusion(nn.Module):
         with torch.no_grad():
             if samples is None:
                 samples = self.sample(s_next, a_next, z, noise=chain_noise)
-            rows, target_rows, target1 = ops.bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sch,
-                                                         self.prediction, masked)
+            rows, target_rows, target1, data_rows = ops.bdm_td_rows(
+                s, a, s_next, a_next, samples, done, t, eps, sch, self.prediction, masked,
+                None if data is None else (data.noised, data.t, data.eps))
             y2 = ops.denoiser_forward(target_rows, self.target_denoiser.weights())
         pred = ops.denoiser_forward(rows, self.denoiser.weights())
-        return ops.td_loss_term(pred, target1, y2, done if masked else torch.zeros_like(done), self.gamma)
+        done = done if masked else torch.zeros_like(done)
+        if data is None:
+            return [ops.td_loss_term(pred, target1, y2, done, self.gamma)]
+        out = ops.denoiser_forward(data_rows, data.net.weights())
+        return list(ops.td_and_denoising_terms(pred, target1, y2, done, self.gamma, out, data.x0, data.eps, data.t,
+                                               sch, self.prediction))
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:

@@ -202,26 +202,29 @@ def _(pred, target1, y2, done, gamma):
     return pred.new_empty(pred.shape[:-2], dtype=torch.float32), torch.empty_like(pred, dtype=torch.float32)
 
 
-def _loss_with_grads(name: str, wrt: Tuple[int, ...], values: int):
-    """The base of an autograd.Function over the op fastbdm::`name`, a loss kernel that writes the loss's
+def _loss_with_grads(name: str, wrt: Tuple[int, ...], values: int, of: Tuple[int, ...] = None):
+    """The base of an autograd.Function over the op fastbdm::`name`, a loss kernel that writes the losses'
     gradients in its own launch: its forward (the subclass's, calling the op: torch.compile traces a
-    module-level op, not one held in a closure) returns (loss, values - 1 other values, d loss / d inputs[i]
-    for i in wrt); the loss differentiable in those inputs (backward: the saved gradients scaled by the
-    incoming one), the other outputs values without a graph. generate_vmap_rule and setup_context, for
-    torch.func.grad and vmap, as _DenoiserForward."""
+    module-level op, not one held in a closure) returns (values outputs, d loss_of[k] / d inputs[wrt[k]] for
+    each k), of[k] the index among the values of the loss differentiated (default: all the first, the
+    loss); each loss differentiable in its inputs (backward: the saved gradients scaled by the incoming
+    one), the other values without a graph. generate_vmap_rule and setup_context, for torch.func.grad and
+    vmap, as _DenoiserForward."""
+    of = of or (0,) * len(wrt)
 
     def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(*output[1:])
+        ctx.mark_non_differentiable(*(x for i, x in enumerate(output) if i not in of))
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*output[values:])
         ctx.input_count = len(inputs)
 
-    def backward(ctx, grad_loss, *_grad_values):
+    def backward(ctx, *grad_values):
         if any(need and i not in wrt for i, need in enumerate(ctx.needs_input_grad)):
             raise RuntimeError(f"fastbdm::{name} is differentiable in inputs {list(wrt)} only: detach the others")
         grads = [None] * ctx.input_count
-        for i, grad in zip(wrt, ctx.saved_tensors):
-            if ctx.needs_input_grad[i]:
+        for i, k, grad in zip(wrt, of, ctx.saved_tensors):
+            grad_loss = grad_values[k]
+            if ctx.needs_input_grad[i] and grad_loss is not None:
                 grads[i] = grad_loss[(..., *[None] * (grad.dim() - grad_loss.dim()))] * grad
         return tuple(grads)
 
@@ -403,31 +406,72 @@ torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
 
 @torch.library.custom_op("fastbdm::bdm_td_rows", mutates_args=())
 def _bdm_td_rows(s: Tensor, a: Tensor, s_next: Tensor, a_next: Tensor, samples: Tensor, done: Tensor, t: Tensor,
-                 eps: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, steps: int, prediction: int, mask_done: bool
-                 ) -> Tuple[Tensor, Tensor, Tensor]:
+                 eps: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, steps: int, prediction: int, mask_done: bool,
+                 data_x0: Optional[Tensor], data_t: Optional[Tensor], data_eps: Optional[Tensor]
+                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(online rows, target rows, target1, the data denoiser's rows ((.., 0, n+1) without data_x0))."""
     return noising.bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction,
-                               mask_done)
+                               mask_done, data_x0, data_t, data_eps)
 
 
 @_bdm_td_rows.register_fake
-def _(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction, mask_done):
+def _(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction, mask_done, data_x0, data_t,
+      data_eps):
     *lead, rows, n = s.shape
     width = 2 * n + 1 + a.shape[-1]
-    return (s.new_empty((*lead, 2 * rows, width)), s.new_empty((*lead, rows, width)), s.new_empty((*lead, rows, n)))
+    return (s.new_empty((*lead, 2 * rows, width)), s.new_empty((*lead, rows, width)), s.new_empty((*lead, rows, n)),
+            s.new_empty((*lead, rows if data_x0 is not None else 0, n + 1)))
 
 
 def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: DiffusionSchedule, prediction: str,
-                mask_done: bool = True):
+                mask_done: bool = True, data: Tuple[Tensor, Tensor, Tensor] = None):
     """reference.bdm_td_rows in one launch (no grad): (online rows (2R, 2n+1+m), target rows (R, 2n+1+m),
-    target1 (R, n)); every argument and result may have a leading seed axis S."""
-    return _bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule.sqrt_ab, schedule.sqrt_one_minus_ab,
-                        schedule.steps, PREDICTIONS.index(prediction), mask_done)
+    target1 (R, n), the data denoiser's rows (R, n+1) from data = (x0, t, eps), None without data); every
+    argument and result may have a leading seed axis S."""
+    *rows, data_rows = _bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule.sqrt_ab,
+                                    schedule.sqrt_one_minus_ab, schedule.steps, PREDICTIONS.index(prediction),
+                                    mask_done, *(data or (None,) * 3))
+    return (*rows, None if data is None else data_rows)
 
 
 def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
     """td_loss as a LossTerm with d loss / d pred."""
     loss, grad = _TDLoss.apply(pred, target1, y2, done, float(gamma))
     return LossTerm(loss, pred, grad)
+
+
+@torch.library.custom_op("fastbdm::td_and_denoising_loss", mutates_args=())
+def _td_and_denoising_loss(pred: Tensor, target1: Tensor, y2: Tensor, done: Tensor, out: Tensor, x0: Tensor,
+                           eps: Tensor, t: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, gamma: float, prediction: int
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(td loss, denoising loss, d td loss / d pred, d denoising loss / d out); with the seed axis a leading S."""
+    td, grad_pred, data, grad_out = td_loss_kernels.td_loss_fwd_bwd(
+        pred, target1, y2, done, gamma, data=(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction))
+    return td, data, grad_pred, grad_out
+
+
+@_td_and_denoising_loss.register_fake
+def _(pred, target1, y2, done, out, x0, eps, t, sqrt_ab, sqrt_1m_ab, gamma, prediction):
+    return (pred.new_empty(pred.shape[:-2]), pred.new_empty(pred.shape[:-2]), torch.empty_like(pred),
+            torch.empty_like(out))
+
+
+class _TDAndDenoisingLoss(_loss_with_grads("td_and_denoising_loss", wrt=(0, 4), values=2, of=(0, 1))):
+    """_td_and_denoising_loss, the TD loss differentiable in pred, the denoising loss in out."""
+
+    @staticmethod
+    def forward(pred, target1, y2, done, out, x0, eps, t, sqrt_ab, sqrt_1m_ab, gamma, prediction):
+        return _td_and_denoising_loss(pred, target1, y2, done, out, x0, eps, t, sqrt_ab, sqrt_1m_ab, gamma, prediction)
+
+
+def td_and_denoising_terms(pred, target1, y2, done, gamma: float, out, x0, eps, t, schedule: DiffusionSchedule,
+                           prediction: str) -> Tuple[LossTerm, LossTerm]:
+    """(td_loss_term, denoising_loss) in one launch: the BDM TD loss and the data denoiser's, each with its
+    gradient w.r.t. its network's output."""
+    td, data, grad_pred, grad_out = _TDAndDenoisingLoss.apply(
+        pred, target1, y2, done, out, x0, eps, t, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, float(gamma),
+        PREDICTIONS.index(prediction))
+    return LossTerm(td, pred, grad_pred), LossTerm(data, out, grad_out)
 
 
 @torch.library.custom_op("fastbdm::critic_td_loss", mutates_args=())
@@ -507,7 +551,8 @@ def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_
     return _smoothed_action(action.detach(), normal, float(policy_noise), float(noise_clip), float(max_action))
 
 
-_register_seed_vmap(_bdm_td_rows, set(range(8)), (0, 0, 0))
+_register_seed_vmap(_bdm_td_rows, set(range(8)) | {13, 14, 15}, (0, 0, 0, 0))
+_register_seed_vmap(_td_and_denoising_loss, set(range(8)), (0, 0, 0, 0))
 _register_seed_vmap(_smoothed_action, {0, 1}, 0)
 _register_seed_vmap(_critic_td_loss, set(range(7)), (0, 0, 0))
 _register_seed_vmap(_denoising_loss, {0, 1, 2, 3}, (0, 0))
@@ -600,18 +645,24 @@ class _SBCLoss(_loss_with_grads("sbc_loss", wrt=(1,), values=1)):
 def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> Tensor:
     """reference.sbc_loss in one launch, its gradient w.r.t. d_out written by the same launch: e_out,
     d_out (R, n), t (R,) -> scalar; seed axis (S, R, n), t (S, R) -> (S,)."""
-    return _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))[0]
+    return sbc_loss_term(e_out, d_out, t, schedule, scale, broadcast).loss
+
+
+def sbc_loss_term(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> LossTerm:
+    """sbc_loss as a LossTerm with d loss / d d_out."""
+    loss, grad = _SBCLoss.apply(e_out, d_out, t, schedule.eta, float(scale), bool(broadcast))
+    return LossTerm(loss, d_out, grad)
 
 
 @torch.library.custom_op("fastbdm::actor_terms", mutates_args=())
-def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, alpha: float, w_bc: float, mean_squared: bool
-                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _actor_terms(a: Tensor, actions: Tensor, q1: Tensor, other_loss: Optional[Tensor], other_grad: Optional[Tensor],
+                 alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, bc, lambda, d loss / d a, d loss / d q1); the scalars (S,) with the seed axis."""
-    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+    return actor_terms_kernels.actor_terms(a, actions, q1, alpha, w_bc, mean_squared, other_loss, other_grad)
 
 
 @_actor_terms.register_fake
-def _(a, actions, q1, alpha, w_bc, mean_squared):
+def _(a, actions, q1, other_loss, other_grad, alpha, w_bc, mean_squared):
     scalar = lambda: q1.new_empty(q1.shape[:-1], dtype=torch.float32)  # noqa: E731
     return (scalar(), scalar(), scalar(), torch.empty_like(a, dtype=torch.float32),
             torch.empty_like(q1, dtype=torch.float32))
@@ -622,7 +673,7 @@ class _ActorTerms(_loss_with_grads("actor_terms", wrt=(0, 2), values=3)):
 
     @staticmethod
     def forward(a, actions, q1, alpha, w_bc, mean_squared):
-        return _actor_terms(a, actions, q1, alpha, w_bc, mean_squared)
+        return _actor_terms(a, actions, q1, None, None, alpha, w_bc, mean_squared)
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -631,13 +682,23 @@ def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool) -
     args = (a, actions, q1, float(alpha), float(w_bc), bool(mean_squared))
     if torch.is_grad_enabled() and (a.requires_grad or q1.requires_grad):
         return _ActorTerms.apply(*args)[:3]
-    return _actor_terms(*args)[:3]
+    return _actor_terms(a, actions, q1, None, None, *args[3:])[:3]
+
+
+def actor_terms_grads(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool, other: LossTerm = None
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """actor_terms plus another term of the actor loss, no graph: (loss, bc, lambda, d loss / d a, d loss / d q1)
+    with other.loss added into the loss and other.grad, its gradient w.r.t. a (a column view is read in
+    place), into d loss / d a by the same launch, so that backward starts at a with one gradient."""
+    other_loss, other_grad = (None, None) if other is None else (other.loss.detach(), other.grad)
+    return _actor_terms(a.detach(), actions, q1.detach(), other_loss, other_grad, float(alpha), float(w_bc),
+                        bool(mean_squared))
 
 
 _register_seed_vmap(_sbc_states, {0, 1}, 0)
 _register_seed_vmap(_sbc_rows, {0, 1, 2, 3, 4}, (0, 0))
 _register_seed_vmap(_sbc_loss, {0, 1, 2}, (0, 0))
-_register_seed_vmap(_actor_terms, {0, 1, 2}, (0, 0, 0, 0, 0))
+_register_seed_vmap(_actor_terms, {0, 1, 2, 3, 4}, (0, 0, 0, 0, 0))
 
 
 # One namespace per precision, made once: torch.compile traces the lookup below, but not the
@@ -645,8 +706,10 @@ _register_seed_vmap(_actor_terms, {0, 1, 2}, (0, 0, 0, 0, 0))
 _AT_PRECISION = {
     precision: SimpleNamespace(noised_rows=noised_rows, td_loss=td_loss, td_loss_term=td_loss_term,
                                bdm_td_rows=bdm_td_rows, critic_td_loss=critic_td_loss, denoising_loss=denoising_loss,
+                               td_and_denoising_terms=td_and_denoising_terms,
                                smoothed_action=smoothed_action,
-                               sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, actor_terms=actor_terms,
+                               sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, sbc_loss_term=sbc_loss_term,
+                               actor_terms=actor_terms, actor_terms_grads=actor_terms_grads,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))

@@ -145,14 +145,22 @@ def td_loss_term(pred, target1, y2, done, gamma: float) -> LossTerm:
     return LossTerm(td_loss(pred, target1, y2, done, gamma))
 
 
+def td_and_denoising_terms(pred, target1, y2, done, gamma: float, out, x0, eps, t, schedule: DiffusionSchedule,
+                           prediction: str):
+    """(td_loss_term(pred, target1, y2, done, gamma), denoising_loss(out, x0, eps, t, schedule, prediction)):
+    the BDM TD loss and the data denoiser's (one launch in the kernels)."""
+    return td_loss_term(pred, target1, y2, done, gamma), denoising_loss(out, x0, eps, t, schedule, prediction)
+
+
 @torch.no_grad()
 def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: DiffusionSchedule, prediction: str,
-                mask_done: bool = True):
+                mask_done: bool = True, data=None):
     """Every input of the BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss) but the networks' outputs:
     s, s_next, samples (R, n) the target chain's x0 on (s_next, a_next); a, a_next (R, m); done (R,);
     t (R,) int64; eps (R, n) -> (online rows (2R, 2n+1+m) = [q(s_next); q(s_f)] each with (s, c(t), a),
     target rows (R, 2n+1+m) = [q(s_f), s_next, c(t), a_next], target1 (R, n) = network_target of
-    s_next), q(x) = q_sample(x, t, eps), s_f = where(done, s_next, samples) (samples alone with
+    s_next, data rows (R, n+1) = noised_rows(x0, eps, t) of the data denoiser from data = (x0, t, eps) (None
+    without data)), q(x) = q_sample(x, t, eps), s_f = where(done, s_next, samples) (samples alone with
     mask_done False: compat unmasked_terminals). Seed axis: every argument with a leading S."""
     s_f = torch.where(done.bool().unsqueeze(-1), s_next, samples) if mask_done else samples
     target_rows = noised_rows(s_f, eps, t, s_next, a_next, schedule)
@@ -160,7 +168,8 @@ def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, schedule: Diffusion
                               torch.cat([s, s], -2), torch.cat([a, a], -2), schedule)
     target1 = network_target(prediction, s_next, eps, schedule.gather("sqrt_ab", t),
                              schedule.gather("sqrt_one_minus_ab", t))
-    return online_rows, target_rows, target1
+    data_rows = None if data is None else noised_rows(data[0], data[2], data[1], None, None, schedule)
+    return online_rows, target_rows, target1, data_rows
 
 
 def critic_td_loss(q, q_target, next_action, data_next_action, rewards, dones, valid, gamma: float, w_bc: float,
@@ -229,6 +238,11 @@ def sbc_loss(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadca
     err = (e_out - d_out).square().sum(-1)
     weighted = eta.mean(-1) * err.mean(-1) if broadcast else (eta * err).mean(-1)
     return scale * weighted
+
+
+def sbc_loss_term(e_out, d_out, t, schedule: DiffusionSchedule, scale: float, broadcast: bool) -> LossTerm:
+    """sbc_loss as a LossTerm (the kernels' interface; no output gradient here)."""
+    return LossTerm(sbc_loss(e_out, d_out, t, schedule, scale, broadcast))
 
 
 def actor_terms(a, actions, q1, alpha: float, w_bc: float, mean_squared: bool):

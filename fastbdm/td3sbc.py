@@ -11,7 +11,7 @@ from torch import nn
 
 from . import loss_terms
 from .backends import kernel_ops, resolve_backend
-from .bdm import BellmanDiffusion
+from .bdm import BellmanDiffusion, DataDenoising
 from .compat import CompatFlags
 from .loss_terms import LossTerm
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
@@ -283,15 +283,21 @@ class TD3SBC(nn.Module):
 
     def data_denoiser_term(self, b: Batch, noise: UpdateNoise = None) -> LossTerm:
         """The data denoiser's loss, mean over rows and dims of (E(q(s,t,eps),t) - target)^2, as a LossTerm
-        (with d loss / d E's output from the Triton backend); t, eps from noise (drawn when None)."""
+        (with d loss / d E's output from the Triton backend); t, eps from noise (drawn when None). On its own:
+        critic_side_terms runs it in the BDM TD loss's launches (BellmanDiffusion.td_loss_terms)."""
         sch, ops = self.bdm.schedule, self.bdm.ops(b.obs)
         if noise is None:
             noise = self.draw_noise(b.obs.shape[0], b.obs.device, actor_step=False)
-        t, eps = noise.data_t, noise.data_eps
+        data = self.data_denoising(b, noise)
+        rows = ops.noised_rows(data.noised, data.eps, data.t, None, None, sch)
+        out = ops.denoiser_forward(rows, data.net.weights())
+        return ops.denoising_loss(out, data.x0, data.eps, data.t, sch, self.config.prediction)
+
+    def data_denoising(self, b: Batch, noise: UpdateNoise) -> DataDenoising:
+        """The data denoiser's loss inputs: E learns the dataset's states s with its own t, eps (noise.data_t,
+        data_eps); compat mismatched_data_denoiser noises s' instead, the target still of s."""
         noised = b.next_obs if self.flags.mismatched_data_denoiser else b.obs
-        rows = ops.noised_rows(noised, eps, t, None, None, sch)
-        out = ops.denoiser_forward(rows, self.data_denoiser.weights())
-        return ops.denoising_loss(out, b.obs, eps, t, sch, self.config.prediction)
+        return DataDenoising(self.data_denoiser, noised, b.obs, noise.data_t, noise.data_eps)
 
     def sbc_states(self, s: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """S = [s; s_rand] (2B, n): s_rand = batch mean + batch std * normal per dim, normal (B, n)
@@ -315,8 +321,47 @@ class TD3SBC(nn.Module):
         Actor BC: w_a mean_rows ||pi(s) - a||^2, for td3bc w_a mean over all elements of (pi(s) - a)^2.
         noise: an actor step's UpdateNoise (drawn when None); frozen: this update's FrozenOutputs (the SBC
         states, pi(S) and chain samples; computed here when None). Returns the loss and its terms (bc and
-        lambda: values without a graph; sbc with its graph)."""
+        lambda: values without a graph; sbc with its graph): the function torch.func.grad differentiates
+        (fastbdm.seed_batch); actor_gradients gives its gradients with fewer launches."""
         cfg = self.config
+        S, A, q1, noise, frozen = self._actor_outputs(b, noise, frozen)
+        loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
+                                                      mean_squared=cfg.algo == "td3bc")
+        terms = {"bc": bc, "lambda": lam}
+        if self.bdm is not None:
+            terms["sbc"] = self.state_bc_term(S, A, noise, frozen.sbc_samples).loss
+            loss = loss + terms["sbc"]
+        return loss, {"actor_loss": loss, **terms}
+
+    def actor_gradients(self, b: Batch, noise: UpdateNoise = None, frozen: FrozenOutputs = None
+                        ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+        """d actor_loss / d the actor's parameters (in their order) and actor_loss's terms, detached. With the
+        Triton kernels, backward starts at the networks' outputs with the kernels' own gradients (no seed,
+        scaling or loss-sum launch): D''s backward takes the SBC term's gradient to pi(S), which
+        actor_terms adds into its own; then one backward from Q1 and pi(S)."""
+        params = list(self.actor.parameters())
+        if resolve_backend(self.actor.backend, b.obs.device) != "triton":
+            loss, terms = self.actor_loss(b, noise, frozen)
+            return list(torch.autograd.grad(loss, params)), {k: v.detach() for k, v in terms.items()}
+        cfg = self.config
+        S, A, q1, noise, frozen = self._actor_outputs(b, noise, frozen)
+        sbc = None
+        if self.bdm is not None:
+            sbc = self.state_bc_term(S, A, noise, frozen.sbc_samples)
+            # d sbc / d pi(S): D''s rows' action columns, a view that actor_terms reads in place
+            sbc = sbc._replace(grad=torch.autograd.grad(sbc.output, A, sbc.grad)[0])
+        loss, bc, lam, grad_a, grad_q = self.actor_ops(A).actor_terms_grads(
+            A, b.actions, q1, cfg.alpha, cfg.w_actor_bc, cfg.algo == "td3bc", sbc)
+        grads = torch.autograd.grad([q1, A], params, [grad_q, grad_a])
+        terms = {"actor_loss": loss, "bc": bc, "lambda": lam}
+        if sbc is not None:
+            terms["sbc"] = sbc.loss.detach()
+        return list(grads), terms
+
+    def _actor_outputs(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs):
+        """The actor loss's networks' outputs: (S, A = pi(S), Q1(S, A) (R,), noise, frozen), S the batch's
+        states (rebrac, td3bc) or the SBC states (td3sbc: [s; s_rand], from frozen; noise and frozen
+        computed when None)."""
         if self.bdm is None:
             S, A = b.obs, self.actor(b.obs)
         else:
@@ -330,20 +375,15 @@ class TD3SBC(nn.Module):
         # reach A without a slice's zero fill and copy. The critic's weights as constants: no weight
         # gradients. squeeze, not [0]: no select_backward.
         q1 = self.critic(S, A, members=1, frozen=True).squeeze(-2)
-        loss, bc, lam = self.actor_ops(A).actor_terms(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
-                                                      mean_squared=cfg.algo == "td3bc")
-        terms = {"bc": bc, "lambda": lam}
-        if self.bdm is not None:
-            terms["sbc"] = self.state_bc_loss(S, A, noise, frozen.sbc_samples)
-            loss = loss + terms["sbc"]
-        return loss, {"actor_loss": loss, **terms}
+        return S, A, q1, noise, frozen
 
-    def state_bc_loss(self, S: torch.Tensor, A: torch.Tensor, noise: UpdateNoise,
-                      samples: torch.Tensor = None) -> torch.Tensor:
+    def state_bc_term(self, S: torch.Tensor, A: torch.Tensor, noise: UpdateNoise,
+                      samples: torch.Tensor = None) -> LossTerm:
         """sbc = w_rel w_a mean_rows(eta_t ||E(x_t, t) - D'(x_t, S, A, t)||^2) on S (2B, n), A = pi(S) (2B, m),
-        t, eps, z and the chain noise from an actor step's noise; the gradient reaches the actor only
-        through the target denoiser's action input. samples (2B, n): the chain's x0 on (S, A) when the
-        caller ran it (TD3SBC.frozen_outputs); else sampled here."""
+        t, eps, z and the chain noise from an actor step's noise, as a LossTerm (with d sbc / d D''s output
+        from the Triton backend); the gradient reaches the actor only through the target denoiser's action
+        input. samples (2B, n): the chain's x0 on (S, A) when the caller ran it (TD3SBC.frozen_outputs);
+        else sampled here."""
         cfg, bdm, sch = self.config, self.bdm, self.bdm.schedule
         ops = bdm.ops(S)
         t = noise.sbc_t
@@ -353,7 +393,7 @@ class TD3SBC(nn.Module):
             e_out = ops.denoiser_forward(e_rows, self.data_denoiser.weights())
         d_out = ops.denoiser_forward(d_rows, bdm.target_denoiser.weights())
         # compat broadcast_sbc_weights: the level weighting lost (reference.sbc_loss)
-        return ops.sbc_loss(e_out, d_out, t, sch, cfg.w_rel * cfg.w_actor_bc, self.flags.broadcast_sbc_weights)
+        return ops.sbc_loss_term(e_out, d_out, t, sch, cfg.w_rel * cfg.w_actor_bc, self.flags.broadcast_sbc_weights)
 
     def critic_side_losses(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
                            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -374,11 +414,10 @@ class TD3SBC(nn.Module):
             critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_target)
         terms, metrics = [critic], {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
         if self.bdm is not None:
-            with phase("bdm"):
-                bdm = self.bdm.td_loss_term(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
-                                            noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain, frozen.samples)
-            with phase("data_denoiser"):
-                data = self.data_denoiser_term(b, noise)
+            with phase("bdm"):  # and the data denoiser's loss, in the same row and loss launches
+                bdm, data = self.bdm.td_loss_terms(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
+                                                   noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
+                                                   frozen.samples, self.data_denoising(b, noise))
             terms += [bdm, data]
             metrics.update(bdm_loss=bdm.loss.detach(), data_loss=data.loss.detach())
         return terms, metrics
@@ -470,16 +509,15 @@ class TD3SBC(nn.Module):
                 opt.step()
             if actor_step:
                 with phase("actor"):
-                    loss, terms = self.actor_loss(b, noise, outputs)
-                    params = list(self.actor.parameters())
+                    grads, terms = self.actor_gradients(b, noise, outputs)
                     opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
-                    for p, g in zip(params, torch.autograd.grad(loss, params)):
+                    for p, g in zip(self.actor.parameters(), grads):
                         p.grad = g
                 with phase("optimizers"):
                     opt.step()
                 with phase("targets"):
                     self.update_targets()
-                metrics.update({k: v.detach() for k, v in terms.items()})
+                metrics.update(terms)
             all_metrics.append(metrics)
         return all_metrics
 

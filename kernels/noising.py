@@ -2,7 +2,8 @@
 
 Row layout: [x_t (n), s (n), c(t) (1), a (m)] (SSM denoiser) or [x_t (n), c(t) (1)] (data denoiser),
 x_t = sqrt_ab[t] x0 + sqrt_1m_ab[t] eps, c(t) = -1 + 2 t / steps.
-bdm_td_rows: every row the BDM TD loss feeds its two denoisers, and its first target, in one launch.
+bdm_td_rows: every row the BDM TD loss feeds its two denoisers, and its first target, in one launch (and the
+data denoiser's rows, from its own states and draws: every denoiser input row of a critic-side update).
 smoothed_action: TD3's target policy smoothing, a' = clamp(pi'(s') + clamp(sigma N, -c, c), -max, max).
 """
 import torch
@@ -114,12 +115,14 @@ def noised_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, out=None, block_m=
 @triton.jit
 def _bdm_td_rows_kernel(
     s_ptr, a_ptr, s_next_ptr, a_next_ptr, samples_ptr, done_ptr, t_ptr, eps_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr,
-    online_ptr, target_rows_ptr, target1_ptr,
+    online_ptr, target_rows_ptr, target1_ptr, data_x0_ptr, data_t_ptr, data_eps_ptr, data_rows_ptr,
     R, n, m, c_scale,
-    MASK_DONE: tl.constexpr, PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    MASK_DONE: tl.constexpr, PREDICTION: tl.constexpr, HAS_DATA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """One program: BLOCK_M rows i of seed program_id(1); writes online rows i and R + i (S, 2R, W),
-    target row i (S, R, W), target1 row i (S, R, n), W = 2n+1+m. PREDICTION: 0 sample, 1 epsilon, 2 v."""
+    target row i (S, R, W), target1 row i (S, R, n), W = 2n+1+m. PREDICTION: 0 sample, 1 epsilon, 2 v.
+    HAS_DATA: also the data denoiser's row i (S, R, n+1) = [q(data_x0, data_t, data_eps), c(data_t)]."""
     pid = tl.program_id(0)
     sid = tl.program_id(1).to(tl.int64)
     width = 2 * n + 1 + m
@@ -166,34 +169,48 @@ def _bdm_td_rows_kernel(
     tl.store(online_ptr + (rm + R) * width + col, tl.where(in_x, x2, cond), mask=row_mask)
     tl.store(target_rows_ptr + rm * width + col, tl.where(in_x, x2, target_cond), mask=row_mask)
     tl.store(target1_ptr + rm * n + col, network_target(s_next, eps, ab, ab1m, PREDICTION), mask=x_ok)
+    if HAS_DATA:
+        seed_rows = sid * R
+        ab, ab1m, c = level_coefficients(data_t_ptr + seed_rows, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
+        x0 = tl.load(data_x0_ptr + seed_rows * n + rm * n + col, mask=x_ok, other=0.0)
+        eps = tl.load(data_eps_ptr + seed_rows * n + rm * n + col, mask=x_ok, other=0.0)
+        tl.store(data_rows_ptr + seed_rows * (n + 1) + rm * (n + 1) + col,
+                 tl.where(in_x, ab * x0 + ab1m * eps, c), mask=row_ok & (col <= n))
 
 
 def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab, steps, prediction_index,
-                mask_done=True, block_m=16, num_warps=4):
+                mask_done=True, data_x0=None, data_t=None, data_eps=None, block_m=16, num_warps=4):
     """reference.bdm_td_rows in one launch: s, s_next, samples, eps (R, n), a, a_next (R, m), done (R,)
     float or bool, t (R,) int64, sqrt_ab, sqrt_1m_ab (steps,) schedule buffers, prediction_index into
-    schedule.PREDICTIONS -> (online rows (2R, 2n+1+m), target rows (R, 2n+1+m), target1 (R, n)).
-    Seed axis (seed_axis): every argument with a leading S. block_m: as noised_rows's."""
+    schedule.PREDICTIONS -> (online rows (2R, 2n+1+m), target rows (R, 2n+1+m), target1 (R, n), data rows
+    (R, n+1) = noised_rows(data_x0, data_eps, data_t) of the data denoiser, (0, n+1) without data_x0;
+    data_x0, data_eps (R, n), data_t (R,) int64: all three or none). Seed axis (seed_axis): every argument
+    with a leading S. block_m: as noised_rows's."""
+    has_data = data_x0 is not None
+    if has_data != (data_t is not None) or has_data != (data_eps is not None):
+        raise ValueError("bdm_td_rows: give the data denoiser's data_x0, data_t and data_eps together, or none")
     single = s.dim() == 2
     if single:
-        s, a, s_next, a_next, samples, done, t, eps = add_seed_axis(s, a, s_next, a_next, samples, done, t, eps)
+        s, a, s_next, a_next, samples, done, t, eps, data_x0, data_t, data_eps = add_seed_axis(
+            s, a, s_next, a_next, samples, done, t, eps, data_x0, data_t, data_eps)
     S, R, n = s.shape
     m = a.shape[2]
     width = 2 * n + 1 + m
     online = torch.empty((S, 2 * R, width), device=s.device, dtype=torch.float32)
     target_rows = torch.empty((S, R, width), device=s.device, dtype=torch.float32)
     target1 = torch.empty((S, R, n), device=s.device, dtype=torch.float32)
+    data_rows = torch.empty((S, R if has_data else 0, n + 1), device=s.device, dtype=torch.float32)
     if R > 0:
         done = done.to(torch.float32)  # no copy for float dones (the batches')
         tensors = [x.contiguous() for x in (s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab)]
+        data = [x.contiguous() for x in (data_x0, data_t, data_eps)] if has_data else [s, t, eps]
         _bdm_td_rows_kernel[(triton.cdiv(R, block_m), S)](
-            *tensors, online, target_rows, target1, R, n, m, 2.0 / steps,
-            MASK_DONE=mask_done, PREDICTION=prediction_index, BLOCK_M=block_m,
+            *tensors, online, target_rows, target1, *data, data_rows, R, n, m, 2.0 / steps,
+            MASK_DONE=mask_done, PREDICTION=prediction_index, HAS_DATA=has_data, BLOCK_M=block_m,
             BLOCK_C=triton.next_power_of_2(width), num_warps=num_warps,
         )
-    if single:
-        return online[0], target_rows[0], target1[0]
-    return online, target_rows, target1
+    results = (online, target_rows, target1, data_rows)
+    return tuple(x[0] for x in results) if single else results
 
 
 @triton.jit

@@ -40,8 +40,9 @@ CONFIGS = {
     "mlp_forward": (_mlp_forward_kernel, dict(SAVE_STATS=True, **MLP), {}),
     "reverse_chain": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(MLP, BLOCK_M=32)), {}),
     "noised_rows": (_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64), {}),
-    "td_loss": (_td_loss_kernel, dict(BLOCK_M=64, BLOCK_N=32), {}),
-    "bdm_td_rows": (_bdm_td_rows_kernel, dict(MASK_DONE=True, PREDICTION=2, BLOCK_M=16, BLOCK_C=64), {}),
+    "td_loss": (_td_loss_kernel, dict(HAS_DATA=True, PREDICTION=2, BLOCK_M=64, DATA_BLOCK_M=32, BLOCK_N=32), {}),
+    "bdm_td_rows": (_bdm_td_rows_kernel, dict(MASK_DONE=True, PREDICTION=2, HAS_DATA=True, BLOCK_M=16, BLOCK_C=64),
+                    {}),
     "critic_td_loss": (_critic_td_loss_kernel, dict(MEMBERS=2, BLOCK_B=128, BLOCK_A=8), {}),
     "denoising_loss": (_denoising_loss_kernel, dict(PREDICTION=2, BLOCK_M=32, BLOCK_N=32), {}),
     "smoothed_action": (_smoothed_action_kernel, dict(BLOCK=1024), {}),
@@ -56,7 +57,7 @@ CONFIGS = {
     "sbc_states": (_sbc_states_kernel, dict(STANDARDISED=False, BLOCK_M=32, BLOCK_N=32), {}),
     "sbc_rows": (_sbc_rows_kernel, dict(BLOCK_M=16, BLOCK_C=64), {}),
     "sbc_loss": (_sbc_loss_kernel, dict(BROADCAST=False, BLOCK_M=32, BLOCK_N=32), {}),
-    "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, BLOCK_M=64, BLOCK_N=8), {}),
+    "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, HAS_OTHER=True, BLOCK_M=64, BLOCK_N=8), {}),
     # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
     # the input-gradient-only path
     "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),
@@ -91,8 +92,8 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE,
         elif name in tuples:
             sig[name] = (tuples[name][0],) * tuples[name][1]
         elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name in ("t_ptr", "idx_ptr", "first_ptr", "clock_ptr") else "*i32" if name == "counter_ptr"
-                         else "*bf16" if name in bf16 else "*fp32")
+            sig[name] = ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "first_ptr", "clock_ptr")
+                         else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16 else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)

@@ -3,7 +3,7 @@
 BDM TD loss (docs/ALGORITHM.md#the-bdm-td-loss, reference.td_loss):
 loss = mean_{rows, dims} (1-gamma) (p1 - target1)^2 + gamma (p2 - y2')^2, y2' = target1 on done rows.
 Critic TD loss (docs/ALGORITHM.md#critic-loss, reference.critic_td_loss) and the data denoiser's loss
-(reference.denoising_loss).
+(reference.denoising_loss), the latter also in the BDM TD loss's launch (a second program per seed).
 
 One program per seed walks all its rows: the loss needs no second launch to sum partials, and its
 reduction order is fixed (deterministic). The rows are few (a batch: B x obs dim), the work a few us.
@@ -17,14 +17,10 @@ from .seed_axis import add_seed_axis
 
 
 @triton.jit
-def _td_loss_kernel(
-    pred_ptr, target1_ptr, y2_ptr, done_ptr, grad_ptr, loss_ptr,
-    R, n, gamma, inv_count,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Program program_id(0) = seed: all rows of both halves of its pred (S, 2R, n), BLOCK_M at a time;
-    writes their grad rows (S, 2R, n) and its loss (S,); target1, y2 (S, R, n), done (S, R)."""
-    sid = tl.program_id(0).to(tl.int64)
+def _td_loss_rows(pred_ptr, target1_ptr, y2_ptr, done_ptr, grad_ptr, loss_ptr, sid, R, n, gamma, inv_count,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Seed sid's BDM TD loss: all rows of both halves of its pred (S, 2R, n), BLOCK_M at a time; writes
+    their grad rows (S, 2R, n) and its loss (S,); target1, y2 (S, R, n), done (S, R)."""
     pred_ptr += sid * 2 * R * n
     grad_ptr += sid * 2 * R * n
     target1_ptr += sid * R * n
@@ -52,32 +48,67 @@ def _td_loss_kernel(
     tl.store(loss_ptr + sid, tl.sum(tl.sum(squares, axis=1), axis=0) * inv_count)
 
 
-def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, block_m=64, num_warps=4):
+@triton.jit
+def _td_loss_kernel(
+    pred_ptr, target1_ptr, y2_ptr, done_ptr, grad_ptr, loss_ptr,
+    out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, data_grad_ptr, data_loss_ptr,
+    R, n, gamma, inv_count,
+    HAS_DATA: tl.constexpr, PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, DATA_BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Program (program_id(0) = seed, 0): _td_loss_rows. HAS_DATA: program (seed, 1) computes the data
+    denoiser's loss in the same launch (_denoising_loss_rows: out, x0, eps (S, R, n), t (S, R) -> data_grad
+    (S, R, n), data_loss (S,))."""
+    sid = tl.program_id(0).to(tl.int64)
+    if tl.program_id(1) == 0:
+        _td_loss_rows(pred_ptr, target1_ptr, y2_ptr, done_ptr, grad_ptr, loss_ptr, sid, R, n, gamma, inv_count,
+                      BLOCK_M, BLOCK_N)
+    else:
+        if HAS_DATA:
+            _denoising_loss_rows(out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, data_grad_ptr,
+                                 data_loss_ptr, sid, R, n, PREDICTION, DATA_BLOCK_M, BLOCK_N)
+
+
+def td_loss_fwd_bwd(pred, target1, y2, done, gamma, grad_out=None, data=None, block_m=64, data_block_m=32,
+                    num_warps=4):
     """pred (2R, n), target1, y2 (R, n), done (R,) bool/float, gamma float
     -> (loss 0-d fp32 tensor, grad_pred (2R, n) = d loss / d pred). `grad_out` (optional) receives the grad.
-    Seed axis (seed_axis): pred (S, 2R, n), target1, y2 (S, R, n), done (S, R) -> (loss (S,), one per
-    seed, grad_pred (S, 2R, n)). No rows: the loss is NaN (the mean of nothing, as in reference.td_loss),
-    grad_pred empty."""
+    data: the data denoiser's (out, x0, eps (R, n), t (R,) int64, sqrt_ab, sqrt_1m_ab, prediction_index),
+    denoising_loss_fwd_bwd's arguments, its loss computed by the same launch: then (loss, grad_pred,
+    data loss, grad_out of the data denoiser). Seed axis (seed_axis): pred (S, 2R, n), target1, y2 (S, R, n),
+    done (S, R), data's tensors but the buffers with a leading S -> the losses (S,), one per seed, the grads
+    (S, ...). No rows: the losses are NaN (the mean of nothing, as in reference.td_loss), the grads empty."""
     given = grad_out
     single = target1.dim() == 2
+    out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction = data or (None,) * 7
     if single:
-        pred, target1, y2, done, grad_out = add_seed_axis(pred, target1, y2, done, grad_out)
+        pred, target1, y2, done, grad_out, out, x0, eps, t = add_seed_axis(pred, target1, y2, done, grad_out, out,
+                                                                           x0, eps, t)
     S, R, n = target1.shape
     pred, target1, y2 = pred.contiguous(), target1.contiguous(), y2.contiguous()
     done = done.to(torch.float32).contiguous()
     if grad_out is None:
         grad_out = torch.empty((S, 2 * R, n), device=pred.device, dtype=torch.float32)
     loss = torch.empty((S,), device=pred.device, dtype=torch.float32)
+    results = [loss, grad_out]
+    if data is not None:
+        results += [torch.empty((S,), device=pred.device, dtype=torch.float32), torch.empty_like(out)]
+        tensors = [x.contiguous() for x in (out, x0, eps, t, sqrt_ab, sqrt_1m_ab)]
     if R * n == 0:
-        loss.fill_(float("nan"))
+        for x in results[::2]:
+            x.fill_(float("nan"))
     else:
-        _td_loss_kernel[(S,)](
-            pred, target1, y2, done, grad_out, loss, R, n, float(gamma), 1.0 / (R * n),
-            BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=num_warps,
+        data_args = (*tensors, results[3], results[2]) if data is not None else (pred,) * 6 + (grad_out, loss)
+        _td_loss_kernel[(S, 1 if data is None else 2)](
+            pred, target1, y2, done, grad_out, loss, *data_args, R, n, float(gamma), 1.0 / (R * n),
+            HAS_DATA=data is not None, PREDICTION=0 if data is None else prediction, BLOCK_M=block_m,
+            DATA_BLOCK_M=data_block_m, BLOCK_N=triton.next_power_of_2(n), num_warps=num_warps,
         )
     if single:
-        return loss[0], (grad_out[0] if given is None else given)
-    return loss, grad_out
+        results = [x[0] for x in results]
+        if given is not None:
+            results[1] = given
+    return tuple(results)
 
 
 @triton.jit
@@ -162,14 +193,10 @@ def critic_td_loss_fwd_bwd(q, q_target, next_action, data_next_action, rewards, 
 
 
 @triton.jit
-def _denoising_loss_kernel(
-    out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, grad_ptr, loss_ptr,
-    R, n,
-    PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Program program_id(0) = seed: all rows of out, x0, eps (S, R, n), t (S, R); writes grad (S, R, n)
-    and loss (S,). PREDICTION: 0 sample, 1 epsilon, 2 v (schedule.network_target)."""
-    sid = tl.program_id(0).to(tl.int64)
+def _denoising_loss_rows(out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, grad_ptr, loss_ptr, sid, R, n,
+                         PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Seed sid's denoising loss: all rows of out, x0, eps (S, R, n), t (S, R); writes grad (S, R, n) and
+    loss (S,). PREDICTION: 0 sample, 1 epsilon, 2 v (schedule.network_target)."""
     out_ptr += sid * R * n
     x0_ptr += sid * R * n
     eps_ptr += sid * R * n
@@ -190,6 +217,17 @@ def _denoising_loss_kernel(
         tl.store(grad_ptr + idx, scale * diff, mask=mask)
         squares += diff * diff
     tl.store(loss_ptr + sid, tl.sum(tl.sum(squares, axis=1), axis=0) / (R * n))
+
+
+@triton.jit
+def _denoising_loss_kernel(
+    out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, grad_ptr, loss_ptr,
+    R, n,
+    PREDICTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program program_id(0) = seed: _denoising_loss_rows."""
+    _denoising_loss_rows(out_ptr, x0_ptr, eps_ptr, t_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, grad_ptr, loss_ptr,
+                         tl.program_id(0).to(tl.int64), R, n, PREDICTION, BLOCK_M, BLOCK_N)
 
 
 def denoising_loss_fwd_bwd(out, x0, eps, t, sqrt_ab, sqrt_1m_ab, prediction_index, block_m=32, num_warps=4):

@@ -89,6 +89,49 @@ def test_actor_terms_and_their_gradients_match_reference(seeds, mean_squared, ro
     assert not got[3][..., B:, :].any() and not got[4][..., B:].any()
 
 
+@pytest.mark.parametrize("seeds", [None, *SEEDS])
+@pytest.mark.parametrize("rows", [B, 2 * B])
+def test_actor_terms_add_the_other_term_into_loss_and_gradient(seeds, rows):
+    """The other term (TD3-SBC's state-BC: its loss and d / d a, here D''s rows' action columns read in place)
+    lands in the loss and d loss / d a; lambda, bc and d loss / d q1 are actor_terms' own."""
+    lead = () if seeds is None else (seeds,)
+    a = (torch.rand(*lead, rows, M) * 2 - 1).requires_grad_(True)
+    actions = torch.rand(*lead, B, M) * 2 - 1
+    q1 = (torch.randn(*lead, rows) * 5).requires_grad_(True)
+    other_loss = torch.randn(lead)
+    other_grad = torch.randn(*lead, rows, 2 * N + 1 + M)[..., 2 * N + 1:]  # a column view
+    want = ref.actor_terms(a, actions, q1, 1.0, 0.3, False)
+    want[0].sum().backward()
+    got = actor_terms_kernels.actor_terms(a.detach(), actions, q1.detach(), 1.0, 0.3, False, other_loss, other_grad,
+                                          block_m=16)
+    torch.testing.assert_close(got[0], want[0].detach() + other_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2], want[2].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[3], a.grad + other_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[4], q1.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_actor_terms_refuse_an_other_term_that_does_not_fit():
+    with pytest.raises(ValueError, match="loss and its gradient w.r.t. a together"):
+        actor_terms_kernels.actor_terms(torch.zeros(4, M), torch.zeros(4, M), torch.zeros(4), 1.0, 1.0, False,
+                                        other_loss=torch.zeros(()))
+    with pytest.raises(ValueError, match=r"other_grad has shape \(4, 2\)"):
+        actor_terms_kernels.actor_terms(torch.zeros(4, M), torch.zeros(4, M), torch.zeros(4), 1.0, 1.0, False,
+                                        torch.zeros(()), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("seeds", SEEDS)
+def test_actor_terms_grads_under_vmap(seeds):
+    """ops.actor_terms_grads (the op's seed-axis vmap rule with the other term) per seed equals the kernel."""
+    a, actions, q1 = torch.rand(seeds, 2 * B, M), torch.rand(seeds, B, M), torch.randn(seeds, 2 * B)
+    other = ref.LossTerm(torch.randn(seeds), None, torch.randn(seeds, 2 * B, M))
+    got = vmap(lambda *x: ops.actor_terms_grads(*x[:3], 1.0, 0.3, True, ref.LossTerm(x[3], None, x[4])))(
+        a, actions, q1, other.loss, other.grad)
+    want = actor_terms_kernels.actor_terms(a, actions, q1, 1.0, 0.3, True, other.loss, other.grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("a_rows,q_rows", [(3, 3), (5, 4)])
 def test_actor_terms_refuse_rows_that_do_not_fit(a_rows, q_rows):
     with pytest.raises(ValueError, match="need the same count, at least the batch's 4"):
@@ -147,6 +190,7 @@ def test_opcheck():
             (ops._sbc_states, (s[..., :B, :], None)),
             (ops._sbc_rows, (x0, eps, t, s, a, sched.sqrt_ab, sched.sqrt_one_minus_ab, STEPS)),
             (ops._sbc_loss, (e_out, d_out, t, sched.eta, 0.3, False)),
-            (ops._actor_terms, (a, actions, q1, 2.5, 0.7, True)),
+            (ops._actor_terms, (a, actions, q1, None, None, 2.5, 0.7, True)),
+            (ops._actor_terms, (a, actions, q1, torch.randn(q1.shape[:-1]), torch.randn(a.shape), 2.5, 0.7, False)),
         ]:
             torch.library.opcheck(op, args)

@@ -10,7 +10,7 @@ from fastbdm import Batch, CompatFlags, TD3SBC, TD3SBCConfig
 from fastbdm import loss_terms, ops, reference as ref
 from fastbdm.launch_count import LaunchCounter
 from fastbdm.kernels.noising import bdm_td_rows, smoothed_action
-from fastbdm.kernels.td_loss import critic_td_loss_fwd_bwd, denoising_loss_fwd_bwd
+from fastbdm.kernels.td_loss import critic_td_loss_fwd_bwd, denoising_loss_fwd_bwd, td_loss_fwd_bwd
 from fastbdm.schedule import PREDICTIONS, DiffusionSchedule
 
 N, M, R, STEPS = 11, 3, 37, 5  # odd sizes: partial row blocks and column tiles
@@ -80,14 +80,44 @@ def test_bdm_td_rows_kernel_matches_reference(seeds, prediction, mask_done):
     done = (torch.rand(seeds, R) < 0.3).float()
     t = torch.randint(0, STEPS, (seeds, R))
     args = (s, a, s_next, a_next, samples, done, t, eps)
-    expected = ref.bdm_td_rows(*args, sched, prediction, mask_done)
+    data = (torch.randn(seeds, R, N), torch.randint(0, STEPS, (seeds, R)), torch.randn(seeds, R, N))  # E's own
+    expected = ref.bdm_td_rows(*args, sched, prediction, mask_done, data)
     got = bdm_td_rows(*args, sched.sqrt_ab, sched.sqrt_one_minus_ab, STEPS, PREDICTIONS.index(prediction),
-                      mask_done, block_m=16)
+                      mask_done, *data, block_m=16)
+    assert len(got) == len(expected) == 4 and got[3].shape == (seeds, R, N + 1)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    without = bdm_td_rows(*args, sched.sqrt_ab, sched.sqrt_one_minus_ab, STEPS, PREDICTIONS.index(prediction),
+                          mask_done, block_m=16)
+    assert all(torch.equal(a, b) for a, b in zip(without[:3], got)) and without[3].shape == (seeds, 0, N + 1)
     single = bdm_td_rows(*(x[-1] for x in args[:5]), done[-1].bool(), t[-1], eps[-1], sched.sqrt_ab,
-                         sched.sqrt_one_minus_ab, STEPS, PREDICTIONS.index(prediction), mask_done, block_m=16)
+                         sched.sqrt_one_minus_ab, STEPS, PREDICTIONS.index(prediction), mask_done,
+                         *(x[-1] for x in data), block_m=16)
     assert all(torch.equal(a, b[-1]) for a, b in zip(single, got))  # a bool done reads as the float one
+    with pytest.raises(ValueError, match="data_x0, data_t and data_eps together"):
+        bdm_td_rows(*args, sched.sqrt_ab, sched.sqrt_one_minus_ab, STEPS, 0, mask_done, data[0])
+
+
+@pytest.mark.parametrize("seeds", [None, *SEEDS])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_td_loss_kernel_with_the_data_denoisers_loss_matches_reference(seeds, prediction):
+    """The BDM TD loss and the data denoiser's loss in one launch: each loss and gradient the reference's,
+    and each the one its own launch gives, bit for bit."""
+    sched, lead = DiffusionSchedule(STEPS), () if seeds is None else (seeds,)
+    pred = torch.randn(*lead, 2 * R, N, requires_grad=True)
+    out = torch.randn(*lead, R, N, requires_grad=True)
+    target1, y2, x0, eps = torch.randn(4, *lead, R, N)
+    done, t = (torch.rand(*lead, R) < 0.3).float(), torch.randint(0, STEPS, (*lead, R))
+    td, data = ref.td_and_denoising_terms(pred, target1, y2, done, 0.99, out, x0, eps, t, sched, prediction)
+    (td.loss.sum() + data.loss.sum()).backward()
+    data_args = (out.detach(), x0, eps, t, sched.sqrt_ab, sched.sqrt_one_minus_ab, PREDICTIONS.index(prediction))
+    got = td_loss_fwd_bwd(pred.detach(), target1, y2, done, 0.99, data=data_args, block_m=16, data_block_m=8)
+    for g, w in zip(got, (td.loss, pred.grad, data.loss, out.grad)):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w.detach(), rtol=1e-5, atol=1e-7)
+    alone = (*td_loss_fwd_bwd(pred.detach(), target1, y2, done, 0.99, block_m=16),
+             *denoising_loss_fwd_bwd(*data_args, block_m=8))
+    assert all(torch.equal(a, b) for a, b in zip(got, alone))
 
 
 @pytest.mark.parametrize("seeds", SEEDS)
@@ -123,15 +153,27 @@ def test_ops_under_vmap_and_grad_match_reference():
     a, a_next = torch.rand(2, seeds, R, M)
     done = (torch.rand(seeds, R) < 0.3).float()
     args = (s, a, s_next, a_next, samples, done, t, eps)
-    got = vmap(lambda *xs: ops.bdm_td_rows(*xs, sched, "epsilon"))(*args)
-    for g, e in zip(got, ref.bdm_td_rows(*args, sched, "epsilon")):
+    got = vmap(lambda *xs: ops.bdm_td_rows(*xs[:8], sched, "epsilon", True, xs[8:]))(*args, x0, t, eps)
+    for g, e in zip(got, ref.bdm_td_rows(*args, sched, "epsilon", True, (x0, t, eps))):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    pred, target1, y2 = torch.randn(seeds, 2 * R, N), torch.randn(seeds, R, N), torch.randn(seeds, R, N)
+
+    def td_and_data(backend, pred, out, target1, y2, done, x0, eps, t):  # a graph before each loss
+        td, data = backend.td_and_denoising_terms(pred.sin(), target1, y2, done, 0.9, out * out, x0, eps, t, sched,
+                                                  "v")
+        return 2.0 * td.loss + 3.0 * data.loss
+
+    inputs = (pred, out, target1, y2, done, x0, eps, t)
+    want = vmap(grad(lambda *xs: td_and_data(ref, *xs), argnums=(0, 1)))(*inputs)
+    for g, w in zip(vmap(grad(lambda *xs: td_and_data(ops, *xs), argnums=(0, 1)))(*inputs), want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
     with LaunchCounter() as counter:  # the seed-axis vmap rules: one launch for all seeds, not one per seed
         vmap(lambda *xs: critic(ops, *xs))(q, *rest)
         vmap(lambda *xs: data(ops, *xs))(out, x0, eps, t)
-        vmap(lambda *xs: ops.bdm_td_rows(*xs, sched, "epsilon"))(*args)
+        vmap(lambda *xs: ops.bdm_td_rows(*xs, sched, "epsilon")[:3])(*args)  # no data: no data rows (None)
         vmap(lambda a, z: ops.smoothed_action(a, z, 0.2, 0.5, 1.0))(a, eps[..., :M])
-    assert counter.by_phase()["other"]["triton"] == 4
+        vmap(lambda *xs: td_and_data(ops, *xs))(*inputs)
+    assert counter.by_phase()["other"]["triton"] == 5
 
 
 def test_loss_term_backward_equals_the_summed_losses_backward():
@@ -200,9 +242,9 @@ def test_critic_side_terms_on_triton_match_the_torch_backend(prediction, compat)
 def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     """Per update pair on the triton backend: the target action (pi' + its smoothing kernel) and Q' once on
     both updates' next states (their only torch ops the cats that merge them), then per update the critic
-    forward and its loss kernel, the BDM rows kernel, D' and D forwards and the TD loss kernel, E's rows,
-    forward and loss kernel; no launch summing the losses, and a backward of the networks' kernels (and the
-    denoisers' weight-gradient matmuls) only."""
+    forward and its loss kernel, the BDM rows kernel (E's rows too), D', D and E forwards and the TD loss kernel
+    (E's loss too); no launch summing the losses, and a backward of the networks' kernels (and the denoisers'
+    weight-gradient matmuls) only."""
     agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
                                              steps=2, backend="triton"), device=DEVICE)
     batches = [make_batch(), make_batch()]
@@ -210,8 +252,9 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     with LaunchCounter() as counter:
         agent.update_pair(batches, noises)
     phases = counter.by_phase()
-    assert phases["critic"]["triton"] == 3 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 4, "total": 8}
-    assert phases["data_denoiser"] == {"aten": 0, "triton": 2 * 3, "total": 6}
+    assert phases["critic"]["triton"] == 3 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 5, "total": 10}
+    assert counter.ops["bdm", "triton::_bdm_td_rows_kernel"] == counter.ops["bdm", "triton::_td_loss_kernel"] == 2
+    assert "data_denoiser" not in phases
     assert {op for (phase, op) in counter.ops if phase == "critic" and op.startswith("aten::")} == {"aten::cat"}
     assert "other" not in phases  # the denoisers' weight-gradient matmuls are the backward's only torch ops
     assert {op for (phase, op) in counter.ops if phase == "backward" and op.startswith("aten::")} == {"aten::bmm"}
@@ -231,8 +274,30 @@ def test_opcheck_of_the_critic_side_ops():
         cases = [
             (ops._critic_td_loss, (*map(lead, (q, *rest)), 0.99, 0.3)),
             (ops._denoising_loss, (*map(lead, (out, s, eps, t)), *buffers, 2)),
-            (ops._bdm_td_rows, (*map(lead, (s, a, s_next, a_next, samples, done, t, eps)), *buffers, STEPS, 1, True)),
+            (ops._bdm_td_rows, (*map(lead, (s, a, s_next, a_next, samples, done, t, eps)), *buffers, STEPS, 1, True,
+                                None, None, None)),
+            (ops._bdm_td_rows, (*map(lead, (s, a, s_next, a_next, samples, done, t, eps)), *buffers, STEPS, 1, True,
+                                *map(lead, (out, t.flip(-1), s_next)))),
+            (ops._td_and_denoising_loss, (*map(lead, (torch.cat([s, out], -2), samples, s_next, done, out, s, eps, t)),
+                                          *buffers, 0.99, 2)),
             (ops._smoothed_action, (lead(a), lead(a_next), 0.2, 0.5, 1.0)),
         ]
         for op, args in cases:
             torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("compat", [CompatFlags(), CompatFlags(mismatched_data_denoiser=True)])
+def test_the_data_denoisers_loss_in_the_bdm_launches_is_its_own_launches_loss(compat):
+    """critic_side_terms runs E's rows and loss in the BDM TD loss's launches: its loss and d loss / d E's output
+    are data_denoiser_term's (E's own rows, forward and loss launches) bit for bit; compat
+    mismatched_data_denoiser noises s' there too (the target still of s)."""
+    cfg = TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(24, 24), steps=STEPS,
+                       prediction="v", compat=compat, backend="triton")
+    agent, b = TD3SBC(N, M, config=cfg, device=DEVICE), make_batch()
+    noise = agent.draw_noise(R, DEVICE, actor_step=False)
+    terms, metrics = agent.critic_side_terms(b, noise)
+    alone = agent.data_denoiser_term(b, noise)
+    assert torch.equal(terms[2].loss, alone.loss) and torch.equal(metrics["data_loss"], alone.loss.detach())
+    assert torch.equal(terms[2].output, alone.output) and torch.equal(terms[2].grad, alone.grad)
+    other = agent.data_denoiser_term(b._replace(next_obs=b.obs, obs=b.next_obs), noise)
+    assert not torch.equal(terms[2].loss, other.loss)  # E's loss depends on which states it learns

@@ -188,3 +188,24 @@ def test_presets_and_scores():
     assert normalized_score("hopper", lo) == 0 and normalized_score("hopper", hi) == pytest.approx(100)
     with pytest.raises(ValueError, match="unknown task"):
         preset("ant-medium")
+
+
+@pytest.mark.parametrize("algo", ["td3sbc", "rebrac", "td3bc"])
+def test_actor_gradients_from_the_kernels_outputs_equal_autograd_of_the_actor_loss(algo):
+    """actor_gradients (Triton: backward from Q1, pi(S) and D''s output with the kernels' own gradients, the
+    SBC term's added by actor_terms) gives the gradients and terms of autograd through actor_loss."""
+    torch.manual_seed(0)
+    cfg = TD3SBCConfig.for_algo(algo, actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
+                                steps=3, backend="triton")
+    agent, b = TD3SBC(N, M, config=cfg), make_batch()
+    noise = agent.draw_noise(B, "cpu")
+    frozen = lambda: agent.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]  # noqa: E731 (pi(S)'s graph)
+    grads, terms = agent.actor_gradients(b, noise, frozen())
+    loss, want_terms = agent.actor_loss(b, noise, frozen())
+    want = torch.autograd.grad(loss, list(agent.actor.parameters()))
+    assert terms.keys() == want_terms.keys() and all(not t.requires_grad for t in terms.values())
+    for name in terms:
+        torch.testing.assert_close(terms[name], want_terms[name].detach(), rtol=1e-6, atol=1e-7, msg=name)
+    assert all(g.abs().sum() > 0 for g in grads)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
