@@ -401,9 +401,11 @@ class TD3SBC(nn.Module):
         Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
         targets=False: the SBC part only (next_action and q_target None)."""
         rows = [b.next_obs.shape[-2] for b, _ in steps]
+        # the chain's s and a in row segments (the targets', the SBC's: read where they are, not concatenated);
+        # its start noise z and DDPM noise per part (each update's target rows, the SBC rows), sizes their rows
+        chain_s, chain_a, chain_z, chain_noise, sizes = [], [], [], [], []
         with torch.no_grad():
             next_action = q_target = [None] * len(steps)
-            chain_s, chain_a, chain_z, chain_noise = [], [], [], []
             if targets:
                 with phase("critic"):
                     next_obs = concat_rows([b.next_obs for b, _ in steps])
@@ -411,10 +413,11 @@ class TD3SBC(nn.Module):
                     q = self.critic_target(next_obs, merged)
                     next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
                 if self.bdm is not None:
-                    chain_s += [b.next_obs for b, _ in steps]
-                    chain_a += next_action
+                    chain_s.append(next_obs)
+                    chain_a.append(merged)
                     chain_z += [n.bdm_z for _, n in steps]
                     chain_noise += [n.bdm_chain for _, n in steps]
+                    sizes += rows
         S = A = None
         if actor_last and self.bdm is not None:
             b, noise = steps[-1]
@@ -425,12 +428,13 @@ class TD3SBC(nn.Module):
             chain_a.append(A.detach())
             chain_z.append(noise.sbc_z)
             chain_noise.append(noise.sbc_chain)
+            sizes.append(S.shape[-2])
         samples, sbc_samples = [None] * len(steps), None
         if chain_s:
-            with phase("chain"):
+            with phase("chain"):  # z (and the DDPM noise) one view of the pair's draws: noise_layout
                 noise = None if chain_noise[0] is None else concat_rows(chain_noise)
-                x0 = self.bdm.sample(concat_rows(chain_s), concat_rows(chain_a), concat_rows(chain_z), noise=noise)
-                parts = list(x0.split([s.shape[-2] for s in chain_s], -2))
+                x0 = self.bdm.sample(chain_s, chain_a, concat_rows(chain_z), noise=noise)
+                parts = list(x0.split(sizes, -2))
                 if S is not None:
                     sbc_samples = parts.pop()
                 if targets:

@@ -1,8 +1,8 @@
 """fastbdm.row_blocks.concat_rows: a view of row blocks that lie back to back (no launch), torch.cat's copy
 otherwise; and the pair's draws (fastbdm.update_draws at one seed, the triton backend's dense gather) laid out
-so that TD3SBC.frozen_outputs reads the updates' next_obs, policy normals and chain start noise as views:
-its critic phase launches no concatenation, and a pair learns bit for bit alike from the views and from
-separate copies (torch.cat's fallback)."""
+so that TD3SBC.frozen_outputs reads the updates' next_obs, policy normals and chain start noise as views
+(and the chain its s and a in two row segments): a pair launches no concatenation, and learns bit for bit
+alike from the views and from separate copies (torch.cat's fallback)."""
 import pytest
 import torch
 from torch.func import vmap
@@ -59,9 +59,9 @@ def test_a_pairs_draws_are_adjacent_where_its_frozen_networks_read_them(compat):
         assert torch.equal(merged, torch.cat(parts))
 
 
-def test_a_pair_on_the_views_launches_no_critic_cat_and_learns_as_on_separate_copies():
-    """update_pair on the draws as drawn (views, frozen_outputs without a critic-phase concatenation) and
-    on per-field copies (not adjacent: torch.cat) learns bit for bit the same."""
+def test_a_pair_on_the_views_launches_no_cat_and_learns_as_on_separate_copies():
+    """update_pair on the draws as drawn (views: frozen_outputs concatenates nothing) and on per-field copies
+    (not adjacent: torch.cat) learns bit for bit the same."""
     learned = []
     for copies in (False, True):
         agent = make_agent("td3sbc", 0, backend="triton")
@@ -73,7 +73,8 @@ def test_a_pair_on_the_views_launches_no_critic_cat_and_learns_as_on_separate_co
         with LaunchCounter() as counter:
             metrics = agent.update_pair(batches, noises)
         cats = {phase: count for (phase, op), count in counter.ops.items() if op == "aten::cat"}
-        assert cats.get("critic", 0) == (2 if copies else 0)
+        # the chain's s and a in segments (no cat); its start noise: a view of the draws, else one cat
+        assert cats == ({"critic": 2, "chain": 1} if copies else {})
         learned.append((metrics, {k: v.detach().clone() for k, v in agent.state_dict().items()}))
     (metrics, params), (want_metrics, want_params) = learned
     assert all(torch.equal(params[k], want_params[k]) for k in want_params)
