@@ -60,15 +60,18 @@ Shared memory and registers per program on sm_90 (triton 3.9, hidden 512, BLOCK_
 num_warps = 8; cuobjdump), mma.sync throughout:
 
     STAGE        tf32: shared, registers   bf16: shared, registers
-    persistent   200 KB, 222               100 KB, 170
-    prologue      20 KB, 218                10 KB, 176
-    columns      200 KB,  84               100 KB,  74
-    rows          20 KB, 183                10 KB, 128
+    persistent   200 KB, 224               100 KB, 204
+    prologue      20 KB, 212                10 KB, 176
+    columns      200 KB,  83               100 KB,  76
+    rows          20 KB, 185                10 KB, 128
+
+(s and a read in two row segments, _cond_base's per-row pointers, cost the persistent kernel 48 registers
+at tf32 (176 before) and 30 at bf16 (174): still one program of 256 threads per SM, 57 K of its 64 K registers.)
 
 no stack frame (spills) anywhere; persistent's 200 KB = the 128 KB slice + the columns stage's [32, 512]
 row tile (64 KB) + the rows stage's operand tiles. num_warps = 4 spills (persistent tf32 176 B, bf16
 80 B), and so does a 128-wide bf16 slice. One program per SM (shared memory at tf32, registers at
-bf16: 170 x 256 threads). tests/test_kernels_forward.py's sm_90 compile checks the limits, the spills,
+bf16: 204 x 256 threads). tests/test_kernels_forward.py's sm_90 compile checks the limits, the spills,
 the slice's `local_alloc` before the level loop and the barrier's PTX.
 
 Performance model against today's chain: profiling/chain_model.py (`chain_time`), docs/PERFORMANCE.md
