@@ -88,10 +88,11 @@ class BellmanDiffusion(nn.Module):
         """Samples of d(. | s, a): (B, obs_dim), `steps` denoiser evaluations, no autograd.
 
         z (B, obs_dim) is the start noise (drawn when None); noise (steps, B, obs_dim) the DDPM
-        per-level noise (sampler="ddpm" only; drawn when None)."""
+        per-level noise (sampler="ddpm" only; drawn when None). s and a may be two row segments each
+        ([head, tail], B rows together), read where they are (TD3SBC.frozen_outputs)."""
         if z is None:
             z = torch.randn_like(s)
-        return self.ops(s).reverse_chain(
+        return self.ops(z).reverse_chain(
             self._net(target).weights(), s, a, z, self.schedule, self.prediction, self.sampler, noise
         )
 

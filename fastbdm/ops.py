@@ -159,9 +159,10 @@ _SCHEDULE_BUFFERS = ("sqrt_ab", "sqrt_one_minus_ab", "sqrt_ab_prev", "sqrt_one_m
 
 
 @torch.library.custom_op("fastbdm::reverse_chain", mutates_args=())
-def _reverse_chain(weights: List[Tensor], s: Tensor, a: Tensor, z: Tensor, schedule_buffers: List[Tensor],
+def _reverse_chain(weights: List[Tensor], s: List[Tensor], a: List[Tensor], z: Tensor, schedule_buffers: List[Tensor],
                    steps: int, prediction: str, sampler: str, noise: Optional[Tensor], precision: str) -> Tensor:
-    """schedule_buffers: the DiffusionSchedule buffers named in _SCHEDULE_BUFFERS, in that order. The kernel:
+    """s, a: one or two row segments each (reverse_chain.row_segments); schedule_buffers: the DiffusionSchedule
+    buffers named in _SCHEDULE_BUFFERS, in that order. The kernel:
     weight_stationary_chain.chain_design (FASTBDM_CHAIN, else by device, shape and precision)."""
     seeds = z.shape[0] if z.dim() == 3 else 1
     design = weight_stationary_chain.chain_design(z.device, z.shape[-2], seeds, weights[4].shape[-1], precision)
@@ -180,12 +181,14 @@ def _(weights, s, a, z, schedule_buffers, steps, prediction, sampler, noise, pre
 def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None,
                   precision: str = DEFAULT_PRECISION):
     """The whole reverse sampler of the SSM denoiser (reference.reverse_chain): s (R, n), a (R, m),
-    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n).
+    z (R, n) start noise, noise (steps, R, n) DDPM per-level noise (drawn when None) -> x0 (R, n). s and a may
+    be lists of two row segments each ([head, tail], split alike): read in place, not concatenated.
     Seed axis: s, a, z, the result with a leading S, noise (S, steps, R, n), weights stacked (S, ...)."""
     if sampler == "ddpm" and noise is None:
         noise = torch.randn((*z.shape[:-2], schedule.steps, *z.shape[-2:]), device=z.device, dtype=z.dtype)
     buffers = [getattr(schedule, name) for name in _SCHEDULE_BUFFERS]
-    return _reverse_chain([w.detach() for w in weights], s.detach(), a.detach(), z.detach(), buffers,
+    s, a = ([x.detach() for x in reverse_chain_kernels.row_segments(rows)] for rows in (s, a))
+    return _reverse_chain([w.detach() for w in weights], s, a, z.detach(), buffers,
                           schedule.steps, prediction, sampler, noise, precision)
 
 

@@ -89,13 +89,15 @@ def small_mlp(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0) -> 
 def reverse_chain(weights, s, a, z, schedule: DiffusionSchedule, prediction="sample", sampler="ddim", noise=None):
     """The whole reverse-diffusion sampler of the (target) SSM denoiser, docs/ALGORITHM.md#samplers.
 
-    s (R, n), a (R, m), z (R, n) start noise at level steps-1; noise (steps, R, n) is the DDPM
-    per-level noise (drawn when None). Returns x0 samples (R, n). Seed axis (kernels/seed_axis.py):
+    s (R, n), a (R, m), z (R, n) start noise at level steps-1; s and a may also be lists of row segments
+    (their rows one after another, split alike); noise (steps, R, n) is the DDPM per-level noise (drawn
+    when None). Returns x0 samples (R, n). Seed axis (kernels/seed_axis.py):
     s, z (S, R, n), a (S, R, m), noise (S, steps, R, n), weights stacked (S, ...) -> (S, R, n).
     sampler: "ddim" (eta = 0), "ddpm" (ancestral), "posterior_mean" (research code, docs/ALGORITHM.md#departures-of-the-research-code item 1:
     levels steps-1..1, the network told level i, every scheduler coefficient taken at level i-1).
     The first layer's s, a and bias part is computed once per chain; per level only x and c change.
     """
+    s, a = (x if isinstance(x, torch.Tensor) else torch.cat(list(x), -2) for x in (s, a))
     single = z.dim() == 2
     if single:
         s, a, z, noise = add_seed_axis(s, a, z, noise)

@@ -17,6 +17,7 @@ from .loss_terms import LossTerm
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
 from .nvtx_ranges import phase
 from .presets import ALGO_DEFAULTS, ALGOS
+from .row_blocks import concat_rows
 
 
 class Batch(NamedTuple):
@@ -187,61 +188,69 @@ class TD3SBC(nn.Module):
     def flags(self) -> CompatFlags:
         return self.config.compat
 
-    def noise_layout(self, rows: int, actor_step: bool = True
-                     ) -> Tuple[List[Tuple[str, tuple]], List[Tuple[str, tuple]]]:
-        """Where one update's UpdateNoise fields on `rows` rows lie in its two flat draws: ([(field, shape)] of
-        the normals, [(field, shape)] of the levels), each in its order inside its draw. Normals: policy;
-        bdm_eps, bdm_z (absent with compat shared_noise: bdm_z is bdm_eps), bdm_chain (ddpm); data_eps; on
-        actor steps sbc_normal (absent with compat standardised_sbc_half), sbc_eps, sbc_z, sbc_chain. Levels:
-        bdm_t, data_t, on actor steps sbc_t."""
+    def noise_layout(self, rows: int, actor_steps: Sequence[bool] = (True,)
+                     ) -> Tuple[List[Tuple[int, str, tuple]], List[Tuple[int, str, tuple]]]:
+        """Where the UpdateNoise fields of consecutive updates (actor_steps[u]: update u steps the actor), each
+        on `rows` rows, lie in their two flat draws: ([(u, field, shape)] of the normals, [(u, field, shape)]
+        of the levels), in their order inside the draw. Normals: every update's policy, side by side (one
+        (U rows, m) block for pi' over the updates' next states, frozen_outputs); per update bdm_eps, data_eps,
+        on actor steps sbc_normal (absent with compat standardised_sbc_half) and sbc_eps; then the reverse
+        chain's start noise in the chain's row order, side by side: every update's bdm_z, then on actor steps
+        sbc_z (with compat shared_noise bdm_eps and sbc_eps take these places: z is eps); then (ddpm) the
+        chains' bdm_chain, sbc_chain. Levels: per update bdm_t, data_t, on actor steps sbc_t."""
         cfg, flags, n = self.config, self.flags, self.obs_mean.shape[0]
-        normals, levels = [("policy", (rows, self.act_dim))], []
+        normals, levels = [(u, "policy", (rows, self.act_dim)) for u in range(len(actor_steps))], []
         if self.bdm is None:
             return normals, levels
-
-        def diffusion(term, count):  # t, eps, z, chain noise of one BDM-sampled term on `count` rows
-            levels.append((f"{term}_t", (count,)))
-            normals.append((f"{term}_eps", (count, n)))
+        chains = []  # (update, term, rows) of every BDM-sampled term, in the chain's row order
+        for u, actor_step in enumerate(actor_steps):
+            levels += [(u, "bdm_t", (rows,)), (u, "data_t", (rows,))]
             if not flags.shared_noise:
-                normals.append((f"{term}_z", (count, n)))
-            if self.bdm.sampler == "ddpm":
-                normals.append((f"{term}_chain", (cfg.steps, count, n)))
-
-        diffusion("bdm", rows)
-        levels.append(("data_t", (rows,)))
-        normals.append(("data_eps", (rows, n)))
-        if actor_step:
-            if not flags.standardised_sbc_half:
-                normals.append(("sbc_normal", (rows, n)))
-            diffusion("sbc", 2 * rows)
+                normals.append((u, "bdm_eps", (rows, n)))
+            normals.append((u, "data_eps", (rows, n)))
+            chains.append((u, "bdm", rows))
+            if actor_step:
+                levels.append((u, "sbc_t", (2 * rows,)))
+                if not flags.standardised_sbc_half:
+                    normals.append((u, "sbc_normal", (rows, n)))
+                if not flags.shared_noise:
+                    normals.append((u, "sbc_eps", (2 * rows, n)))
+                chains.append((u, "sbc", 2 * rows))
+        start = "eps" if flags.shared_noise else "z"
+        normals += [(u, f"{term}_{start}", (count, n)) for u, term, count in chains]
+        if self.bdm.sampler == "ddpm":
+            normals += [(u, f"{term}_chain", (cfg.steps, count, n)) for u, term, count in chains]
         return normals, levels
 
-    def noise_sizes(self, rows: int, actor_step: bool = True) -> Tuple[int, int]:
-        """(normals, levels): the lengths of one update's two flat draws (noise_layout)."""
-        return tuple(sum(math.prod(shape) for _, shape in part) for part in self.noise_layout(rows, actor_step))
+    def noise_sizes(self, rows: int, actor_steps: Sequence[bool] = (True,)) -> Tuple[int, int]:
+        """(normals, levels): the lengths of consecutive updates' two flat draws (noise_layout)."""
+        return tuple(sum(math.prod(shape) for *_, shape in part) for part in self.noise_layout(rows, actor_steps))
 
-    def noise_views(self, normals: torch.Tensor, levels: torch.Tensor, rows: int, actor_step: bool = True
-                    ) -> UpdateNoise:
-        """One update's UpdateNoise as views of its flat draws (noise_layout): normals ([S,] noise_sizes[0])
-        N(0, 1) float, levels ([S,] noise_sizes[1]) int64 in [0, steps); every field keeps the leading dims."""
-        fields = {}
-        for flat, part in zip((normals, levels), self.noise_layout(rows, actor_step)):
-            sizes = [math.prod(shape) for _, shape in part]
-            fields.update((name, view.unflatten(-1, shape)) for (name, shape), view in zip(part, flat.split(sizes, -1)))
+    def noise_views(self, normals: torch.Tensor, levels: torch.Tensor, rows: int, actor_steps: Sequence[bool] = (True,)
+                    ) -> List[UpdateNoise]:
+        """Each of consecutive updates' UpdateNoise as views of their flat draws (noise_layout): normals
+        ([S,] noise_sizes[0]) N(0, 1) float, levels ([S,] noise_sizes[1]) int64 in [0, steps); every field
+        keeps the leading dims."""
+        fields = [{} for _ in actor_steps]
+        for flat, part in zip((normals, levels), self.noise_layout(rows, actor_steps)):
+            views = flat.split([math.prod(shape) for *_, shape in part], -1)
+            for (u, name, shape), view in zip(part, views):
+                fields[u][name] = view.unflatten(-1, shape)
         if self.bdm is not None and self.flags.shared_noise:
-            fields.update({f"{term}_z": fields[f"{term}_eps"] for term in ("bdm", "sbc") if f"{term}_eps" in fields})
-        return UpdateNoise(**fields)
+            for update in fields:
+                update.update({f"{term}_z": update[f"{term}_eps"] for term in ("bdm", "sbc") if f"{term}_eps" in update})
+        return [UpdateNoise(**update) for update in fields]
 
     def draw_noise(self, rows: int, device, actor_step: bool = True, generator=None) -> UpdateNoise:
         """The random numbers of one update on `rows` rows, drawn from `generator` (default: torch's global
         one): all its normals in one torch.randn, then all its levels in one torch.randint, the fields views
         of them (noise_views). A generator on a CUDA device must be registered with a CUDA graph that
         captures the draws (torch.cuda.CUDAGraph.register_generator_state)."""
-        normals, levels = self.noise_sizes(rows, actor_step)
+        normals, levels = self.noise_sizes(rows, [actor_step])
         normal = torch.randn(normals, device=device, generator=generator)
         level = torch.randint(0, self.config.steps, (levels,), device=device, generator=generator) if levels else \
             torch.empty(0, dtype=torch.int64, device=device)
-        return self.noise_views(normal, level, rows, actor_step)
+        return self.noise_views(normal, level, rows, [actor_step])[0]
 
     def target_action(self, next_obs: torch.Tensor, normal: torch.Tensor = None) -> torch.Tensor:
         """a' = clamp(pi'(s') + clamp(policy_noise N, -noise_clip, noise_clip), -max, max); normal (B, m) is
@@ -431,20 +440,23 @@ class TD3SBC(nn.Module):
         Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
         targets=False: the SBC part only (next_action and q_target None)."""
         rows = [b.next_obs.shape[-2] for b, _ in steps]
+        # the chain's s and a in row segments (the targets', the SBC's: read where they are, not concatenated);
+        # its start noise z and DDPM noise per part (each update's target rows, the SBC rows), sizes their rows
+        chain_s, chain_a, chain_z, chain_noise, sizes = [], [], [], [], []
         with torch.no_grad():
             next_action = q_target = [None] * len(steps)
-            chain_s, chain_a, chain_z, chain_noise = [], [], [], []
             if targets:
                 with phase("critic"):
-                    next_obs = torch.cat([b.next_obs for b, _ in steps], -2)
-                    merged = self.target_action(next_obs, torch.cat([n.policy for _, n in steps], -2))
+                    next_obs = concat_rows([b.next_obs for b, _ in steps])
+                    merged = self.target_action(next_obs, concat_rows([n.policy for _, n in steps]))
                     q = self.critic_target(next_obs, merged)
                     next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
                 if self.bdm is not None:
-                    chain_s += [b.next_obs for b, _ in steps]
-                    chain_a += next_action
+                    chain_s.append(next_obs)
+                    chain_a.append(merged)
                     chain_z += [n.bdm_z for _, n in steps]
                     chain_noise += [n.bdm_chain for _, n in steps]
+                    sizes += rows
         S = A = None
         if actor_last and self.bdm is not None:
             b, noise = steps[-1]
@@ -455,13 +467,13 @@ class TD3SBC(nn.Module):
             chain_a.append(A.detach())
             chain_z.append(noise.sbc_z)
             chain_noise.append(noise.sbc_chain)
+            sizes.append(S.shape[-2])
         samples, sbc_samples = [None] * len(steps), None
         if chain_s:
-            with phase("chain"):
-                noise = None if chain_noise[0] is None else torch.cat(chain_noise, -2)
-                x0 = self.bdm.sample(torch.cat(chain_s, -2), torch.cat(chain_a, -2), torch.cat(chain_z, -2),
-                                     noise=noise)
-                parts = list(x0.split([s.shape[-2] for s in chain_s], -2))
+            with phase("chain"):  # z (and the DDPM noise) one view of the pair's draws: noise_layout
+                noise = None if chain_noise[0] is None else concat_rows(chain_noise)
+                x0 = self.bdm.sample(chain_s, chain_a, concat_rows(chain_z), noise=noise)
+                parts = list(x0.split(sizes, -2))
                 if S is not None:
                     sbc_samples = parts.pop()
                 if targets:

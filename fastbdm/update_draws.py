@@ -1,8 +1,11 @@
 """The random numbers of consecutive updates (one update, or the two of a pair) drawn at once, for one seed or
 S seeds, each seed from its own generator: all the updates' batch indices in one torch.randint, then all
-their normals in one torch.randn, then all their diffusion levels in one torch.randint (the updates one
-after another inside each draw, each in TD3SBC.noise_layout's order), and the batches' rows in one gather
-for every seed and update (TransitionBuffer.gather; its fields contiguous on the triton backend). A pair costs four
+their normals in one torch.randn, then all their diffusion levels in one torch.randint (in
+TD3SBC.noise_layout's order: the fields a pair's frozen networks read together side by side), and the
+batches' rows in one gather for every seed and update (TransitionBuffer.gather; its fields contiguous on
+the triton backend, update-major: at one seed both updates' next_obs are one block). At one seed,
+TD3SBC.frozen_outputs reads the updates' next_obs, policy normals and chain start noise as single views
+(fastbdm.row_blocks), no concatenation. A pair costs four
 kernels at one seed (3 S + 1 at S seeds), where drawing its updates one by one cost twenty: no stacks either, each
 seed's draws are written into its row of (S, ...) tensors and the Batch and UpdateNoise fields are views.
 
@@ -34,10 +37,10 @@ def draw_updates(agent: TD3SBC, buffer: TransitionBuffer, batch_size: int, actor
     device, seeds, updates = buffer.rows.device, len(generators), len(actor_steps)
     if not seed_axis and seeds != 1:
         raise ValueError(f"draw_updates without a seed axis draws one seed's updates, got {seeds} generators")
-    sizes = [agent.noise_sizes(batch_size, actor_step) for actor_step in actor_steps]
+    normal_count, level_count = agent.noise_sizes(batch_size, actor_steps)
     indices = torch.empty(seeds, updates * batch_size, dtype=torch.int64, device=device)
-    normals = torch.empty(seeds, sum(n for n, _ in sizes), device=device)
-    levels = torch.empty(seeds, sum(n for _, n in sizes), dtype=torch.int64, device=device)
+    normals = torch.empty(seeds, normal_count, device=device)
+    levels = torch.empty(seeds, level_count, dtype=torch.int64, device=device)
     for k, generator in enumerate(generators):
         with phase("sample"):
             torch.randint(0, len(buffer), indices.shape[1:], generator=generator, device=device, out=indices[k])
@@ -52,8 +55,4 @@ def draw_updates(agent: TD3SBC, buffer: TransitionBuffer, batch_size: int, actor
     if not seed_axis:
         batches = [Batch(*(field[0] for field in batch)) for batch in batches]
         normals, levels = normals[0], levels[0]
-    normal_parts = normals.split([n for n, _ in sizes], -1)
-    level_parts = levels.split([n for _, n in sizes], -1)
-    noises = [agent.noise_views(normal, level, batch_size, actor_step)
-              for normal, level, actor_step in zip(normal_parts, level_parts, actor_steps)]
-    return batches, noises
+    return batches, agent.noise_views(normals, levels, batch_size, actor_steps)

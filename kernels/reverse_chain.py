@@ -34,15 +34,25 @@ SAMPLERS = ("ddim", "ddpm", "posterior_mean")
 
 
 @triton.jit
-def _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
+def _segment_rows(head_ptr, tail_ptr, head_rows, offs_m, width):
+    """[BLOCK_M, 1] pointers to rows offs_m of [head (head_rows rows); tail], rows of `width` elements."""
+    rows = tl.where(offs_m < head_rows, head_ptr + offs_m * width, tail_ptr + (offs_m - head_rows) * width)
+    return rows[:, None]
+
+
+@triton.jit
+def _cond_base(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """base (R, H1) = s W_s^T + a W_a^T for the program's rows (W_s = W1[:, n:2n], W_a = W1[:, 2n+1:])."""
+    """base (R, H1) = s W_s^T + a W_a^T for the program's rows (W_s = W1[:, n:2n], W_a = W1[:, 2n+1:]); s and a
+    in two row segments (PreparedChain): rows below head_rows from s_ptr, a_ptr, the others from the tails."""
+    s_rows = _segment_rows(s_ptr, s_tail_ptr, head_rows, offs_m, n)
+    a_rows = _segment_rows(a_ptr, a_tail_ptr, head_rows, offs_m, m)
     for n0 in range(0, H1, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < H1
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc = _accum_linear(acc, s_ptr, n, offs_m, mask_m, n, w1_ptr, D_IN, n, offs_n, mask_n, BLOCK_K, PRECISION)
-        acc = _accum_linear(acc, a_ptr, m, offs_m, mask_m, m, w1_ptr, D_IN, 2 * n + 1, offs_n, mask_n,
+        acc = _accum_linear(acc, s_rows, 0, offs_m, mask_m, n, w1_ptr, D_IN, n, offs_n, mask_n, BLOCK_K, PRECISION)
+        acc = _accum_linear(acc, a_rows, 0, offs_m, mask_m, m, w1_ptr, D_IN, 2 * n + 1, offs_n, mask_n,
                             BLOCK_K, PRECISION)
         tl.store(base_ptr + offs_m[:, None] * H1 + offs_n[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
 
@@ -114,16 +124,17 @@ def _sampler_step(x, out, k, noise_ptrs, xo_mask, sqrt_ab_ptr, sqrt_1m_ab_ptr, s
 @triton.jit
 def _reverse_chain_kernel(
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr,
+    s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, z_ptr, noise_ptr,
     sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
     base_ptr, pre1_ptr, pre2_ptr, x_out_ptr,
-    R, n, m, H1, H2, steps, n_levels, c_scale, eps,
+    R, head_rows, n, m, H1, H2, steps, n_levels, c_scale, eps,
     PREDICTION: tl.constexpr, SAMPLER: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """One program: BLOCK_M rows of seed program_id(1) from z (S, R, n) through n_levels sampler levels
-    of that seed's denoiser -> x_out (S, R, n); noise (S, steps, R, n), scratch (S, R, H_k)."""
+    of that seed's denoiser -> x_out (S, R, n); s, a in two row segments (S, head_rows, .) and (S, R - head_rows, .);
+    noise (S, steps, R, n), scratch (S, R, H_k)."""
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < R
@@ -135,16 +146,16 @@ def _reverse_chain_kernel(
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr = _seed_weights(
         sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
         H1 * D_IN, H1, H2, n)
-    s_ptr += sid * R * n
+    s_ptr, s_tail_ptr = s_ptr + sid * head_rows * n, s_tail_ptr + sid * (R - head_rows) * n
+    a_ptr, a_tail_ptr = a_ptr + sid * head_rows * m, a_tail_ptr + sid * (R - head_rows) * m
     z_ptr += sid * R * n
     x_out_ptr += sid * R * n
-    a_ptr += sid * R * m
     noise_ptr += sid * steps * R * n
     base_ptr += sid * R * H1
     pre1_ptr += sid * R * H1
     pre2_ptr += sid * R * H2
 
-    _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
+    _cond_base(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
                BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     tl.debug_barrier()
 
@@ -169,9 +180,10 @@ def _reverse_chain_kernel(
 
 class PreparedChain:
     """A chain call's tensors on the seed axis, checked and contiguous (its arguments as reverse_chain's;
-    schedule: the 7 buffers in order): weights (check_weights, stacked), s, z (S, R, n), a (S, R, m),
+    schedule: the 7 buffers in order): weights (check_weights, stacked), z (S, R, n), s and a in two row
+    segments (row_segments): s, s_tail (S, head_rows, n), (S, R - head_rows, n), a, a_tail likewise of width m,
     noise (S, steps, R, n) (drawn when None for DDPM; z when not DDPM), schedule, out (S, R, n) (the
-    given `out` with a seed axis, or a new buffer), sizes S, R, n, m, h1, h2, n_levels, block_o, and the
+    given `out` with a seed axis, or a new buffer), sizes S, R, head_rows, n, m, h1, h2, n_levels, block_o, and the
     scratch every chain kernel uses: base (S, R, h1) fp32, pre1 (S, R, h1), pre2 (S, R, h2) in W1's dtype.
     result(): `out` in the call's own shape (the seed axis dropped for a 2-D call)."""
 
@@ -182,11 +194,18 @@ class PreparedChain:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.given = out
         self.z, self.weights, self.single = seed_stacked(z, weights, precision)
+        (s, s_tail), (a, a_tail) = row_segments(s), row_segments(a)
+        segmented = s_tail is not s
+        if segmented != (a_tail is not a) or segmented and s.shape[-2] != a.shape[-2]:
+            raise ValueError(f"s and a must be split into row segments alike: s {tuple(s.shape)} and "
+                             f"{'two segments' if segmented else 'one'}, a {tuple(a.shape)} and "
+                             f"{'two segments' if a_tail is not a else 'one'}")
         if self.single:
-            s, a, noise, out = add_seed_axis(s, a, noise, out)
-        self.s, self.a = s.contiguous(), a.contiguous()
+            s, s_tail, a, a_tail, noise, out = add_seed_axis(s, s_tail, a, a_tail, noise, out)
+        self.s, self.s_tail, self.a, self.a_tail = (x.contiguous() for x in (s, s_tail, a, a_tail))
         self.schedule = tuple(b.contiguous() for b in schedule)
         S, R, n = self.z.shape
+        self.head_rows = s.shape[1] if segmented else R
         if sampler == "ddpm":
             if noise is None:
                 noise = torch.randn((S, steps, R, n), device=self.z.device, dtype=self.z.dtype)
@@ -209,11 +228,22 @@ class PreparedChain:
         return self.out
 
 
+def row_segments(x):
+    """s or a of a chain call as (head, tail): a tensor is one segment (the tail is the head itself), a
+    list [head, tail] two, whose rows follow one another in the chain (TD3SBC.frozen_outputs: the target
+    chains' rows, then the SBC chain's, without concatenating them)."""
+    parts = [x] if isinstance(x, torch.Tensor) else list(x)
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(f"the chain's s and a take one or two row segments, got {len(parts)}: concatenate the rest")
+    return parts[0], parts[-1]
+
+
 def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_ab_prev, coef_x0, coef_xt,
                   posterior_std, steps, prediction="sample", sampler="ddim", noise=None, out=None,
                   precision="tf32", block_m=32, block_n=64, block_k=32, num_warps=4, num_stages=2):
     """x0 samples (R, n) of the SSM denoiser `weights` (Denoiser.weights(), two hidden layers) at
-    s (R, n), a (R, m) from start noise z (R, n). Schedule buffers (steps,) as in DiffusionSchedule:
+    s (R, n), a (R, m) from start noise z (R, n); s and a may be two row segments each ([head, tail],
+    row_segments, split alike). Schedule buffers (steps,) as in DiffusionSchedule:
     sqrt_ab, sqrt_one_minus_ab, sqrt_ab_prev, sqrt_one_minus_ab_prev, coef_x0, coef_xt, posterior_std.
     noise (steps, R, n): the DDPM per-level noise (drawn when None). Seed axis (seed_axis): s, z (S, R, n),
     a (S, R, m), noise (S, steps, R, n), weights stacked (S, ...) -> (S, R, n). prediction in
@@ -224,8 +254,8 @@ def reverse_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, sqrt_1m_a
                                          posterior_std), steps, prediction, sampler, noise, out, precision)
     grid = (triton.cdiv(c.R, block_m), c.S)
     _reverse_chain_kernel[grid](
-        *c.weights, c.s, c.a, c.z, c.noise, *c.schedule, c.base, c.pre1, c.pre2, c.out,
-        c.R, c.n, c.m, c.h1, c.h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS,
+        *c.weights, c.s, c.s_tail, c.a, c.a_tail, c.z, c.noise, *c.schedule, c.base, c.pre1, c.pre2, c.out,
+        c.R, c.head_rows, c.n, c.m, c.h1, c.h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS,
         PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         BLOCK_O=c.block_o, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )

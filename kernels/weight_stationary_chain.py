@@ -60,15 +60,18 @@ Shared memory and registers per program on sm_90 (triton 3.9, hidden 512, BLOCK_
 num_warps = 8; cuobjdump), mma.sync throughout:
 
     STAGE        tf32: shared, registers   bf16: shared, registers
-    persistent   200 KB, 222               100 KB, 170
-    prologue      20 KB, 218                10 KB, 176
-    columns      200 KB,  84               100 KB,  74
-    rows          20 KB, 183                10 KB, 128
+    persistent   200 KB, 224               100 KB, 204
+    prologue      20 KB, 212                10 KB, 176
+    columns      200 KB,  83               100 KB,  76
+    rows          20 KB, 185                10 KB, 128
+
+(s and a read in two row segments, _cond_base's per-row pointers, cost the persistent kernel 48 registers
+at tf32 (176 before) and 30 at bf16 (174): still one program of 256 threads per SM, 57 K of its 64 K registers.)
 
 no stack frame (spills) anywhere; persistent's 200 KB = the 128 KB slice + the columns stage's [32, 512]
 row tile (64 KB) + the rows stage's operand tiles. num_warps = 4 spills (persistent tf32 176 B, bf16
 80 B), and so does a 128-wide bf16 slice. One program per SM (shared memory at tf32, registers at
-bf16: 170 x 256 threads). tests/test_kernels_forward.py's sm_90 compile checks the limits, the spills,
+bf16: 204 x 256 threads). tests/test_kernels_forward.py's sm_90 compile checks the limits, the spills,
 the slice's `local_alloc` before the level loop and the barrier's PTX.
 
 Performance model against today's chain: profiling/chain_model.py (`chain_time`), docs/PERFORMANCE.md
@@ -203,12 +206,13 @@ def _first_layer_tile(x, lvl, base_ptr, w1_ptr, b1_ptr, pre1_ptr, stats1_ptr, of
 
 
 @triton.jit
-def _prologue_tile(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr, pre1_ptr, stats1_ptr, offs_m, mask_m,
-                   n, m, H1, steps, c_scale, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _prologue_tile(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr, pre1_ptr,
+                   stats1_ptr, offs_m, mask_m, n, m, H1, steps, c_scale, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, SAMPLER: tl.constexpr, PRECISION: tl.constexpr):
     """One row tile before the levels: base (s, a part of layer 1), x = z, level 0's layer 1."""
     D_IN = 2 * n + 1 + m
-    _cond_base(s_ptr, a_ptr, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+    _cond_base(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, w1_ptr, base_ptr, offs_m, mask_m, n, m, D_IN, H1,
+               BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     tl.debug_barrier()
     offs_o = tl.arange(0, BLOCK_O)
     xo_mask = mask_m[:, None] & (offs_o[None, :] < n)
@@ -245,8 +249,8 @@ def _rows_tile(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr,
 
 @triton.jit
 def _program_pointers(w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-                      s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr,
-                      w2f_ptr, fold_ptr, R, n, m, H1, H2, steps, n_col_blocks):
+                      s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr,
+                      part_ptr, x_ptr, w2f_ptr, fold_ptr, R, head_rows, n, m, H1, H2, steps, n_col_blocks):
     """The program's seed (program_id(2)): every pointer moved to that seed's weights, rows and scratch."""
     sid = tl.program_id(2).to(tl.int64)
     D_IN = 2 * n + 1 + m
@@ -254,15 +258,16 @@ def _program_pointers(w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr,
         sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
         H1 * D_IN, H1, H2, n)
     return (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-            s_ptr + sid * R * n, a_ptr + sid * R * m, z_ptr + sid * R * n, noise_ptr + sid * steps * R * n,
+            s_ptr + sid * head_rows * n, s_tail_ptr + sid * (R - head_rows) * n, a_ptr + sid * head_rows * m,
+            a_tail_ptr + sid * (R - head_rows) * m, z_ptr + sid * R * n, noise_ptr + sid * steps * R * n,
             base_ptr + sid * R * H1, pre1_ptr + sid * R * H1, stats1_ptr + sid * R * 2, pre2_ptr + sid * R * H2,
             part_ptr + sid * n_col_blocks * R * 2, x_ptr + sid * R * n, w2f_ptr + sid * H2 * H1,
             fold_ptr + sid * 2 * H2)
 
 
 @triton.jit
-def _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr, base_ptr,
-              pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps, c_scale, eps,
+def _prologue(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr,
+              w2f_ptr, fold_ptr, base_ptr, pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps, c_scale, eps,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
               BLOCK_NS: tl.constexpr, SAMPLER: tl.constexpr, PRECISION: tl.constexpr):
     """Program (cb, group)'s work before the levels: group 0 folds column block cb (_fold_slice), and
@@ -273,8 +278,8 @@ def _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_
     n_tiles = tl.cdiv(tl.minimum(rows_per_group, R - row0), BLOCK_M)
     for t in range(cb, n_tiles, n_col_blocks):
         offs_m = row0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
-        _prologue_tile(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr, pre1_ptr, stats1_ptr, offs_m,
-                       offs_m < R, n, m, H1, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, SAMPLER,
+        _prologue_tile(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, z_ptr, x_ptr, w1_ptr, b1_ptr, base_ptr,
+                       pre1_ptr, stats1_ptr, offs_m, offs_m < R, n, m, H1, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, SAMPLER,
                        PRECISION)
 
 
@@ -313,9 +318,9 @@ def _rows_stage(lvl, x_ptr, noise_ptr, w1_ptr, b1_ptr, g2_ptr, beta2_ptr, wo_ptr
 @triton.jit
 def _ws_chain_kernel(
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    s_ptr, a_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr,
-    sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
-    counter_ptr, lvl, R, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
+    s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr,
+    x_ptr, w2f_ptr, fold_ptr, sqrt_ab_ptr, sqrt_1m_ab_ptr, sqrt_ab_prev_ptr, sqrt_1m_ab_prev_ptr, coef_x0_ptr, coef_xt_ptr, std_ptr,
+    counter_ptr, lvl, R, head_rows, n, m, H1, H2, steps, n_levels, c_scale, eps, rows_per_group,
     STAGE: tl.constexpr, PREDICTION: tl.constexpr, SAMPLER: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_H1: tl.constexpr,
     BLOCK_NS: tl.constexpr, PRECISION: tl.constexpr,
@@ -330,15 +335,16 @@ def _ws_chain_kernel(
     cb = tl.program_id(0)
     group = tl.program_id(1)
     n_col_blocks = tl.num_programs(0)
-    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-     noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr) = _program_pointers(
-        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, a_ptr, z_ptr,
-        noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R, n, m, H1, H2,
-        steps, n_col_blocks)
+    (w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, s_tail_ptr, a_ptr,
+     a_tail_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr,
+     fold_ptr) = _program_pointers(
+        w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr, s_ptr, s_tail_ptr, a_ptr,
+        a_tail_ptr, z_ptr, noise_ptr, base_ptr, pre1_ptr, stats1_ptr, pre2_ptr, part_ptr, x_ptr, w2f_ptr, fold_ptr, R,
+        head_rows, n, m, H1, H2, steps, n_col_blocks)
     if STAGE == "persistent" or STAGE == "prologue":
-        _prologue(s_ptr, a_ptr, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, w2f_ptr, fold_ptr,
-                  base_ptr, pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group, R, n, m, H1, H2, steps,
-                  c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
+        _prologue(s_ptr, s_tail_ptr, a_ptr, a_tail_ptr, head_rows, z_ptr, x_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr,
+                  w2_ptr, w2f_ptr, fold_ptr, base_ptr, pre1_ptr, stats1_ptr, cb, group, n_col_blocks, rows_per_group,
+                  R, n, m, H1, H2, steps, c_scale, eps, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, BLOCK_NS, SAMPLER, PRECISION)
     if STAGE == "persistent":
         counter_ptr += tl.program_id(2) * (tl.num_programs(1) + 1)
         _group_barrier(counter_ptr + tl.num_programs(1), n_col_blocks * tl.num_programs(1))
@@ -442,8 +448,8 @@ def weight_stationary_chain(weights, s, a, z, sqrt_ab, sqrt_1m_ab, sqrt_ab_prev,
 
     def launch(stage, lvl=0):
         _ws_chain_kernel[(col_blocks, groups, S)](
-            *c.weights, c.s, c.a, c.z, c.noise, c.base, c.pre1, stats1, c.pre2, part, c.out, w2f, fold, *c.schedule,
-            counters, lvl, R, c.n, c.m, h1, h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS, rows_per_group,
+            *c.weights, c.s, c.s_tail, c.a, c.a_tail, c.z, c.noise, c.base, c.pre1, stats1, c.pre2, part, c.out, w2f,
+            fold, *c.schedule, counters, lvl, R, c.head_rows, c.n, c.m, h1, h2, steps, c.n_levels, 2.0 / steps, LAYER_NORM_EPS, rows_per_group,
             STAGE=stage, PREDICTION=prediction, SAMPLER=sampler, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
             BLOCK_O=c.block_o, BLOCK_H1=triton.next_power_of_2(h1), BLOCK_NS=block_ns, PRECISION=precision,
             num_warps=num_warps, num_stages=num_stages)

@@ -241,10 +241,11 @@ def test_critic_side_terms_on_triton_match_the_torch_backend(prediction, compat)
 
 def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     """Per update pair on the triton backend: the target action (pi' + its smoothing kernel) and Q' once on
-    both updates' next states (their only torch ops the cats that merge them), then per update the critic
-    forward and its loss kernel, the BDM rows kernel (E's rows too), D', D and E forwards and the TD loss kernel
-    (E's loss too); no launch summing the losses, and a backward of the networks' kernels (and the denoisers'
-    weight-gradient matmuls) only."""
+    both updates' next states (their only torch ops the cats that merge these separate tensors; a pair drawn
+    by fastbdm.update_draws merges them as views, tests/test_row_blocks.py), then per update the critic
+    forward and its loss kernel, the BDM rows kernel (E's rows too), D', D and E forwards and the TD loss
+    kernel (E's loss too); no launch summing the losses, and a backward of the networks' kernels (and the
+    denoisers' weight-gradient matmuls) only."""
     agent = TD3SBC(N, M, config=TD3SBCConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), denoiser_hidden=(16, 16),
                                              steps=2, backend="triton"), device=DEVICE)
     batches = [make_batch(), make_batch()]

@@ -194,3 +194,43 @@ def test_model_takes_measured_constants():
     assert measured["us"] - public["us"] == pytest.approx(20 * 5.0)
     assert model.chain_time("rows", 1024, 4, "tf32", micro={"parts": {"grid_barrier": {"us_per_barrier": 50.0}}}
                             )["us"] == pytest.approx(model.chain_time("rows", 1024, 4, "tf32")["us"])
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+@pytest.mark.parametrize("design", ["reverse_chain", "staged", "persistent"])
+def test_rows_in_two_segments_equal_the_concatenated_rows(seeds, design):
+    """s and a as [head, tail] row segments (TD3SBC.frozen_outputs: the target rows, then the SBC rows; 13 + 24
+    rows, the boundary inside a row tile): bit for bit the chain on the concatenated rows, both chain kernels,
+    the 2-D call and the seed axis; s and a split alike or a one-line error."""
+    weights, singles, sched, s, z, a, noise = problem(seeds)
+    if seeds == 1:
+        weights, s, z, a, noise = singles[0], s[0], z[0], a[0], noise[0]
+    head = [x[..., :13, :].clone() for x in (s, a)]
+    tail = [x[..., 13:, :].clone() for x in (s, a)]
+
+    def run(s_rows, a_rows):
+        if design == "reverse_chain":
+            return reverse_chain(weights, s_rows, a_rows, z, *chain_args(sched), "v", "ddpm", noise, precision="ieee",
+                                 block_m=16, block_n=32, block_k=32)
+        return ws_chain(weights, s_rows, a_rows, z, sched, "v", "ddpm", noise,
+                        STAGED if design == "staged" else PERSISTENT)
+
+    whole = run(s, a)
+    assert torch.equal(run([head[0], tail[0]], [head[1], tail[1]]), whole)
+    assert torch.equal(run([s], [a]), whole)
+    with pytest.raises(ValueError, match="row segments alike"):
+        run([head[0], tail[0]], a)
+
+
+def test_the_chain_op_reads_segments_under_vmap_as_the_reference_concatenated():
+    """ops.reverse_chain with two row segments each, vmapped over 3 seeds (SeedBatch): each seed the reference
+    on its concatenated rows."""
+    weights, singles, sched, s, z, a, _ = problem(3)
+    split = lambda x: [x[:, :20], x[:, 20:]]  # noqa: E731
+    got = torch.func.vmap(lambda w, s1, s2, a1, a2, z: ops.reverse_chain(w, [s1, s2], [a1, a2], z, sched,
+                                                                         precision="ieee"))(
+        list(weights), *split(s), *split(a), z)
+    for k in range(3):
+        assert_close_scaled(got[k], ref.reverse_chain(singles[k], s[k], a[k], z[k], sched))
+        assert torch.equal(ref.reverse_chain(singles[k], [s[k, :20], s[k, 20:]], [a[k, :20], a[k, 20:]], z[k], sched),
+                           ref.reverse_chain(singles[k], s[k], a[k], z[k], sched))

@@ -172,8 +172,10 @@ def test_opcheck():
                                   stats, [True] * 11, "ieee")),
         (ops._denoiser_backward, (torch.randn_like(out), rows.detach(), [w.detach() for w in weights], pre1, pre2,
                                   stats, [True] + [False] * 10, "ieee")),
-        (ops._reverse_chain, ([w.detach() for w in weights], s, a, x0, buffers, sch.steps, "sample", "ddim",
+        (ops._reverse_chain, ([w.detach() for w in weights], [s], [a], x0, buffers, sch.steps, "sample", "ddim",
                               None, "ieee")),
+        (ops._reverse_chain, ([w.detach() for w in weights], [s[:5], s[5:]], [a[:5], a[5:]], x0, buffers, sch.steps,
+                              "sample", "ddim", None, "ieee")),
         (ops._td_loss, (pred.detach(), x0, eps, done, 0.9)),
     ]
     for op, args in cases:

@@ -1,7 +1,8 @@
 """An update's random numbers in two flat draws (TD3SBC.draw_noise: one randn, one randint, the UpdateNoise
 fields views of them) and consecutive updates' draws at once (fastbdm.update_draws): the fields' shapes,
 independence and distribution, and each seed's numbers alike alone, in a batch of seeds and against
-explicit draws from its generator."""
+explicit draws from its generator; a pair's draws laid out so that its frozen networks read
+them as single views."""
 import pytest
 import torch
 
@@ -81,12 +82,11 @@ def test_a_seeds_draws_are_alike_alone_in_a_batch_and_from_its_generator(algo):
         if actor_steps == [True]:
             noises = [template.draw_noise(B, "cpu", True, generator=gen)]
         else:
-            sizes = [template.noise_sizes(B, step) for step in actor_steps]
-            normals = torch.randn(sum(n for n, _ in sizes), generator=gen).split([n for n, _ in sizes])
-            count = sum(n for _, n in sizes)
-            levels = (torch.randint(0, STEPS, (count,), generator=gen) if count else torch.empty(0, dtype=torch.long)
-                      ).split([n for _, n in sizes])
-            noises = [template.noise_views(*args, B, step) for *args, step in zip(normals, levels, actor_steps)]
+            normal_count, level_count = template.noise_sizes(B, actor_steps)
+            normals = torch.randn(normal_count, generator=gen)
+            levels = torch.randint(0, STEPS, (level_count,), generator=gen) if level_count else \
+                torch.empty(0, dtype=torch.long)
+            noises = template.noise_views(normals, levels, B, actor_steps)
         batches = [buffer.fields(buffer.rows[part]) for part in indices.split(B)]
         for u in range(len(actor_steps)):
             for got3, got1, want in zip((*three[0][u], *three[1][u]), (*alone[0][u], *alone[1][u]),
