@@ -23,6 +23,18 @@ def level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_sca
 
 
 @triton.jit
+def conditioning(s_ptr, a_ptr, rm, col, row_ok, c, n, m):
+    """Columns n.. of an SSM denoiser row [x_t (n), s (n), c(t) (1), a (m)] on a [rows, BLOCK_C] tile: s,
+    c(t), a (0 past them and where a load is masked); rm the tile's rows (a column), col its columns (a row),
+    s (R, n) and a (R, m) contiguous, c the rows' c(t) column."""
+    in_s = (col >= n) & (col < 2 * n)
+    in_a = (col > 2 * n) & (col < 2 * n + 1 + m)
+    s = tl.load(s_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
+    a = tl.load(a_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
+    return tl.where(in_s, s, tl.where(col == 2 * n, c, a))
+
+
+@triton.jit
 def network_target(x0, eps, ab, ab1m, PREDICTION: tl.constexpr):
     """schedule.network_target: PREDICTION 0 sample (x0), 1 epsilon (eps), 2 v (ab eps - ab1m x0)."""
     if PREDICTION == 0:
@@ -67,13 +79,7 @@ def _noised_rows_kernel(
     val = tl.where(in_x, ab * x0 + ab1m * eps, 0.0)
     if HAS_COND:
         width = 2 * n + 1 + m
-        in_s = (col >= n) & (col < 2 * n)
-        in_a = (col > 2 * n) & (col < width)
-        s = tl.load(s_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
-        a = tl.load(a_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
-        val = tl.where(in_s, s, val)
-        val = tl.where(col == 2 * n, c, val)
-        val = tl.where(in_a, a, val)
+        val = tl.where(in_x, val, conditioning(s_ptr, a_ptr, rm, col, row_ok, c, n, m))
     else:
         width = n + 1
         val = tl.where(col == n, c, val)
@@ -156,14 +162,8 @@ def _bdm_td_rows_kernel(
     x1 = ab * s_next + ab1m * eps
     x2 = ab * s_f + ab1m * eps
 
-    in_s = (col >= n) & (col < 2 * n)
-    in_a = (col > 2 * n) & (col < width)
-    s = tl.load(s_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
-    a = tl.load(a_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
-    s2 = tl.load(s_next_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0)
-    a2 = tl.load(a_next_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0)
-    cond = tl.where(in_s, s, tl.where(col == 2 * n, c, a))
-    target_cond = tl.where(in_s, s2, tl.where(col == 2 * n, c, a2))
+    cond = conditioning(s_ptr, a_ptr, rm, col, row_ok, c, n, m)
+    target_cond = conditioning(s_next_ptr, a_next_ptr, rm, col, row_ok, c, n, m)
     row_mask = row_ok & (col < width)
     tl.store(online_ptr + rm * width + col, tl.where(in_x, x1, cond), mask=row_mask)
     tl.store(online_ptr + (rm + R) * width + col, tl.where(in_x, x2, cond), mask=row_mask)

@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .noising import conditioning, level_coefficients
 from .seed_axis import add_seed_axis, unit_columns
 
 
@@ -87,21 +88,14 @@ def _sbc_rows_kernel(x0_ptr, eps_ptr, t_ptr, s_ptr, a_ptr, sqrt_ab_ptr, sqrt_1m_
     rm = offs_m[:, None]
     col = tl.arange(0, BLOCK_C)[None, :]
     row_ok = mask_m[:, None]
-    t = tl.load(t_ptr + offs_m, mask=mask_m, other=0)
-    ab = tl.load(sqrt_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    ab1m = tl.load(sqrt_1m_ab_ptr + t, mask=mask_m, other=0.0)[:, None]
-    c = (t.to(tl.float32) * c_scale - 1.0)[:, None]
+    ab, ab1m, c = level_coefficients(t_ptr, offs_m, mask_m, sqrt_ab_ptr, sqrt_1m_ab_ptr, c_scale)
     in_x = col < n
     x0 = tl.load(x0_ptr + rm * n + col, mask=row_ok & in_x, other=0.0)
     eps = tl.load(eps_ptr + rm * n + col, mask=row_ok & in_x, other=0.0)
-    val = tl.where(in_x, ab * x0 + ab1m * eps, 0.0)
-    tl.store(e_rows_ptr + rm * (n + 1) + col, tl.where(col == n, c, val), mask=row_ok & (col <= n))
-    in_s = (col >= n) & (col < 2 * n)
-    in_a = (col > 2 * n) & (col < width)
-    val = tl.where(in_s, tl.load(s_ptr + rm * n + (col - n), mask=row_ok & in_s, other=0.0), val)
-    val = tl.where(col == 2 * n, c, val)
-    val = tl.where(in_a, tl.load(a_ptr + rm * m + (col - 2 * n - 1), mask=row_ok & in_a, other=0.0), val)
-    tl.store(d_rows_ptr + rm * width + col, val, mask=row_ok & (col < width))
+    x_t = tl.where(in_x, ab * x0 + ab1m * eps, 0.0)
+    tl.store(e_rows_ptr + rm * (n + 1) + col, tl.where(col == n, c, x_t), mask=row_ok & (col <= n))
+    d_row = tl.where(in_x, x_t, conditioning(s_ptr, a_ptr, rm, col, row_ok, c, n, m))
+    tl.store(d_rows_ptr + rm * width + col, d_row, mask=row_ok & (col < width))
 
 
 def sbc_rows(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps, block_m=16, num_warps=4):
