@@ -83,12 +83,10 @@ def is_composite(func) -> bool:
 
 def aten_launches(func, args) -> int:
     """Kernels one dispatched op launches on CUDA by this module's rule (0 for views, allocations,
-    syncs, composite ops whose parts are dispatched themselves, and ops outside aten)."""
+    syncs and ops outside aten); composite ops never reach it (LaunchCounter counts their parts)."""
     namespace, name = func._schema.name.split("::")
     if namespace != "aten" or func.is_view or name in NO_KERNEL or name == SYNC:
         return 0
-    if is_composite(func):
-        return 0  # e.g. matmul reached with autograd off: LaunchCounter counts its decomposition's parts
     if name in ZEROS_THEN_COPY:
         return 2
     if name == "native_layer_norm_backward":  # dX, then the gain and bias gradients when asked for

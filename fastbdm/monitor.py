@@ -33,7 +33,9 @@ class UpdateMonitor:
         self.first_update = torch.full((*self.lead, k), NEVER, dtype=torch.int64, device=device)
         self.clock = torch.arange(1 - MAX_UPDATES, 1, device=device).expand(*self.lead, MAX_UPDATES).clone()
         self._never = torch.full((), NEVER, dtype=torch.int64, device=device)
-        # metric names of each update -> (index (u j,), values ([S,] u j), sums' and counts' increments (2, [S,] u j))
+        self._absent = torch.zeros(self.lead, device=device)  # the value of a name an update of a record lacks
+        # metric names of each update -> (index (u j,), values ([S,] u j), sums' and counts' increments
+        # (2, [S,] u j)): the torch path's cached tensors
         self._sources = {}
 
     @property
@@ -75,21 +77,20 @@ class UpdateMonitor:
         lacks (the first of a pair has no actor terms) holds a finite 0 that adds 0 to its count."""
         if not 1 <= len(updates) <= MAX_UPDATES:
             raise ValueError(f"UpdateMonitor.record takes 1 to {MAX_UPDATES} updates' metrics, got {len(updates)}")
-        key = tuple(tuple(metrics) for metrics in updates)
         names = list(dict.fromkeys(n for metrics in updates for n in metrics))
         if self.fused:
             self._record_fused(updates, names)
             return
+        key = tuple(tuple(metrics) for metrics in updates)
         if key not in self._sources:
             device, u, j = self.clock.device, len(updates), len(names)
             idx = torch.tensor([self.index[n] for n in names] * u, device=device)
             present = torch.tensor([float(n in metrics) for metrics in updates for n in names], device=device)
             source = torch.stack([torch.zeros(*self.lead, u * j, device=device),
                                   present.expand(*self.lead, u * j)])  # source[1]: the counts' increments
-            self._sources[key] = idx, torch.empty(*self.lead, u * j, device=device), source, \
-                torch.zeros(self.lead, device=device)
-        idx, values, source, absent = self._sources[key]
-        torch.stack([metrics.get(n, absent).float() for metrics in updates for n in names], dim=-1, out=values)
+            self._sources[key] = idx, torch.empty(*self.lead, u * j, device=device), source
+        idx, values, source = self._sources[key]
+        torch.stack([metrics.get(n, self._absent).float() for metrics in updates for n in names], dim=-1, out=values)
         torch.nan_to_num(values, 0.0, 0.0, 0.0, out=source[0])
         finite = (values == source[0]).unflatten(-1, (len(updates), -1))
         self.clock.add_(len(updates))
@@ -98,12 +99,9 @@ class UpdateMonitor:
         self.totals.index_add_(-1, idx, source)
 
     def _record_fused(self, updates, names) -> None:
-        """record in one launch: the slots name-major, a placeholder (this monitor's absent value) where an
+        """record in one launch: the slots name-major, this monitor's absent value as a placeholder where an
         update lacks a name; the state as (S, ...) views (S = 1 without seeds)."""
-        if "placeholder" not in self._sources:
-            self._sources["placeholder"] = torch.zeros(self.lead, device=self.clock.device)
-        placeholder = self._sources["placeholder"]
-        slots = [(metrics.get(n, placeholder), n in metrics) for n in names for metrics in updates]
+        slots = [(metrics.get(n, self._absent), n in metrics) for n in names for metrics in updates]
         lead = self.lead or (1,)
         record_metrics([v for v, _ in slots], [p for _, p in slots], [self.index[n] for n in names],
                        self.totals.view(2, *lead, -1), self.first_update.view(*lead, -1),

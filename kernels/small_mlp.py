@@ -33,7 +33,7 @@ import triton.language as tl
 from .denoiser_mlp import (LAYER_NORM_EPS, _accum_normed, _accum_strided, _bias_relu_store, _hidden_layer,
                            _load_normed, _mma, _row_stats, check_precision, output_block)
 from .denoiser_backward import _relu_norm_grad
-from .seed_axis import check_stacked
+from .seed_axis import check_stacked, unit_columns
 
 LAYOUTS = ("linear", "ensemble")
 
@@ -339,13 +339,6 @@ def widths(matrices, layout):
     return (*ins, matrices[-1].shape[-1] if layout == "ensemble" else matrices[-1].shape[-2])
 
 
-def _rows(x):
-    """x (S, R, D) fp32 read in place when its columns have unit stride (a column view of a batch's row
-    matrix, a seed axis expanded with stride 0), else a contiguous copy."""
-    x = x.detach().to(torch.float32)
-    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
-
-
 def _x_strides(x1, x2):
     """(x1's seed stride, x1's row stride, x2's, x2's) in elements; x2 None: x1's again (unused)."""
     x2 = x1 if x2 is None else x2
@@ -353,15 +346,15 @@ def _x_strides(x1, x2):
 
 
 def _stacked(x1, x2, weights, layout):
-    """(x1, x2 with the seed axis, unit column stride (_rows), weights stacked (S, ...) contiguous fp32,
-    single, S, stored members)."""
+    """(x1, x2 with the seed axis, unit column stride (seed_axis.unit_columns), weights stacked (S, ...)
+    contiguous fp32, single, S, stored members)."""
     single = x1.dim() == 2
     if single:
         x1, x2 = x1[None], None if x2 is None else x2[None]
         weights = [w[None] for w in weights]
     check_stacked(x1.shape[0], weights)
     weights = [w.detach().to(torch.float32).contiguous() for w in weights]
-    x1, x2 = _rows(x1), None if x2 is None else _rows(x2)
+    x1, x2 = (None if x is None else unit_columns(x.detach().to(torch.float32)) for x in (x1, x2))
     return x1, x2, weights, single, x1.shape[0], weights[0].shape[1] if layout == "ensemble" else 1
 
 
