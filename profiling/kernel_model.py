@@ -6,7 +6,9 @@ Designs:
   old            today's launches before issue 14 (OLD_LAUNCHES_PER_PAIR, counted on main), three reverse
                  chains per pair (B, B, 2B rows: 30 serial levels), weights streamed from L2 per level
   merged         one reverse chain over 4B rows per pair (TD3SBC.update_pair; 10 serial levels), the
-                 launches profiling/launch_count.py counts for the current code (or --launches)
+                 denoisers launched by group (an update's D', D, E forward in one launch, D and E backward in
+                 one launch set, the SBC's E and D' in one), the launches profiling/launch_count.py counts
+                 for the current code (or --launches)
   fused          + fused actor/critic MLP kernels, one optimizer launch, one target lerp, fused glue:
                  FUSED_LAUNCHES (the design's launch list below), same kernels' arithmetic
   stationary     + the weight-stationary chain: clusters of CLUSTER CTAs hold D' in shared memory for
@@ -33,7 +35,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # profiling/launch_count.py
@@ -113,7 +115,9 @@ def weight_bytes(in_dim: int, precision: str, hidden: int = HIDDEN) -> int:
 class Kernel:
     """One Triton kernel of the pair: `count` launches, each on `rows` rows (per seed) with `flops` (per
     launch, all seeds) and a `weights`-byte matrix stream per program per pass (`passes` = levels for a
-    chain)."""
+    chain). `parts`: the networks of a group launch (kernels/denoiser_mlp.py, denoiser_backward.py), each a
+    Kernel of its own rows, FLOPs and weights, whose programs share the launch's waves; rows, flops and
+    weights are then their sums."""
 
     name: str
     count: int
@@ -122,10 +126,19 @@ class Kernel:
     weights: int
     passes: int = 1
     config: str = "mlp_forward"
+    parts: Tuple["Kernel", ...] = ()
+
+
+def group(name: str, count: int, parts: List[Kernel]) -> Kernel:
+    """One launch (`count` times) of several networks' kernels (same config), their programs side by side."""
+    return Kernel(name, count, sum(p.rows for p in parts), sum(p.flops for p in parts), sum(p.weights for p in parts),
+                  parts[0].passes, parts[0].config, tuple(parts))
 
 
 def pair_kernels(batch: int, precision: str, seeds: int, design: str) -> List[Kernel]:
-    """The denoiser kernels of one pair (td3sbc), seeds stacked; chains by design."""
+    """The denoiser kernels of one pair (td3sbc), seeds stacked; chains by design. The old design launches
+    each network's forward and backward alone; the others launch them by group: per update D', D and E
+    forward in one launch, D and E backward in one launch set; per actor step E and D' forward in one."""
     d_in, e_in = 2 * N_OBS + N_ACT + 1, N_OBS + 1
     b, s = batch, seeds
     wd, we = weight_bytes(d_in, precision), weight_bytes(e_in, precision)
@@ -139,11 +152,16 @@ def pair_kernels(batch: int, precision: str, seeds: int, design: str) -> List[Ke
     chains = [(b, 2), (2 * b, 1)] if design == "old" else [(4 * b, 1)]
     kernels = [Kernel(f"reverse chain {rows} rows", count, rows, s * chain_flops(rows), wd, STEPS, "reverse_chain")
                for rows, count in chains]
-    kernels += [fwd("D forward (train), 2B", 2 * b, d_in, wd, 2), bwd("D backward, 2B", 2 * b, d_in, wd, 2),
-                fwd("E forward (train), B", b, e_in, we, 2), bwd("E backward, B", b, e_in, we, 2),
-                fwd("D' on x2, B", b, d_in, wd, 2), fwd("SBC: E, D' forward, 2B", 2 * b, d_in, wd, 2),
-                bwd("SBC: D' input backward, 2B", 2 * b, d_in, wd, 1, factor=1)]
-    return kernels
+    d_fwd, e_fwd, t_fwd = (fwd("D forward (train), 2B", 2 * b, d_in, wd, 2), fwd("E forward (train), B", b, e_in, we, 2),
+                           fwd("D' on x2, B", b, d_in, wd, 2))
+    d_bwd, e_bwd = bwd("D backward, 2B", 2 * b, d_in, wd, 2), bwd("E backward, B", b, e_in, we, 2)
+    sbc = [fwd("SBC: E forward, 2B", 2 * b, e_in, we, 1), fwd("SBC: D' forward, 2B", 2 * b, d_in, wd, 1)]
+    sbc_bwd = bwd("SBC: D' input backward, 2B", 2 * b, d_in, wd, 1, factor=1)
+    if design == "old":
+        return kernels + [d_fwd, d_bwd, e_fwd, e_bwd, t_fwd, *sbc, sbc_bwd]
+    return kernels + [group("D', D, E forward (one launch), 4B", 2, [t_fwd, d_fwd, e_fwd]),
+                      group("D, E backward (one launch set), 3B", 2, [d_bwd, e_bwd]),
+                      group("SBC: E, D' forward (one launch), 4B", 1, sbc), sbc_bwd]
 
 
 def slots_per_sm(resource: Optional[dict], device: Device) -> int:
@@ -187,18 +205,23 @@ class Rates:
 
 
 def kernel_time(k: Kernel, precision: str, seeds: int, device: Device, rates: Rates, resources: dict) -> dict:
-    """One launch of k (streaming design): its programs, waves and the three bounds, in us."""
+    """One launch of k (streaming design): its programs (a group's parts' side by side), waves and the three
+    bounds, in us."""
     key = k.config + ("_bf16" if precision == "bf16" and k.config + "_bf16" in resources else "")
     resource = resources.get(key)
     peak = (device.bf16_flops if precision == "bf16" else device.tf32_flops) * rates.mma_fraction[precision]
-    programs = seeds * math.ceil(k.rows / BLOCK_M[k.config])
+    parts = k.parts or (k,)
+    block = BLOCK_M[k.config]
+    part_programs = [seeds * math.ceil(p.rows / block) for p in parts]
+    programs = sum(part_programs)
     per_sm = math.ceil(programs / device.sms)
     busy = min(programs, device.sms) / device.sms
-    l2 = programs * k.passes * k.weights
-    # one SM's programs in turn, each pass streaming the weights while its tiles compute (pipelined: max)
-    row_flops = k.flops / seeds / k.rows / k.passes
-    serial = per_sm * k.passes * max(k.weights / rates.l2_per_sm, BLOCK_M[k.config] * row_flops / (peak / device.sms))
-    us = 1e6 * max(k.flops / (peak * busy), l2 / rates.l2, serial)
+    l2 = sum(n * p.passes * p.weights for n, p in zip(part_programs, parts))
+    # one SM's programs in turn, each pass streaming the weights while its tiles compute (pipelined: max);
+    # in a group the slowest part's program sets the pace
+    program_us = max(p.passes * max(p.weights / rates.l2_per_sm, block * p.flops / seeds / p.rows / p.passes
+                                    / (peak / device.sms)) for p in parts)
+    us = 1e6 * max(k.flops / (peak * busy), l2 / rates.l2, per_sm * program_us)
     return {"kernel": k.name, "launches": k.count, "programs": programs, "programs_per_sm": per_sm,
             "slots_per_sm": slots_per_sm(resource, device), "registers": resource and resource["registers"],
             "shared": resource and resource["shared"], "gflop": k.count * k.flops / 1e9,

@@ -29,7 +29,15 @@ def test_flops_of_the_chain_and_a_denoiser_forward_match_hand_counts(model):
     device, rates = model.H100, model.Rates.from_micro(None, model.H100)
     result = model.predict("merged", 1024, 1, "tf32", device, rates, {}, launches=100)
     rows = {k["kernel"]: k for k in result["kernels"]}
-    assert rows["D forward (train), 2B"]["gflop"] == pytest.approx(2 * 2048 * 583_680 / 1e9)  # 2 launches
+    # per update one launch of D' (B rows), D (2B) and E (B rows, input 18 wide): FLOPs summed, programs side by side
+    group = rows["D', D, E forward (one launch), 4B"]
+    assert group["gflop"] == pytest.approx(2 * (3 * 1024 * 583_680 + 1024 * model.denoiser_row_flops(18)) / 1e9)
+    assert group["programs"] == 16 + 32 + 16 and group["launches"] == 2
+    old = {k["kernel"]: k for k in model.predict("old", 1024, 1, "tf32", device, rates, {}, 100)["kernels"]}
+    assert old["D forward (train), 2B"]["gflop"] == pytest.approx(2 * 2048 * 583_680 / 1e9)  # 2 launches
+    # one wave either way: the group takes its slowest part's time, the old design the sum of three launches'
+    separate = sum(old[name]["us"] for name in ("D forward (train), 2B", "E forward (train), B", "D' on x2, B"))
+    assert group["us"] < separate / 2
     assert rows["reverse chain 4096 rows"]["gflop"] == pytest.approx(model.chain_flops(4096) / 1e9)
     assert result["serial_chain_levels_per_pair"] == 10
     assert model.predict("old", 1024, 1, "tf32", device, rates, {}, 100)["serial_chain_levels_per_pair"] == 30
