@@ -15,7 +15,7 @@ class TransitionBuffer:
 
     `sample` draws indices with torch.randint on that device and gathers the rows in one index_select
     (two kernels): no host synchronisation, safe inside a CUDA graph (the default generator is
-    graph-aware). `gather` takes drawn indices of S seeds' U updates (fastbdm.update_draws) and returns
+    graph-aware). `gather` takes the row draws of S seeds' U updates (fastbdm.update_draws) and returns
     each update's Batch, its fields column views of the gathered rows or, with `dense` (the triton
     backend: kernels/gather_fields.py, still one launch), contiguous blocks the kernels read without a copy.
     """
@@ -50,15 +50,20 @@ class TransitionBuffer:
         idx = torch.randint(0, self.size, (batch_size,), device=self.rows.device, generator=generator)
         return self.rows.index_select(0, idx)
 
-    def gather(self, indices: torch.Tensor, dense: bool = False) -> List[Batch]:
-        """indices (S, U, B) into the transitions (S seeds' U updates of B rows) -> U Batches of (S, B, ...)
-        fields, in one launch: column views of the index_select's (S, U, B, width) rows, or (dense) each
-        field a contiguous (S, B, d) block of gather_fields' update-major output."""
-        S, U, B = indices.shape
+    def gather(self, draws: torch.Tensor, dense: bool = False, levels: torch.Tensor = None, steps: int = 0
+               ) -> List[Batch]:
+        """draws (S, U, B) int64 >= 0 (S seeds' U updates of B rows; row: draw mod len(self)) -> U Batches of
+        (S, B, ...) fields, in one launch: column views of the index_select's (S, U, B, width) rows, or (dense)
+        each field a contiguous (S, B, d) block of gather_fields' update-major output. levels (optional, (S, L)
+        int64 >= 0, unit column stride): draws replaced in place by themselves mod steps (dense: in the same
+        launch)."""
+        S, U, B = draws.shape
         if not dense:
-            rows = self.rows.index_select(0, indices.flatten()).unflatten(0, (S, U, B))
+            if levels is not None:
+                levels.remainder_(steps)
+            rows = self.rows.index_select(0, draws.remainder(self.size).flatten()).unflatten(0, (S, U, B))
             return [self.fields(rows.select(1, u)) for u in range(U)]
-        flat = gather_fields(self.rows, indices, self.widths)
+        flat = gather_fields(self.rows, draws, self.widths, levels, steps)
         blocks = [block.view(U, S, B, d) for block, d in zip(flat.split([S * U * B * d for d in self.widths]),
                                                                self.widths)]
         return [Batch(*(b[u].squeeze(-1) if vector else b[u] for b, vector in zip(blocks, self.vectors)))

@@ -92,7 +92,7 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE,
         elif name in tuples:
             sig[name] = (tuples[name][0],) * tuples[name][1]
         elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "first_ptr", "clock_ptr")
+            sig[name] = ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "levels_ptr", "first_ptr", "clock_ptr")
                          else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16 else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOATS else "i32"

@@ -5,12 +5,13 @@ explicit draws from its generator; a pair's draws laid out so that its frozen ne
 them as single views."""
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from fastbdm import TD3SBC, TD3SBCConfig
 from fastbdm.compat import CompatFlags
 from fastbdm.launch_count import LaunchCounter
 from fastbdm.seed_batch import SeedBatch
-from fastbdm.update_draws import draw_updates
+from fastbdm.update_draws import draw_high, draw_updates
 
 from test_seed_batch import B, make_agent, make_buffer
 
@@ -66,28 +67,30 @@ def test_compat_flags_and_baselines_drop_their_draws():
     assert rebrac.policy.shape == (B, M) and all(v is None for v in rebrac[1:])
 
 
+def explicit_draws(template, buffer, actor_steps, generator):
+    """A seed's updates' batches and UpdateNoise drawn explicitly from its generator: one randint over
+    [0, N x steps) (N transitions) of the batch rows' draws and the levels' draws, then one randn of the
+    normals; a row is its draw mod N, a level its draw mod the steps."""
+    normal_count, level_count = template.noise_sizes(B, actor_steps)
+    assert draw_high(template, buffer) == len(buffer) * STEPS
+    draws = torch.randint(0, len(buffer) * STEPS, (len(actor_steps) * B + level_count,), generator=generator)
+    normals = torch.randn(normal_count, generator=generator)
+    indices, levels = draws.split([len(actor_steps) * B, level_count])
+    batches = [buffer.fields(buffer.rows[part % len(buffer)]) for part in indices.split(B)]
+    return batches, template.noise_views(normals, levels % STEPS, B, actor_steps)
+
+
 @pytest.mark.parametrize("algo", ["td3sbc", "rebrac"])
 def test_a_seeds_draws_are_alike_alone_in_a_batch_and_from_its_generator(algo):
     """Seed 1 of seeds 0, 1, 2 (SeedBatch, rows of (S, ...) tensors) draws what seed 1 alone draws (no seed
-    axis: UpdateRunner's draws), and that is, from its generator: a single update's batch indices
-    (randint), then TD3SBC.draw_noise; a pair's indices of both batches, then both updates' normals in
-    one randn, then their levels in one randint."""
+    axis: UpdateRunner's draws), and that is, from its generator, explicit_draws: for a single update and for
+    a pair."""
     buffer, template = make_buffer(), make_agent(algo, 0)
     generators = lambda: [torch.Generator().manual_seed(10 + seed) for seed in range(3)]  # noqa: E731
     for actor_steps in ([True], [False, True]):
         three = draw_updates(template, buffer, B, actor_steps, generators())
         alone = draw_updates(template, buffer, B, actor_steps, [generators()[1]], seed_axis=False)
-        gen = generators()[1]
-        indices = torch.randint(0, len(buffer), (len(actor_steps) * B,), generator=gen)
-        if actor_steps == [True]:
-            noises = [template.draw_noise(B, "cpu", True, generator=gen)]
-        else:
-            normal_count, level_count = template.noise_sizes(B, actor_steps)
-            normals = torch.randn(normal_count, generator=gen)
-            levels = torch.randint(0, STEPS, (level_count,), generator=gen) if level_count else \
-                torch.empty(0, dtype=torch.long)
-            noises = template.noise_views(normals, levels, B, actor_steps)
-        batches = [buffer.fields(buffer.rows[part]) for part in indices.split(B)]
+        batches, noises = explicit_draws(template, buffer, actor_steps, generators()[1])
         for u in range(len(actor_steps)):
             for got3, got1, want in zip((*three[0][u], *three[1][u]), (*alone[0][u], *alone[1][u]),
                                         (*batches[u], *noises[u])):
@@ -98,21 +101,32 @@ def test_a_seeds_draws_are_alike_alone_in_a_batch_and_from_its_generator(algo):
             assert not torch.equal(three[1][u].policy[0], noises[u].policy)
 
 
-def test_seed_batch_draws_without_stacks_and_its_noise_is_each_seeds_draw_noise():
-    """SeedBatch.draw: seed k's noise is TD3SBC.draw_noise from seed k's generator after its batch indices;
-    S randint + 1 gather for the batches, S randn + S randint for the noise, nothing stacked."""
+def test_row_and_level_draws_are_uniform():
+    """The batch rows (draw mod the dataset size) and levels (draw mod steps) of many updates: uniform."""
+    buffer, template = make_buffer(), make_agent("td3sbc", 0)
+    batches, noises = draw_updates(template, buffer, B, [False, True] * 200, [torch.Generator().manual_seed(3)],
+                                   seed_axis=False)
+    t = torch.cat([torch.cat([n.bdm_t, n.data_t] + ([] if n.sbc_t is None else [n.sbc_t])) for n in noises])
+    rows = torch.cat([(b.obs[:, :1] == buffer.obs[:, 0]).float().argmax(-1) for b in batches])  # obs are distinct
+    for draws, size in ((t, STEPS), (rows, len(buffer))):
+        counts = torch.bincount(draws, minlength=size)
+        assert len(counts) == size and chisquare(counts.numpy()).pvalue > 1e-3
+
+
+def test_seed_batch_draws_without_stacks():
+    """SeedBatch.draw: seed k's batch and noise are explicit_draws from seed k's generator; S randint and S randn,
+    then one gather (on the torch backend an index_select, with the rows' and the levels' remainders)."""
     buffer, seeds = make_buffer(), 3
     batch = SeedBatch([make_agent("td3sbc", seed) for seed in range(seeds)],
                       [torch.Generator().manual_seed(10 + seed) for seed in range(seeds)])
     with LaunchCounter() as counter:
-        _, noise = batch.draw(buffer, B, actor_step=True)
+        batches, noise = batch.draw(buffer, B, actor_step=True)
     assert counter.ops == {("sample", "aten::randint"): seeds, ("sample", "aten::index_select"): 1,
-                           ("noise", "aten::normal_"): seeds, ("noise", "aten::randint"): seeds}
+                           ("sample", "aten::remainder"): 1,
+                           ("sample", "aten::remainder_"): 1, ("noise", "aten::normal_"): seeds}
     for k in range(seeds):
-        gen = torch.Generator().manual_seed(10 + k)
-        torch.randint(0, len(buffer), (B,), generator=gen)
-        want = batch.template.draw_noise(B, "cpu", True, generator=gen)
-        for got, field in zip(noise, want):
+        (want_batch,), (want,) = explicit_draws(batch.template, buffer, [True], torch.Generator().manual_seed(10 + k))
+        for got, field in zip((*batches, *noise), (*want_batch, *want)):
             assert (got is None) == (field is None) and (field is None or torch.equal(got[k], field))
 
 
