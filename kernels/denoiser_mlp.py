@@ -350,8 +350,8 @@ def mlp_forward_group(networks, save, precision="tf32", outs=None, stats=None,
     widths = (w1.shape[1], w2.shape[1], wo.shape[1])
     for rows, weights, one in stacked:
         if one != single or rows.shape[0] != seeds:
-            raise ValueError("a denoiser group's rows are all 2-D (one seed) or all (S, R, width) with the same S: "
-                             f"got shapes {[tuple(r.shape) for r, _ in networks]}")
+            raise ValueError("a denoiser group's rows are all 2-D (one seed) or all (S, R, width) with the same S, "
+                             f"got shapes {[tuple(r.shape) for r, _ in networks]}: stack every network's seeds alike")
         if (weights[0].shape[1], weights[4].shape[1], weights[8].shape[1]) != widths:
             raise ValueError(f"a denoiser group's networks share their hidden and output widths {widths}: "
                              "run a network of other widths in its own group")
