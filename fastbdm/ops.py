@@ -159,22 +159,21 @@ class _DenoiserForwards(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs):
         networks, kept = len(ctx.save), [g for g, keep in enumerate(ctx.save) if keep]
-        saved = ctx.saved_tensors
-        rows, weights = saved[:len(kept)], _per_network(saved[len(kept):len(kept) * (1 + WEIGHTS)])
-        acts = saved[len(kept) * (1 + WEIGHTS):]
-        grad_rows, grad_weights = [None] * networks, [None] * networks * WEIGHTS
-        needs = {g: [ctx.needs_input_grad[2 + g], *ctx.needs_input_grad[2 + networks + WEIGHTS * g:][:WEIGHTS]]
-                 for g in kept}
-        active = [k for k, g in enumerate(kept) if grad_outputs[g] is not None and any(needs[g])]
+        saved, count = ctx.saved_tensors, len(kept)
+        rows, weights = saved[:count], _per_network(saved[count:count * (1 + WEIGHTS)])
+        pre1, pre2, stats = (saved[count * (1 + WEIGHTS) + i::3] for i in range(3))
+        needs = [[ctx.needs_input_grad[2 + g], *ctx.needs_input_grad[2 + networks + WEIGHTS * g:][:WEIGHTS]]
+                 for g in kept]
+        active = [k for k, g in enumerate(kept) if grad_outputs[g] is not None and any(needs[k])]
+        pick = lambda xs: [xs[k] for k in active]  # noqa: E731 (the kept networks' entries that get a gradient)
         with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
-            grads = _backward_networks([grad_outputs[kept[k]] for k in active], [rows[k] for k in active],
-                                       [weights[k] for k in active], [acts[3 * k] for k in active],
-                                       [acts[3 * k + 1] for k in active], [acts[3 * k + 2] for k in active],
-                                       [needs[kept[k]] for k in active], ctx.precision)
+            grads = _backward_networks(pick([grad_outputs[g] for g in kept]), pick(rows), pick(weights), pick(pre1),
+                                       pick(pre2), pick(stats), pick(needs), ctx.precision)
+        grad_rows, grad_weights = [None] * networks, [None] * networks * WEIGHTS
         for k, network_grads in zip(active, grads):
             g = kept[k]
             grad_rows[g], *grad_weights[WEIGHTS * g:WEIGHTS * (g + 1)] = _input_grads(network_grads, weights[k],
-                                                                                      needs[g])
+                                                                                      needs[k])
         return None, None, *grad_rows, *grad_weights
 
 
