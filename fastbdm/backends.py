@@ -1,7 +1,7 @@
 """Choice of the kernel implementation: the pure-PyTorch reference or the Triton kernels.
 
 Both expose the same functions (see fastbdm.reference): noised_rows, denoiser_forward,
-reverse_chain, td_loss.
+denoiser_forwards (a group of denoisers: one launch on Triton), reverse_chain, td_loss.
 """
 import contextlib
 import os

@@ -128,13 +128,16 @@ class BellmanDiffusion(nn.Module):
             rows, target_rows, target1, data_rows = ops.bdm_td_rows(
                 s, a, s_next, a_next, samples, done, t, eps, sch, self.prediction, masked,
                 None if data is None else (data.noised, data.t, data.eps))
-            y2 = ops.denoiser_forward(target_rows, self.target_denoiser.weights())
-        pred = ops.denoiser_forward(rows, self.denoiser.weights())
+        # D' (no grad: its weights detached), D and E in one launch (a denoiser group)
+        target_weights = [w.detach() for w in self.target_denoiser.weights()]
+        networks = [(target_rows, target_weights), (rows, self.denoiser.weights())]
+        if data is not None:
+            networks.append((data_rows, data.net.weights()))
+        y2, pred, *out = ops.denoiser_forwards(*zip(*networks))
         done = done if masked else torch.zeros_like(done)
         if data is None:
             return [ops.td_loss_term(pred, target1, y2, done, self.gamma)]
-        out = ops.denoiser_forward(data_rows, data.net.weights())
-        return list(ops.td_and_denoising_terms(pred, target1, y2, done, self.gamma, out, data.x0, data.eps, data.t,
+        return list(ops.td_and_denoising_terms(pred, target1, y2, done, self.gamma, out[0], data.x0, data.eps, data.t,
                                                sch, self.prediction))
 
     @torch.no_grad()

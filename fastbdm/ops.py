@@ -1,9 +1,9 @@
-"""Triton backend: the functions of fastbdm.reference (noised_rows, denoiser_forward, reverse_chain,
+"""Triton backend: the functions of fastbdm.reference (noised_rows, denoiser_forward(s), reverse_chain,
 td_loss, small_mlp) as torch.library custom ops ("fastbdm::*") over the kernels in fastbdm.kernels.
 
 Each op has a fake (meta) implementation, so torch.compile traces through it and CUDA graphs capture
-it; denoiser_forward, small_mlp and the fused losses are differentiable through torch.autograd.Functions
-over the ops (_DenoiserForward, _SmallMLP, the losses' _loss_with_grads), the others are no-grad. Each op
+it; denoiser_forwards, small_mlp and the fused losses are differentiable through torch.autograd.Functions
+over the ops (_DenoiserForwards, _SmallMLP, the losses' _loss_with_grads), the others are no-grad. Each op
 has a vmap rule, its seed axis (kernels/seed_axis.py), so that torch.func.vmap over seeds runs one launch
 for all of them.
 Ops take tensors, lists of tensors and plain scalars/strings: weights go in as a list, the schedule as
@@ -49,35 +49,37 @@ def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tensor:
     return _noised_rows(x0, eps, t, s, a, schedule.sqrt_ab, schedule.sqrt_one_minus_ab, schedule.steps)
 
 
-# --- denoiser_forward: differentiable in rows and weights --------------------------------------
+# --- denoiser_forwards: a group of denoisers in one launch, differentiable in rows and weights -------
 
-@torch.library.custom_op("fastbdm::denoiser_forward", mutates_args=())
-def _denoiser_forward(rows: Tensor, weights: List[Tensor], precision: str) -> Tensor:
-    return denoiser_mlp.mlp_forward(rows, weights, precision=precision)
+WEIGHTS = 10  # tensors per network in a group's flat weight list: Denoiser.weights() of two hidden layers
 
 
-@_denoiser_forward.register_fake
-def _(rows, weights, precision):
-    return rows.new_empty((*rows.shape[:-1], weights[-1].shape[-1]), dtype=torch.float32)
+def _per_network(weights: List[Tensor]) -> List[List[Tensor]]:
+    """A group's flat weight list (WEIGHTS tensors per network, network-major) split by network."""
+    return [list(weights[i:i + WEIGHTS]) for i in range(0, len(weights), WEIGHTS)]
 
 
-@torch.library.custom_op("fastbdm::denoiser_forward_train", mutates_args=())
-def _denoiser_forward_train(rows: Tensor, weights: List[Tensor], precision: str
-                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(out (R, n), pre1 (R, H1), pre2 (R, H2) (bf16 for precision "bf16"), stats (4, R) = mean1, rstd1,
-    mean2, rstd2); with the seed axis each with a leading S after stats' 4."""
-    stats = rows.new_empty((4, *rows.shape[:-1]), dtype=torch.float32)
-    out, (pre1, _, _, pre2, _, _) = denoiser_mlp.mlp_forward(rows, weights, save_activations=True,
-                                                             precision=precision, stats=stats)
-    return out, pre1, pre2, stats
+@torch.library.custom_op("fastbdm::denoiser_forwards", mutates_args=())
+def _denoiser_forwards(rows: List[Tensor], weights: List[Tensor], save: List[bool], precision: str) -> List[Tensor]:
+    """Network g: rows[g] (R_g, in_g), weights[WEIGHTS g:WEIGHTS (g + 1)] (denoiser_mlp.mlp_forward_group).
+    [out_g (R_g, n) of every g, then pre1 (R_g, H1), pre2 (R_g, H2) (bf16 for precision "bf16") and stats
+    (4, R_g) = mean1, rstd1, mean2, rstd2 of every g with save[g]]; with the seed axis each with a leading S
+    (stats: after its 4)."""
+    stats = [r.new_empty((4, *r.shape[:-1]), dtype=torch.float32) if keep else None for r, keep in zip(rows, save)]
+    results = denoiser_mlp.mlp_forward_group(list(zip(rows, _per_network(weights))), save, precision, stats=stats)
+    outs = [result[0] if keep else result for result, keep in zip(results, save)]
+    acts = [(result[1][0], result[1][3], stat) for result, keep, stat in zip(results, save, stats) if keep]
+    return outs + [x for act in acts for x in act]
 
 
-@_denoiser_forward_train.register_fake
-def _(rows, weights, precision):
-    lead, f32, act = rows.shape[:-1], torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
-    return (rows.new_empty((*lead, weights[-1].shape[-1]), dtype=f32),
-            rows.new_empty((*lead, weights[0].shape[-2]), dtype=act),
-            rows.new_empty((*lead, weights[4].shape[-2]), dtype=act), rows.new_empty((4, *lead), dtype=f32))
+@_denoiser_forwards.register_fake
+def _(rows, weights, save, precision):
+    f32, act = torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
+    outs = [r.new_empty((*r.shape[:-1], ws[-1].shape[-1]), dtype=f32) for r, ws in zip(rows, _per_network(weights))]
+    acts = [(r.new_empty((*r.shape[:-1], ws[0].shape[-2]), dtype=act),
+             r.new_empty((*r.shape[:-1], ws[4].shape[-2]), dtype=act), r.new_empty((4, *r.shape[:-1]), dtype=f32))
+            for r, ws, keep in zip(rows, _per_network(weights), save) if keep]
+    return outs + [x for a in acts for x in a]
 
 
 @torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
@@ -108,48 +110,93 @@ def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
     return grads
 
 
-class _DenoiserForward(torch.autograd.Function):
-    """(rows, precision, *weights) -> _denoiser_forward_train's results, differentiable in rows and
-    weights through _denoiser_backward. An autograd.Function with setup_context and a generated vmap rule
-    (the ops' own vmap rules below), not the op's register_autograd, so that torch.func.grad and vmap
-    compose with it (fastbdm.seed_batch)."""
+def _backward_networks(grad_out: List[Tensor], rows: List[Tensor], weights: List[List[Tensor]], pre1: List[Tensor],
+                       pre2: List[Tensor], stats: List[Tensor], needs: List[List[bool]], precision: str
+                       ) -> List[List[Tensor]]:
+    """The backward of a group's networks that got an output gradient, one list entry per network (its
+    grad_out, rows, weights (WEIGHTS tensors), saved pre1, pre2, stats and needs (rows + WEIGHTS bools)) ->
+    per network _denoiser_backward's gradients."""
+    networks = zip(grad_out, rows, weights, pre1, pre2, stats, needs)
+    return [_denoiser_backward(*network, precision) for network in networks]
+
+
+def _input_grads(grads: List[Tensor], weights: List[Tensor], needs: List[bool]) -> List[Optional[Tensor]]:
+    """One network's _denoiser_backward gradients as [grad rows, *grad weights] (None where not needed):
+    the vector gradients are views of its column sums (denoiser_backward.vector_grads)."""
+    vectors = denoiser_backward.vector_grads(grads[-1], weights) if any(needs[1:]) else [None] * len(weights)
+    grads = iter(grads)
+    grad_rows = next(grads) if needs[0] else None
+    return [grad_rows, *((next(grads) if i in _MATRICES else v) if need else None
+                         for i, (v, need) in enumerate(zip(vectors, needs[1:])))]
+
+
+class _DenoiserForwards(torch.autograd.Function):
+    """(save, precision, *rows, *weights) -> _denoiser_forwards' results, network g's output differentiable in
+    its rows and weights through _backward_networks where save[g] (its activations saved), without a graph
+    elsewhere. An autograd.Function with setup_context and a generated vmap rule (the ops' own vmap rules
+    below), not the op's register_autograd, so that torch.func.grad and vmap compose with it
+    (fastbdm.seed_batch)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(rows, precision, *weights):
-        return _denoiser_forward_train(rows, list(weights), precision)
+    def forward(save, precision, *tensors):
+        rows, weights = tensors[:len(save)], tensors[len(save):]
+        return tuple(_denoiser_forwards(list(rows), list(weights), list(save), precision))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        rows, ctx.precision, *weights = inputs
-        _, pre1, pre2, stats = output
-        ctx.mark_non_differentiable(pre1, pre2, stats)
+        save, ctx.precision, *tensors = inputs
+        networks = len(save)
+        ctx.mark_non_differentiable(*output[networks:], *(out for out, keep in zip(output, save) if not keep))
         ctx.set_materialize_grads(False)  # no zero gradients allocated for the saved activations
-        ctx.save_for_backward(rows, pre1, pre2, stats, *weights)
+        ctx.save = save
+        kept = [g for g, keep in enumerate(save) if keep]
+        weights = _per_network(tensors[networks:])
+        ctx.save_for_backward(*(tensors[g] for g in kept), *(w for g in kept for w in weights[g]),
+                              *output[networks:])
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_pre1, _grad_pre2, _grad_stats):
-        rows, pre1, pre2, stats, *weights = ctx.saved_tensors
-        needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
+    def backward(ctx, *grad_outputs):
+        networks, kept = len(ctx.save), [g for g, keep in enumerate(ctx.save) if keep]
+        saved, count = ctx.saved_tensors, len(kept)
+        rows, weights = saved[:count], _per_network(saved[count:count * (1 + WEIGHTS)])
+        pre1, pre2, stats = (saved[count * (1 + WEIGHTS) + i::3] for i in range(3))
+        needs = [[ctx.needs_input_grad[2 + g], *ctx.needs_input_grad[2 + networks + WEIGHTS * g:][:WEIGHTS]]
+                 for g in kept]
+        active = [k for k, g in enumerate(kept) if grad_outputs[g] is not None and any(needs[k])]
+        pick = lambda xs: [xs[k] for k in active]  # noqa: E731 (the kept networks' entries that get a gradient)
         with torch.no_grad():  # once differentiable (no double backward); under torch.func.grad too
-            grads = _denoiser_backward(grad_out, rows, weights, pre1, pre2, stats, needs, ctx.precision)
-        vectors = denoiser_backward.vector_grads(grads[-1], weights) if any(needs[1:]) else [None] * len(weights)
-        grads = iter(grads)
-        grad_rows = next(grads) if needs[0] else None
-        grad_weights = [(next(grads) if i in _MATRICES else v) if need else None
-                        for i, (v, need) in enumerate(zip(vectors, needs[1:]))]
-        return grad_rows, None, *grad_weights
+            grads = _backward_networks(pick([grad_outputs[g] for g in kept]), pick(rows), pick(weights), pick(pre1),
+                                       pick(pre2), pick(stats), pick(needs), ctx.precision)
+        grad_rows, grad_weights = [None] * networks, [None] * networks * WEIGHTS
+        for k, network_grads in zip(active, grads):
+            g = kept[k]
+            grad_rows[g], *grad_weights[WEIGHTS * g:WEIGHTS * (g + 1)] = _input_grads(network_grads, weights[k],
+                                                                                      needs[k])
+        return None, None, *grad_rows, *grad_weights
+
+
+def denoiser_forwards(rows_list, weights_list, precision: str = DEFAULT_PRECISION) -> List[Tensor]:
+    """Denoiser MLPs of the same hidden and output widths in one launch (kernels/denoiser_mlp.py's group,
+    up to denoiser_mlp.MAX_NETWORKS): rows_list[g] (R_g, in_g) and weights_list[g] network g's
+    Denoiser.weights() -> [(R_g, n)], or with the seed axis rows (S, R_g, in_g), weights stacked (S, ...) ->
+    [(S, R_g, n)]. Each output differentiable in its network's rows and weights (gradients fp32, like the
+    weights); activations are saved only for the networks with an input that requires grad."""
+    weights_list = [list(weights) for weights in weights_list]
+    denoiser_mlp.check_layers(weights_list)
+    weights = [w for ws in weights_list for w in ws]
+    grad = tuple(torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in ws))
+                 for rows, ws in zip(rows_list, weights_list))
+    if any(grad):
+        return list(_DenoiserForwards.apply(grad, precision, *rows_list, *weights)[:len(rows_list)])
+    return _denoiser_forwards(list(rows_list), weights, [False] * len(rows_list), precision)
 
 
 def denoiser_forward(rows: Tensor, weights, precision: str = DEFAULT_PRECISION) -> Tensor:
     """Denoiser MLP: rows (R, in_dim) -> (R, n), or rows (S, R, in_dim) with weights stacked (S, ...)
-    -> (S, R, n). Differentiable in rows and weights (gradients fp32, like the weights); activations are
-    saved only when some input requires grad."""
-    weights = list(weights)
-    if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
-        return _DenoiserForward.apply(rows, precision, *weights)[0]
-    return _denoiser_forward(rows, weights, precision)
+    -> (S, R, n); denoiser_forwards' one-network group."""
+    return denoiser_forwards([rows], [weights], precision)[0]
 
 
 # --- reverse_chain: no grad ---------------------------------------------------------------------
@@ -212,7 +259,7 @@ def _loss_with_grads(name: str, wrt: Tuple[int, ...], values: int, of: Tuple[int
     each k), of[k] the index among the values of the loss differentiated (default: all the first, the
     loss); each loss differentiable in its inputs (backward: the saved gradients scaled by the incoming
     one), the other values without a graph. generate_vmap_rule and setup_context, for torch.func.grad and
-    vmap, as _DenoiserForward."""
+    vmap, as _DenoiserForwards."""
     of = of or (0,) * len(wrt)
 
     def setup_context(ctx, inputs, output):
@@ -307,7 +354,7 @@ def _(grad_out, x1, x2, weights, out, stats, pres, layout, layer_norm, members, 
 class _SmallMLP(torch.autograd.Function):
     """(x1, x2, layout, layer_norm, members, out_scale, precision, *weights) -> _small_mlp_train's results,
     differentiable in x1, x2 and the weights through _small_mlp_backward; an autograd.Function for
-    torch.func.grad and vmap, as _DenoiserForward."""
+    torch.func.grad and vmap, as _DenoiserForwards."""
 
     generate_vmap_rule = True
 
@@ -364,7 +411,7 @@ def _register_seed_vmap(op, seeded, out_dims):
     """torch.func.vmap of `op` calls it once with every `seeded` argument (by position; a list: each
     tensor) given a leading seed axis; the other arguments (schedule buffers, flags, scalars) must not be
     vmapped. out_dims: where the results' seed axis is (an int, also for each tensor of a list result, or a
-    tuple: one per result)."""
+    tuple: one per result), or a function of the op's arguments giving a list, one per tensor of its list result."""
 
     def rule(info, in_dims, *args):
         args = list(args)
@@ -375,14 +422,16 @@ def _register_seed_vmap(op, seeded, out_dims):
             elif dim is not None and any(d is not None for d in (dim if isinstance(dim, list) else [dim])):
                 raise ValueError(f"{op}: argument {i} cannot vary over the vmapped (seed) axis")
         result = op(*args)
+        if callable(out_dims):
+            return result, out_dims(*args)
         return result, [out_dims] * len(result) if isinstance(result, list) else out_dims
 
     torch.library.register_vmap(op, rule)
 
 
 _register_seed_vmap(_noised_rows, {0, 1, 2, 3, 4}, 0)
-_register_seed_vmap(_denoiser_forward, {0, 1}, 0)
-_register_seed_vmap(_denoiser_forward_train, {0, 1}, (0, 0, 0, 1))
+_register_seed_vmap(_denoiser_forwards, {0, 1},  # outputs, then (pre1, pre2, stats) of each saving network
+                    lambda rows, weights, save, precision: [0] * len(rows) + [0, 0, 1] * sum(save))
 _register_seed_vmap(_reverse_chain, {0, 1, 2, 3, 8}, 0)
 _register_seed_vmap(_td_loss, {0, 1, 2, 3}, (0, 0))
 _register_seed_vmap(_small_mlp, {0, 1, 2}, 0)
@@ -594,7 +643,7 @@ def _(x0, eps, t, s, a, sqrt_ab, sqrt_1m_ab, steps):
 
 class _SBCRows(torch.autograd.Function):
     """_sbc_rows, differentiable in a (D''s rows' action columns); an autograd.Function for torch.func.grad
-    and vmap, as _DenoiserForward."""
+    and vmap, as _DenoiserForwards."""
 
     generate_vmap_rule = True
 
@@ -714,6 +763,7 @@ _AT_PRECISION = {
                                sbc_states=sbc_states, sbc_rows=sbc_rows, sbc_loss=sbc_loss, sbc_loss_term=sbc_loss_term,
                                actor_terms=actor_terms, actor_terms_grads=actor_terms_grads,
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
+                               denoiser_forwards=functools.partial(denoiser_forwards, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))
     for precision in denoiser_mlp.PRECISIONS
@@ -721,7 +771,7 @@ _AT_PRECISION = {
 
 
 def with_precision(precision: str) -> SimpleNamespace:
-    """This module's kernel functions (noised_rows, denoiser_forward, reverse_chain, td_loss, small_mlp, and the
+    """This module's kernel functions (noised_rows, denoiser_forward(s), reverse_chain, td_loss, small_mlp, and the
     actor loss's sbc_states, sbc_rows, sbc_loss, actor_terms)
     with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
     denoiser_mlp.check_precision(precision)

@@ -59,6 +59,12 @@ def denoiser_forward(rows: torch.Tensor, weights) -> torch.Tensor:
     return out[0] if single else out
 
 
+def denoiser_forwards(rows_list, weights_list) -> list:
+    """denoiser_forward of each network g on its rows_list[g] with its weights_list[g] -> [its output]: the
+    Triton backend's one launch for such a group (fastbdm.ops.denoiser_forwards), network by network."""
+    return [denoiser_forward(rows, weights) for rows, weights in zip(rows_list, weights_list)]
+
+
 def small_mlp(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0) -> torch.Tensor:
     """The actor's or the twin critics' MLP (kernels/small_mlp.py) on rows [x1, x2]: x1 (R, D1), x2 (R, D2)
     or None; weights flat (kernels.small_mlp.split_weights) in layout "linear" (W (out, in), b (out,)) or

@@ -398,9 +398,9 @@ class TD3SBC(nn.Module):
         t = noise.sbc_t
         x0 = bdm.sample(S, A.detach(), noise.sbc_z, noise=noise.sbc_chain) if samples is None else samples
         e_rows, d_rows = ops.sbc_rows(x0, noise.sbc_eps, t, S, A, sch)  # one q(x0, t, eps) for both
-        with torch.no_grad():
-            e_out = ops.denoiser_forward(e_rows, self.data_denoiser.weights())
-        d_out = ops.denoiser_forward(d_rows, bdm.target_denoiser.weights())
+        # E without a graph (its rows and weights detached) and D' with the graph to its rows, in one launch
+        e_weights = [w.detach() for w in self.data_denoiser.weights()]
+        e_out, d_out = ops.denoiser_forwards([e_rows.detach(), d_rows], [e_weights, bdm.target_denoiser.weights()])
         # compat broadcast_sbc_weights: the level weighting lost (reference.sbc_loss)
         return ops.sbc_loss_term(e_out, d_out, t, sch, cfg.w_rel * cfg.w_actor_bc, self.flags.broadcast_sbc_weights)
 

@@ -3,7 +3,15 @@
 Network: h_k = LayerNorm(ReLU(W_k h_{k-1} + b_k)) * g_k + beta_k for k = 1, 2; out = W_out h_2 + b_out.
 Weights in nn.Linear layout (out, in), contiguous fp32; exactly two hidden layers.
 
-Blocking: a program owns BLOCK_M rows and runs the three layers back to back. A hidden layer loops
+A group: up to MAX_NETWORKS such networks of the same hidden and output widths, each with its own rows (its
+own row count R_g and input width D_in_g: the SSM denoiser's 2n+1+m columns, the data denoiser's n+1) and
+weights, in one launch (mlp_forward_group; the critic side's D' on the target rows, D on the online rows, E on
+the data rows). Grid (cdiv(max R_g, BLOCK_M), networks x S): program (i, g S + s) runs row block i of network
+g's seed s, a block past R_g does nothing. Each network is a constexpr-unrolled branch on g calling the one
+@triton.jit body (_network_rows_forward) with that network's pointers; SAVE[g] says whether it writes the
+LayerNorm statistics (training: saved for the backward). mlp_forward is the one-network group.
+
+Blocking: a program owns BLOCK_M rows of one network and runs the three layers back to back. A hidden layer loops
 over N-chunks of its width; each [BLOCK_M, BLOCK_N] tile is built by streaming [BLOCK_K] chunks of
 its input and [BLOCK_K, BLOCK_N] chunks of its weight through tl.dot, then gets bias + ReLU, is
 stored to the pre_k buffer (R, H_k) (the saved activation, or an L2-resident scratch) and merged
@@ -14,14 +22,17 @@ reads (threads of one program read elements written by other threads).
 
 Shared memory per program (fp32, num_stages=2, H100 defaults BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
 num_warps=4): 2 * (64*32 + 32*64) * 4 B = 32 KB for the pipelined operand tiles, independent of the
-hidden width (512 or more): weights are streamed, never held whole. Checked by compiling for sm_90
-offline (triton 3.9): 32 KB shared, wgmma, no register spills (widths are run-time arguments).
+hidden width (512 or more) and of the networks in the group (one runs per program): weights are streamed,
+never held whole. Checked by compiling for sm_90 offline (triton 3.9, kernels/sm90_compile.py): 32 KB
+shared, wgmma, no register spills (widths are run-time arguments), 240 registers for one network and for
+a group of three.
 
 Precision "bf16" (GPU only): the wrapper casts W1, W2, W_out to bf16, the hidden activations pre_k are
 stored in bf16 (half the scratch traffic; their LayerNorm statistics are those of the stored values),
 and every tl.dot takes bf16 operands with fp32 accumulation; biases, LayerNorm parameters and
 statistics, the input rows and the output stay fp32. sm_90 offline: 12.5 KB shared, wgmma, no
-spills; 166 registers with triton 3.9, 136 with triton 3.6 (216 for tf32 there).
+spills; 158 registers with triton 3.9 (a group of three networks), 136 with triton 3.6 (one network; 216
+for tf32 there).
 """
 import os
 
@@ -185,22 +196,19 @@ def _seed_weights(sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr
 
 
 @triton.jit
-def _mlp_forward_kernel(
-    rows_ptr, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
-    pre1_ptr, mean1_ptr, rstd1_ptr, pre2_ptr, mean2_ptr, rstd2_ptr, out_ptr,
-    R, D_IN, H1, H2, N_OUT, eps,
-    SAVE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One program: BLOCK_M rows of seed program_id(1) (rows (S, R, D_IN)) through that seed's MLP
-    -> out (S, R, N_OUT), pre1/pre2 (S, R, H_k) and the statistics (S, R) written."""
-    pid = tl.program_id(0)
+def _network_rows_forward(pid, sid, rows_ptr, weight_ptrs, act_ptrs, out_ptr, R, D_IN, H1, H2, N_OUT, eps,
+                          SAVE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
+    """Row block `pid` (BLOCK_M rows) of seed `sid` (int64) through one network: rows (S, R, D_IN), weight_ptrs
+    the ten stacks (S, ...) of Denoiser.weights(), act_ptrs (pre1, mean1, rstd1, pre2, mean2, rstd2) -> out
+    (S, R, N_OUT), pre1/pre2 (S, R, H_k) and, with SAVE_STATS, the statistics (S, R) written."""
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < R
-    sid = tl.program_id(1).to(tl.int64)  # the seed: its weights and rows, contiguous per seed
+    w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr = weight_ptrs
     w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr = _seed_weights(
         sid, w1_ptr, b1_ptr, g1_ptr, beta1_ptr, w2_ptr, b2_ptr, g2_ptr, beta2_ptr, wo_ptr, bo_ptr,
         H1 * D_IN, H1, H2, N_OUT)
+    pre1_ptr, mean1_ptr, rstd1_ptr, pre2_ptr, mean2_ptr, rstd2_ptr = act_ptrs
     rows_ptr += sid * R * D_IN
     pre1_ptr += sid * R * H1
     pre2_ptr += sid * R * H2
@@ -241,6 +249,23 @@ def _mlp_forward_kernel(
         tl.store(rstd2_ptr + offs_m, rstd2, mask=mask_m)
 
 
+@triton.jit
+def _mlp_forward_kernel(rows_ptrs, weight_ptrs, act_ptrs, out_ptrs, row_counts, in_widths, S, H1, H2, N_OUT, eps,
+                        NETWORKS: tl.constexpr, SAVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
+    """Program (i, g S + s): row block i of network g's seed s (_network_rows_forward); network g's rows_ptrs[g],
+    weight_ptrs[10 g .. 10 g + 9], act_ptrs[6 g .. 6 g + 5], out_ptrs[g], row_counts[g] rows of in_widths[g]
+    columns, SAVE[g]: its statistics written. A block past its network's rows does nothing."""
+    pid = tl.program_id(0)
+    net = tl.program_id(1) // S
+    sid = (tl.program_id(1) % S).to(tl.int64)  # the seed: its weights and rows, contiguous per seed
+    for g in tl.static_range(NETWORKS):  # one branch per network, each the same body on its own pointers
+        if (net == g) & (pid * BLOCK_M < row_counts[g]):
+            _network_rows_forward(pid, sid, rows_ptrs[g], weight_ptrs[10 * g:10 * g + 10], act_ptrs[6 * g:6 * g + 6],
+                                  out_ptrs[g], row_counts[g], in_widths[g], H1, H2, N_OUT, eps, SAVE[g],
+                                  BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_O, PRECISION)
+
+
 def check_precision(precision):
     """precision in PRECISIONS; "bf16" only compiled (the CPU interpreter computes bf16 dots wrongly)."""
     if precision not in PRECISIONS:
@@ -262,10 +287,16 @@ def check_weights(weights, precision="tf32"):
     Vectors fp32; the matrices W1, W2, W_out fp32 or bf16, cast to bf16 for precision "bf16". The
     kernels store hidden activations in W1's dtype."""
     check_precision(precision)
-    if len(weights) != 10:
-        raise ValueError(f"the fused kernels take exactly two hidden layers (10 tensors), got {len(weights)}")
+    check_layers([weights])
     return tuple(w.detach().to(matrix_dtype(precision, w) if i in (0, 4, 8) else torch.float32).contiguous()
                  for i, w in enumerate(weights))
+
+
+def check_layers(networks):
+    """Each network's weights (one sequence a network) the 10 tensors of two hidden layers, else a ValueError."""
+    counts = [len(weights) for weights in networks]
+    if any(count != 10 for count in counts):
+        raise ValueError(f"the fused kernels take exactly two hidden layers (10 tensors a network), got {counts}")
 
 
 def seed_stacked(rows, weights, precision):
@@ -284,6 +315,9 @@ def output_block(n_out):
     return max(16, triton.next_power_of_2(n_out))
 
 
+MAX_NETWORKS = 3  # the networks of a group: the critic side's D', D and E
+
+
 def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=None, stats=None,
                 block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
     """Denoiser forward: rows (R, D_in) fp32, weights = Denoiser.weights() (two hidden layers)
@@ -293,37 +327,72 @@ def mlp_forward(rows, weights, save_activations=False, precision="tf32", out=Non
     stacked (S, ...) -> every result with a leading S. precision: one of PRECISIONS ("tf32" on GPU,
     "ieee" for exact fp32, "bf16": bf16 weights, activations and dot operands). `out` (optional)
     receives out; `stats` (optional, contiguous (4, R) or (4, S, R) fp32) receives mean1, rstd1, mean2,
-    rstd2 with save_activations (the statistics returned are views of it)."""
-    given = out
-    rows, (w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo), single = seed_stacked(rows, weights, precision)
-    S, R, d_in = rows.shape
-    h1, h2, n_out = w1.shape[1], w2.shape[1], wo.shape[1]
+    rstd2 with save_activations (the statistics returned are views of it). The one-network group of
+    mlp_forward_group."""
+    return mlp_forward_group([(rows, weights)], [save_activations], precision, [out], [stats],
+                             block_m, block_n, block_k, num_warps, num_stages)[0]
+
+
+def mlp_forward_group(networks, save, precision="tf32", outs=None, stats=None,
+                      block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=2):
+    """Up to MAX_NETWORKS denoisers' forwards in one launch: networks [(rows, weights), ...], each as
+    mlp_forward's, with its own rows (R_g, D_in_g) (its own count and input width) and weights but the
+    same hidden and output widths, all 2-D (one seed) or all on the seed axis with the same S; save[g],
+    outs[g], stats[g]: network g's save_activations, out and stats (outs, stats: None for none). Returns
+    mlp_forward's result for each network. Grid (row blocks of the largest R_g, networks x S)."""
+    if not 1 <= len(networks) <= MAX_NETWORKS:
+        raise ValueError(f"a denoiser group holds 1 to {MAX_NETWORKS} networks, got {len(networks)}: "
+                         f"split it into groups of at most {MAX_NETWORKS}")
+    outs, stats = outs or [None] * len(networks), stats or [None] * len(networks)
+    stacked = [seed_stacked(rows, weights, precision) for rows, weights in networks]
+    single = stacked[0][2]
+    seeds, (w1, _, _, _, w2, _, _, _, wo, _) = stacked[0][0].shape[0], stacked[0][1]
+    widths = (w1.shape[1], w2.shape[1], wo.shape[1])
+    for rows, weights, one in stacked:
+        if one != single or rows.shape[0] != seeds:
+            raise ValueError("a denoiser group's rows are all 2-D (one seed) or all (S, R, width) with the same S, "
+                             f"got shapes {[tuple(r.shape) for r, _ in networks]}: stack every network's seeds alike")
+        if (weights[0].shape[1], weights[4].shape[1], weights[8].shape[1]) != widths:
+            raise ValueError(f"a denoiser group's networks share their hidden and output widths {widths}: "
+                             "run a network of other widths in its own group")
+    buffers = [_forward_buffers(rows, weights[0], widths, keep, out, stat, single)
+               for (rows, weights, _), keep, out, stat in zip(stacked, save, outs, stats)]
+    counts = [rows.shape[1] for rows, _, _ in stacked]
+    grid = (triton.cdiv(max(counts), block_m), len(networks) * seeds)  # no rows or seeds: an empty grid, not launched
+    _mlp_forward_kernel[grid](
+        tuple(rows for rows, _, _ in stacked), tuple(w for _, weights, _ in stacked for w in weights),
+        tuple(a for _, acts in buffers for a in acts), tuple(out for out, _ in buffers), tuple(counts),
+        tuple(rows.shape[2] for rows, _, _ in stacked), seeds, *widths, LAYER_NORM_EPS,
+        NETWORKS=len(networks), SAVE=tuple(bool(keep) for keep in save), BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, BLOCK_O=output_block(widths[2]), PRECISION=precision, num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    results = []
+    for (out, acts), keep, given in zip(buffers, save, outs):
+        if single:
+            out, acts = (out[0] if given is None else given), tuple(x[0] for x in acts)
+        results.append((out, acts) if keep else out)
+    return results
+
+
+def _forward_buffers(rows, w1, widths, save_activations, out, stats, single):
+    """(out (S, R, n_out), acts (pre1, mean1, rstd1, pre2, mean2, rstd2)) that the kernel writes for one
+    network of rows (S, R, D_in): out and stats as mlp_forward's (given or allocated), pre_k (S, R, H_k)
+    in W1's dtype. Without save_activations the kernel writes no statistics: out stands in for them (any
+    pointer will do), so no row count is assumed."""
+    S, R, _ = rows.shape
+    h1, h2, n_out = widths
     dev = rows.device
-    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
-    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
     if out is None:
         out = torch.empty((S, R, n_out), device=dev, dtype=torch.float32)
     elif single:
         out = out.unsqueeze(0)
-    # (mean1, rstd1, mean2, rstd2), each (S, R); without save_activations the kernel writes none of them
-    # (any pointer will do: out), so no row count is assumed
     if not save_activations:
-        stats = (out,) * 4
+        mean1, rstd1, mean2, rstd2 = (out,) * 4
     elif stats is None:
-        stats = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0)
+        mean1, rstd1, mean2, rstd2 = torch.empty((4, S, R), device=dev, dtype=torch.float32).unbind(0)
     else:
-        stats = (stats.unsqueeze(1) if single else stats).unbind(0)
-    grid = (triton.cdiv(R, block_m), S)  # R = 0 or S = 0: an empty grid, which Triton does not launch
-    _mlp_forward_kernel[grid](
-        rows, w1, b1, g1, beta1, w2, b2, g2, beta2, wo, bo,
-        pre1, stats[0], stats[1], pre2, stats[2], stats[3], out,
-        R, d_in, h1, h2, n_out, LAYER_NORM_EPS,
-        SAVE_STATS=save_activations, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_O=output_block(n_out), PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
-    )
-    if single:
-        out = out[0] if given is None else given
-        pre1, pre2, stats = pre1[0], pre2[0], tuple(x[0] for x in stats)
-    if save_activations:
-        return out, (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
-    return out
+        mean1, rstd1, mean2, rstd2 = (stats.unsqueeze(1) if single else stats).unbind(0)
+    pre1 = torch.empty((S, R, h1), device=dev, dtype=w1.dtype)
+    pre2 = torch.empty((S, R, h2), device=dev, dtype=w1.dtype)
+    return out, (pre1, mean1, rstd1, pre2, mean2, rstd2)

@@ -35,9 +35,23 @@ BLOCK_SHARED_LIMIT = 227 * 1024  # what one sm_90 block may hold (the weight-sta
 MLP = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=32, PRECISION="tf32")
 BWD = dict(PRECISION="tf32", BLOCK_R=32, BLOCK_K=32, BLOCK_H=64)
 BF16 = {"w1_ptr", "w2_ptr", "wo_ptr", "pre1_ptr", "pre2_ptr"}
+
+
+def mlp_group_options(networks, bf16=False):
+    """compile_sm90's options for _mlp_forward_kernel on a group of `networks`: its tuple arguments' element
+    types (bf16: W1, W2, W_out and pre1, pre2 bf16) and every pointer and row count divisible by 16."""
+    matrix = "*bf16" if bf16 else "*fp32"
+    weights = (matrix, "*fp32", "*fp32", "*fp32", matrix, "*fp32", "*fp32", "*fp32", matrix, "*fp32")
+    acts = (matrix, "*fp32", "*fp32", matrix, "*fp32", "*fp32")
+    tuples = {"rows_ptrs": ("*fp32",) * networks, "weight_ptrs": weights * networks, "act_ptrs": acts * networks,
+              "out_ptrs": ("*fp32",) * networks, "row_counts": ("i32",) * networks, "in_widths": ("i32",) * networks}
+    return dict(tuples=tuples, divisible=DIVISIBLE | {"rows_ptrs", "weight_ptrs", "act_ptrs", "out_ptrs", "row_counts"})
 # name: (kernel, constexprs, {divisible, bf16, num_warps}): the launch configurations of the update
 CONFIGS = {
-    "mlp_forward": (_mlp_forward_kernel, dict(SAVE_STATS=True, **MLP), {}),
+    # one network saving its activations (mlp_forward); a critic side's group: D' (no grad), D and E (train)
+    "mlp_forward": (_mlp_forward_kernel, dict(NETWORKS=1, SAVE=(True,), **MLP), mlp_group_options(1)),
+    "mlp_forward_group": (_mlp_forward_kernel, dict(NETWORKS=3, SAVE=(False, True, True), **MLP),
+                          mlp_group_options(3)),
     "reverse_chain": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm", **dict(MLP, BLOCK_M=32)), {}),
     "noised_rows": (_noised_rows_kernel, dict(HAS_COND=True, BLOCK_M=16, BLOCK_C=64), {}),
     "td_loss": (_td_loss_kernel, dict(HAS_DATA=True, PREDICTION=2, BLOCK_M=64, DATA_BLOCK_M=32, BLOCK_N=32), {}),
@@ -49,8 +63,8 @@ CONFIGS = {
     # a pair's record of td3sbc's 8 metrics (16 slots)
     "record_metrics": (_record_metrics_kernel, dict(NAMES=tuple(range(8)), PRESENT=(True,) * 16, UPDATES=2,
                                                     MAX_UPDATES=2),
-                       dict(num_warps=1, divisible=set(), tuples={"value_ptrs": ("*fp32", 16),
-                                                                  "value_strides": ("i32", 16)})),
+                       dict(num_warps=1, divisible=set(), tuples={"value_ptrs": ("*fp32",) * 16,
+                                                                  "value_strides": ("i32",) * 16})),
     "gather_fields": (_gather_fields_kernel, dict(offsets=(0, 17, 23, 24, 41, 47, 48), widths=(17, 6, 1, 17, 6, 1, 1),
                                                   BLOCK_I=64, BLOCK_D=32), dict(divisible=set())),
     # the actor loss's (kernels/state_bc.py, kernels/actor_terms.py)
@@ -66,7 +80,8 @@ CONFIGS = {
     "ln_relu_bwd_input": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **BWD), {}),
     "column_sum": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), dict(divisible=set())),
     # precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
-    "mlp_forward_bf16": (_mlp_forward_kernel, dict(SAVE_STATS=True, **dict(MLP, PRECISION="bf16")), dict(bf16=BF16)),
+    "mlp_forward_bf16": (_mlp_forward_kernel, dict(NETWORKS=3, SAVE=(False, True, True), **dict(MLP, PRECISION="bf16")),
+                         mlp_group_options(3, bf16=True)),
     "reverse_chain_bf16": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm",
                                                        **dict(MLP, BLOCK_M=32, PRECISION="bf16")), dict(bf16=BF16)),
     "ln_relu_bwd_bf16": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(BWD, PRECISION="bf16")),
@@ -84,13 +99,14 @@ for _precision, _bf16 in (("tf32", ()), ("bf16", BF16 | {"w2f_ptr"})):
 
 def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=(), tuples=None):
     """fn compiled for sm_90; bf16: pointer arguments that point to bf16 data (the others fp32); tuples:
-    {argument: (type, length)} of the tuple arguments (no divisibility assumed)."""
+    {argument: its elements' types} of the tuple arguments (every element divisible by 16 when the argument
+    is in `divisible`)."""
     sig, tuples = {}, tuples or {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name in tuples:
-            sig[name] = (tuples[name][0],) * tuples[name][1]
+            sig[name] = tuple(tuples[name])
         elif name.endswith("_ptr"):
             sig[name] = ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "levels_ptr", "first_ptr", "clock_ptr")
                          else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16 else "*fp32")
@@ -98,6 +114,8 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE,
             sig[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
              if name not in tuples and (sig[name].startswith("*") or name in divisible)}
+    attrs.update({(i, j): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                  if name in tuples and name in divisible for j in range(len(tuples[name]))})
     return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 

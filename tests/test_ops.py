@@ -150,7 +150,7 @@ def test_compiled_loss_and_backward_match_eager():
 
 def test_opcheck():
     """torch.library.opcheck: schema, fake tensors, AOT dispatch. The ops have no autograd registration
-    (their autograd is ops._DenoiserForward / ops._loss_with_grads, tested against the reference above and under
+    (their autograd is ops._DenoiserForwards / ops._loss_with_grads, tested against the reference above and under
     torch.compile), so they are checked on inputs that require no grad."""
     triton_bdm, _ = make_pair()
     sch, R = triton_bdm.schedule, 20
@@ -159,15 +159,15 @@ def test_opcheck():
     weights = [w.detach().clone().requires_grad_(True) for w in triton_bdm.denoiser.weights()]
     rows = torch.randn(R, 2 * N + M + 1, requires_grad=True)
     buffers = [getattr(sch, name) for name in ops._SCHEDULE_BUFFERS]
-    out, pre1, pre2, stats = ops._denoiser_forward_train(rows.detach(), [w.detach() for w in weights], "ieee")
+    out, pre1, pre2, stats = ops._denoiser_forwards([rows.detach()], [w.detach() for w in weights], [True], "ieee")
     pred = torch.randn(2 * R, N, requires_grad=True)
     done = torch.zeros(R, dtype=torch.bool)
     done[3] = True
     cases = [
         (ops._noised_rows, (x0, eps, t, s, a, sch.sqrt_ab, sch.sqrt_one_minus_ab, sch.steps)),
         (ops._noised_rows, (x0, eps, t, None, None, sch.sqrt_ab, sch.sqrt_one_minus_ab, sch.steps)),
-        (ops._denoiser_forward, (rows.detach(), [w.detach() for w in weights], "ieee")),
-        (ops._denoiser_forward_train, (rows.detach(), [w.detach() for w in weights], "ieee")),
+        (ops._denoiser_forwards, ([rows.detach()], [w.detach() for w in weights], [False], "ieee")),
+        (ops._denoiser_forwards, ([rows.detach()], [w.detach() for w in weights], [True], "ieee")),
         (ops._denoiser_backward, (torch.randn_like(out), rows.detach(), [w.detach() for w in weights], pre1, pre2,
                                   stats, [True] * 11, "ieee")),
         (ops._denoiser_backward, (torch.randn_like(out), rows.detach(), [w.detach() for w in weights], pre1, pre2,
