@@ -11,16 +11,32 @@ one fused kernel computes, per BLOCK_R rows:
 and, when weight gradients are wanted, recomputes h_k = xhat g + beta (the next weight gradient reads
 it) and writes per-program column sums of dh xhat, dh, dz (partials of dg_k, dbeta_k, db_k) plus, for
 the last hidden layer, of dY (partial of db_out). One column-sum launch reduces every partial, in a
-fixed order (deterministic). Weight and input gradients (dW = dZ^T H, d rows = dz_1 W_1) are plain
-matmuls left to torch (cuBLAS).
+fixed order (deterministic). When the input gradient is wanted, the layer-1 launch also computes
+d rows = dz_1 W_1 (see Blocking) for inputs up to FOLD_MAX_WIDTH columns; the weight gradients
+(dW = dZ^T H) and wider input gradients are plain matmuls left to torch (cuBLAS), per network.
+
+Launches (mlp_backward_group): up to MAX_NETWORKS networks with the same hidden widths and output width
+(their input widths and row counts may differ: D on 2B rows of 2n+1+m columns, E on B rows of n+1)
+take one _ln_relu_bwd_kernel launch per hidden layer and one _column_sum_kernel launch in all: grid
+axis 1 is network x seed, axis 0 the row blocks of the network with the most rows (a program past its
+network's rows does nothing); every per-network pointer, row count, input width and flag is a tuple
+entry, read in one constexpr-unrolled branch per network that calls the one body, _ln_relu_bwd_rows.
+mlp_backward is the one-network case. Two networks with weight gradients: 2 x 2 + 1 = 5 Triton launches
+(6 one at a time); the input gradient alone: 2 (and no matmul).
 
 Blocking: the row statistics mean(g dh), mean(g dh xhat) need whole rows, but a [BLOCK_R, 512] fp32
 tile does not fit in registers, so a program walks its rows' H columns twice in BLOCK_H chunks:
 pass 1 builds each dh chunk by tl.dot over K-chunks, accumulates the row sums and parks dh in the dz
-buffer (L2-resident); pass 2 reloads it and writes dz in place. Shared memory per program (fp32,
-defaults BLOCK_R=32, BLOCK_H=64, BLOCK_K=32, num_warps=4, num_stages=2): 12 KB. Compiled ahead for
-sm_90 with Triton 3.9 and tf32 it has no local-memory spills (mma.sync); block_r=64 with num_warps=8
-(32 KB, wgmma) is spill-free too. A full-width [32, 512] tile spilled 600+ bytes.
+buffer (L2-resident); pass 2 reloads it and writes dz in place. The folded input gradient is a third
+pass over the same chunks: it reloads dz (just written, L2-resident) and accumulates dz W_1 into a
+[BLOCK_R, BLOCK_D] fp32 tile, BLOCK_D = next power of two >= max(16, input width), stored masked.
+Shared memory per program (fp32, defaults BLOCK_R=32, BLOCK_H=64, BLOCK_K=32, num_warps=4,
+num_stages=2): 12 KB; with the folded input gradient 24 KB (BLOCK_D 64), 40 KB (BLOCK_D 128).
+Compiled ahead for sm_90 with Triton 3.9 and tf32 (kernels/sm90_compile.py) it has no local-memory
+spills (mma.sync), one network or grouped, with or without the fold (166-192 registers); block_r=64
+with num_warps=8 (32 KB, wgmma) is spill-free too. A full-width [32, 512] tile spilled 600+ bytes;
+accumulating d rows inside pass 2 instead held 255 registers and 41 KB (BLOCK_D 64) and spilled 8 bytes
+for three networks.
 """
 import torch
 import triton
@@ -58,8 +74,8 @@ def _ln_relu_bwd_rows(
 ):
     """Row block pid of layer k of one network's seed sid (pre, dz, h contiguous (S, R, H), dY (S, R, K) with row
     stride stride_dy, W (S, K, H), mean, rstd (S, R), g, beta (S, H), partials (S, cdiv(R, BLOCK_R), stride_part)),
-    in two passes over BLOCK_H column chunks. Pass 1 builds dh chunk by chunk (parked in dz) with the row sums
-    mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place and, with INPUT_GRAD (layer 1), accumulates
+    in passes over BLOCK_H column chunks. Pass 1 builds dh chunk by chunk (parked in dz) with the row sums
+    mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place; with INPUT_GRAD (layer 1) pass 3 accumulates
     d rows = dz @ W1 (W1 (S, H, D), d rows (S, R, D) contiguous) into a [BLOCK_R, BLOCK_D] tile."""
     dy_ptr += sid * R * stride_dy
     w_ptr += sid * K * stride_w
@@ -70,6 +86,8 @@ def _ln_relu_bwd_rows(
     rstd_ptr += sid * R
     g_ptr += sid * H
     beta_ptr += sid * H
+    w1_ptr += sid * H * D
+    dx_ptr += sid * R * D
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
     mean = tl.load(mean_ptr + offs_r, mask=mask_r, other=0.0)
@@ -116,10 +134,7 @@ def _ln_relu_bwd_rows(
     c2 = c2 / H
     tl.debug_barrier()  # pass 2 reads dh written by other threads of this program
 
-    # Pass 2: LayerNorm backward dpre = rstd (g dh - c1 - xhat c2), then the ReLU mask; the input gradient.
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    dx = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    # Pass 2: LayerNorm backward dpre = rstd (g dh - c1 - xhat c2), then the ReLU mask.
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
@@ -127,13 +142,20 @@ def _ln_relu_bwd_rows(
                              True)
         if WEIGHT_GRADS:
             tl.store(part + part_col + 2 * H + offs_h, tl.sum(dz, axis=0), mask=mask_h)
-        if INPUT_GRAD:
-            w1 = tl.load(w1_ptr + sid * H * D + offs_h[:, None] * D + offs_d[None, :],
+    if INPUT_GRAD:  # Pass 3: d rows = dz @ W1, from the dz chunks pass 2 wrote
+        tl.debug_barrier()
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        dx = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            mask_h = offs_h < H
+            dz = tl.load(dz_ptr + offs_r[:, None] * H + offs_h[None, :], mask=mask_r[:, None] & mask_h[None, :],
+                         other=0.0)
+            w1 = tl.load(w1_ptr + offs_h[:, None] * D + offs_d[None, :],
                          mask=mask_h[:, None] & mask_d[None, :], other=0.0)
             dx = _mma(dx, dz, w1, PRECISION)
-    if INPUT_GRAD:
-        tl.store(dx_ptr + sid * R * D + offs_r[:, None] * D + offs_d[None, :], dx,
-                 mask=mask_r[:, None] & mask_d[None, :])
+        tl.store(dx_ptr + offs_r[:, None] * D + offs_d[None, :], dx, mask=mask_r[:, None] & mask_d[None, :])
 
 
 @triton.jit
