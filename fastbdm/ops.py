@@ -133,7 +133,8 @@ def _denoiser_backward(grad_out: Tensor, rows: Tensor, weights: List[Tensor], pr
 
 def _network_grads(grads, weights, needs):
     """One network's (grad rows or None, [grad per weight or None]) from an iterator over
-    _denoiser_backward_group's results at that network's first (consumed up to the next network's)."""
+    _denoiser_backward_group's results standing at this network's first: it takes exactly this network's
+    results, so one call per network, in order, reads a group's."""
     grad_rows = next(grads) if needs[0] else None
     matrices = {i: next(grads) for i in _MATRICES if needs[1 + i]}
     vectors = (denoiser_backward.vector_grads(next(grads), weights) if any(needs[1:])
