@@ -54,9 +54,10 @@ def noised_rows(x0, eps, t, s, a, schedule: DiffusionSchedule) -> Tensor:
 WEIGHTS = 10  # tensors per network in a group's flat weight list: Denoiser.weights() of two hidden layers
 
 
-def _per_network(weights: List[Tensor]) -> List[List[Tensor]]:
-    """A group's flat weight list (WEIGHTS tensors per network, network-major) split by network."""
-    return [list(weights[i:i + WEIGHTS]) for i in range(0, len(weights), WEIGHTS)]
+def _per_network(items: list, size: int = WEIGHTS) -> list:
+    """A group's flat list of `size` items per network (weights: WEIGHTS tensors; needs: 1 + WEIGHTS bools),
+    network-major, split by network."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 @torch.library.custom_op("fastbdm::denoiser_forwards", mutates_args=())
@@ -82,52 +83,64 @@ def _(rows, weights, save, precision):
     return outs + [x for a in acts for x in a]
 
 
-@torch.library.custom_op("fastbdm::denoiser_backward", mutates_args=())
-def _denoiser_backward(grad_out: Tensor, rows: Tensor, weights: List[Tensor], pre1: Tensor, pre2: Tensor,
-                       stats: Tensor, needs: List[bool], precision: str) -> List[Tensor]:
-    """Gradients of rows and of the weight matrices where needs (1 + len(weights) bools) is True, in that
-    order, then, when any weight gradient is needed, the column sums ([S,] cols) whose views are the
-    vector gradients (denoiser_backward.vector_grads): one buffer, not a copy per bias and gain."""
-    acts = (pre1, stats[0], stats[1], pre2, stats[2], stats[3])
-    sums = (grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights)))
-            if any(needs[1:]) else None)
-    grad_rows, grads = denoiser_backward.mlp_backward(
-        grad_out, rows, weights, acts, need_weight_grads=needs[1:], need_input_grad=needs[0],
-        precision=precision, sums=sums)
-    matrices = [g for i, g in enumerate(grads) if i in _MATRICES and needs[1 + i]]
-    return [g for g in (grad_rows, *matrices, sums) if g is not None]
+@torch.library.custom_op("fastbdm::denoiser_backward_group", mutates_args=())
+def _denoiser_backward_group(grad_outs: List[Tensor], rows: List[Tensor], weights: List[Tensor], pre1: List[Tensor],
+                             pre2: List[Tensor], stats: List[Tensor], needs: List[bool], precision: str
+                             ) -> List[Tensor]:
+    """The backward of len(grad_outs) denoisers with the same hidden and output widths in one set of launches
+    (denoiser_backward.mlp_backward_group): one entry per network in grad_outs, rows, pre1, pre2, stats; weights
+    (len(Denoiser.weights()) per network) and needs (one bool for rows then one per weight, per network)
+    concatenated. Returns, network by network, the gradients of rows and of the weight matrices where needed,
+    in that order, then, when any of its weight gradients is needed, its column sums ([S,] cols) whose views
+    are the vector gradients (denoiser_backward.vector_grads): one buffer, not a copy per bias and gain."""
+    weights, needs = _per_network(weights), _per_network(needs, 1 + WEIGHTS)
+    sums = [g.new_empty((*g.shape[:-2], denoiser_backward.vector_columns(w))) if any(n[1:]) else None
+            for g, w, n in zip(grad_outs, weights, needs)]
+    acts = [(p1, st[0], st[1], p2, st[2], st[3]) for p1, p2, st in zip(pre1, pre2, stats)]
+    results = denoiser_backward.mlp_backward_group(grad_outs, rows, weights, acts, [n[1:] for n in needs],
+                                                   [n[0] for n in needs], precision, sums)
+    grads = []
+    for (grad_rows, net_grads), s, n in zip(results, sums, needs):
+        matrices = [g for i, g in enumerate(net_grads) if i in _MATRICES and n[1 + i]]
+        grads += [g for g in (grad_rows, *matrices, s) if g is not None]
+    return grads
 
 
 _MATRICES = (0, 4, 8)  # W1, W2, W_out in Denoiser.weights(); the others are vectors
 
 
-@_denoiser_backward.register_fake
-def _(grad_out, rows, weights, pre1, pre2, stats, needs, precision):
-    grads = [torch.empty_like(x, dtype=torch.float32) for i, (x, need) in enumerate(zip([rows, *weights], needs))
-             if need and (i == 0 or i - 1 in _MATRICES)]
-    if any(needs[1:]):
-        grads.append(grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(weights))))
+@_denoiser_backward_group.register_fake
+def _(grad_outs, rows, weights, pre1, pre2, stats, needs, precision):
+    grads = []
+    for grad_out, x, w, n in zip(grad_outs, rows, _per_network(weights), _per_network(needs, 1 + WEIGHTS)):
+        grads += [torch.empty_like(y, dtype=torch.float32) for i, (y, need) in enumerate(zip([x, *w], n))
+                  if need and (i == 0 or i - 1 in _MATRICES)]
+        if any(n[1:]):
+            grads.append(grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(w))))
     return grads
 
 
 def _backward_networks(grad_out: List[Tensor], rows: List[Tensor], weights: List[List[Tensor]], pre1: List[Tensor],
                        pre2: List[Tensor], stats: List[Tensor], needs: List[List[bool]], precision: str
-                       ) -> List[List[Tensor]]:
+                       ) -> List[Tuple[Optional[Tensor], List[Optional[Tensor]]]]:
     """The backward of a group's networks that got an output gradient, one list entry per network (its
-    grad_out, rows, weights (WEIGHTS tensors), saved pre1, pre2, stats and needs (rows + WEIGHTS bools)) ->
-    per network _denoiser_backward's gradients."""
-    networks = zip(grad_out, rows, weights, pre1, pre2, stats, needs)
-    return [_denoiser_backward(*network, precision) for network in networks]
+    grad_out, rows, weights (WEIGHTS tensors), saved pre1, pre2, stats and needs (rows + WEIGHTS bools)), in
+    one set of launches (_denoiser_backward_group) -> per network (grad rows or None, [grad per weight or None])."""
+    grads = iter(_denoiser_backward_group(grad_out, rows, [w for ws in weights for w in ws], pre1, pre2, stats,
+                                          [n for ns in needs for n in ns], precision))
+    return [_network_grads(grads, ws, ns) for ws, ns in zip(weights, needs)]
 
 
-def _input_grads(grads: List[Tensor], weights: List[Tensor], needs: List[bool]) -> List[Optional[Tensor]]:
-    """One network's _denoiser_backward gradients as [grad rows, *grad weights] (None where not needed):
-    the vector gradients are views of its column sums (denoiser_backward.vector_grads)."""
-    vectors = denoiser_backward.vector_grads(grads[-1], weights) if any(needs[1:]) else [None] * len(weights)
-    grads = iter(grads)
+def _network_grads(grads, weights, needs):
+    """One network's (grad rows or None, [grad per weight or None]) from an iterator over
+    _denoiser_backward_group's results standing at this network's first: it takes exactly this network's
+    results, so one call per network, in order, reads a group's."""
     grad_rows = next(grads) if needs[0] else None
-    return [grad_rows, *((next(grads) if i in _MATRICES else v) if need else None
-                         for i, (v, need) in enumerate(zip(vectors, needs[1:])))]
+    matrices = {i: next(grads) for i in _MATRICES if needs[1 + i]}
+    vectors = (denoiser_backward.vector_grads(next(grads), weights) if any(needs[1:])
+               else [None] * len(weights))
+    return grad_rows, [(matrices.get(i) if i in _MATRICES else v) if need else None
+                       for i, (v, need) in enumerate(zip(vectors, needs[1:]))]
 
 
 class _DenoiserForwards(torch.autograd.Function):
@@ -170,10 +183,9 @@ class _DenoiserForwards(torch.autograd.Function):
             grads = _backward_networks(pick([grad_outputs[g] for g in kept]), pick(rows), pick(weights), pick(pre1),
                                        pick(pre2), pick(stats), pick(needs), ctx.precision)
         grad_rows, grad_weights = [None] * networks, [None] * networks * WEIGHTS
-        for k, network_grads in zip(active, grads):
+        for k, (network_rows, network_weights) in zip(active, grads):
             g = kept[k]
-            grad_rows[g], *grad_weights[WEIGHTS * g:WEIGHTS * (g + 1)] = _input_grads(network_grads, weights[k],
-                                                                                      needs[k])
+            grad_rows[g], grad_weights[WEIGHTS * g:WEIGHTS * (g + 1)] = network_rows, network_weights
         return None, None, *grad_rows, *grad_weights
 
 
@@ -439,19 +451,23 @@ _register_seed_vmap(_small_mlp_train, {0, 1, 2}, 0)
 _register_seed_vmap(_small_mlp_backward, {0, 1, 2, 3, 4, 5, 6}, 0)
 
 
-def _denoiser_backward_vmap(info, in_dims, grad_out, rows, weights, pre1, pre2, stats, needs, precision):
-    """stats arrive as (4, R) per seed (vmapped at in_dims[5]); the op takes (4, S, R)."""
+def _denoiser_backward_group_vmap(info, in_dims, grad_outs, rows, weights, pre1, pre2, stats, needs, precision):
+    """Every network's tensors with the seed axis first; stats arrive as (4, R) per seed (vmapped at
+    in_dims[5]), the op takes (4, S, R)."""
     S = info.batch_size
-    weights = [_seed_first(w, d, S) for w, d in zip(weights, in_dims[2] or [None] * len(weights))]
-    dim = in_dims[5]
-    stats = stats.unsqueeze(1).expand(4, S, stats.shape[-1]) if dim is None else stats.movedim(dim, 1)
-    grads = _denoiser_backward(_seed_first(grad_out, in_dims[0], S), _seed_first(rows, in_dims[1], S), weights,
-                               _seed_first(pre1, in_dims[3], S), _seed_first(pre2, in_dims[4], S), stats, needs,
-                               precision)
+
+    def seeded(xs, dims):
+        return [_seed_first(x, d, S) for x, d in zip(xs, dims or [None] * len(xs))]
+
+    stats = [st.unsqueeze(1).expand(4, S, st.shape[-1]) if d is None else st.movedim(d, 1)
+             for st, d in zip(stats, in_dims[5] or [None] * len(stats))]
+    grads = _denoiser_backward_group(seeded(grad_outs, in_dims[0]), seeded(rows, in_dims[1]),
+                                     seeded(weights, in_dims[2]), seeded(pre1, in_dims[3]), seeded(pre2, in_dims[4]),
+                                     stats, needs, precision)
     return grads, [0] * len(grads)
 
 
-torch.library.register_vmap(_denoiser_backward, _denoiser_backward_vmap)
+torch.library.register_vmap(_denoiser_backward_group, _denoiser_backward_group_vmap)
 
 
 # --- the critic side fused (issue 14): BDM TD rows, critic TD loss, denoising loss, target action ----------

@@ -11,16 +11,32 @@ one fused kernel computes, per BLOCK_R rows:
 and, when weight gradients are wanted, recomputes h_k = xhat g + beta (the next weight gradient reads
 it) and writes per-program column sums of dh xhat, dh, dz (partials of dg_k, dbeta_k, db_k) plus, for
 the last hidden layer, of dY (partial of db_out). One column-sum launch reduces every partial, in a
-fixed order (deterministic). Weight and input gradients (dW = dZ^T H, d rows = dz_1 W_1) are plain
-matmuls left to torch (cuBLAS).
+fixed order (deterministic). When the input gradient is wanted, the layer-1 launch also computes
+d rows = dz_1 W_1 (see Blocking) for inputs up to FOLD_MAX_WIDTH columns; the weight gradients
+(dW = dZ^T H) and wider input gradients are plain matmuls left to torch (cuBLAS), per network.
+
+Launches (mlp_backward_group): up to MAX_NETWORKS networks with the same hidden widths and output width
+(their input widths and row counts may differ: D on 2B rows of 2n+1+m columns, E on B rows of n+1)
+take one _ln_relu_bwd_kernel launch per hidden layer and one _column_sum_kernel launch in all: grid
+axis 1 is network x seed, axis 0 the row blocks of the network with the most rows (a program past its
+network's rows does nothing); every per-network pointer, row count, input width and flag is a tuple
+entry, read in one constexpr-unrolled branch per network that calls the one body, _ln_relu_bwd_rows.
+mlp_backward is the one-network case. Two networks with weight gradients: 2 x 2 + 1 = 5 Triton launches
+(6 one at a time); the input gradient alone: 2 (and no matmul).
 
 Blocking: the row statistics mean(g dh), mean(g dh xhat) need whole rows, but a [BLOCK_R, 512] fp32
 tile does not fit in registers, so a program walks its rows' H columns twice in BLOCK_H chunks:
 pass 1 builds each dh chunk by tl.dot over K-chunks, accumulates the row sums and parks dh in the dz
-buffer (L2-resident); pass 2 reloads it and writes dz in place. Shared memory per program (fp32,
-defaults BLOCK_R=32, BLOCK_H=64, BLOCK_K=32, num_warps=4, num_stages=2): 12 KB. Compiled ahead for
-sm_90 with Triton 3.9 and tf32 it has no local-memory spills (mma.sync); block_r=64 with num_warps=8
-(32 KB, wgmma) is spill-free too. A full-width [32, 512] tile spilled 600+ bytes.
+buffer (L2-resident); pass 2 reloads it and writes dz in place. The folded input gradient is a third
+pass over the same chunks: it reloads dz (just written, L2-resident) and accumulates dz W_1 into a
+[BLOCK_R, BLOCK_D] fp32 tile, BLOCK_D = next power of two >= max(16, input width), stored masked.
+Shared memory per program (fp32, defaults BLOCK_R=32, BLOCK_H=64, BLOCK_K=32, num_warps=4,
+num_stages=2): 12 KB; with the folded input gradient 24 KB (BLOCK_D 64), 40 KB (BLOCK_D 128).
+Compiled ahead for sm_90 with Triton 3.9 and tf32 (kernels/sm90_compile.py) it has no local-memory
+spills (mma.sync), one network or grouped, with or without the fold (166-192 registers); block_r=64
+with num_warps=8 (32 KB, wgmma) is spill-free too. A full-width [32, 512] tile spilled 600+ bytes;
+accumulating d rows inside pass 2 instead held 255 registers and 41 KB (BLOCK_D 64) and spilled 8 bytes
+for three networks.
 """
 import torch
 import triton
@@ -50,19 +66,17 @@ def _relu_norm_grad(dh_ptr, dz_ptr, pre_ptr, offs_r, mask_r, offs_h, mask_h, H, 
 
 
 @triton.jit
-def _ln_relu_bwd_kernel(
-    dy_ptr, w_ptr, pre_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, dz_ptr, h_ptr, part_ptr,
-    R, K, H,
-    stride_dy, stride_w, stride_part, part_col,
-    WEIGHT_GRADS: tl.constexpr, DY_SUMS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+def _ln_relu_bwd_rows(
+    pid, sid, dy_ptr, w_ptr, pre_ptr, mean_ptr, rstd_ptr, g_ptr, beta_ptr, dz_ptr, h_ptr, part_ptr, w1_ptr, dx_ptr,
+    R, K, H, D, stride_dy, stride_w, stride_part, part_col,
+    WEIGHT_GRADS: tl.constexpr, DY_SUMS: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program: BLOCK_R rows of layer k of seed program_id(1) (pre, dz, h contiguous (S, R, H), dY
-    (S, R, K) with row stride stride_dy, W (S, K, H), mean, rstd (S, R), g, beta (S, H), partials
-    (S, programs, stride_part)), in two passes over BLOCK_H column chunks. Pass 1 builds dh chunk by
-    chunk (parked in dz) with the row sums mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place."""
-    pid = tl.program_id(0)
-    sid = tl.program_id(1).to(tl.int64)
+    """Row block pid of layer k of one network's seed sid (pre, dz, h contiguous (S, R, H), dY (S, R, K) with row
+    stride stride_dy, W (S, K, H), mean, rstd (S, R), g, beta (S, H), partials (S, cdiv(R, BLOCK_R), stride_part)),
+    in passes over BLOCK_H column chunks. Pass 1 builds dh chunk by chunk (parked in dz) with the row sums
+    mean(g dh), mean(g dh xhat); pass 2 turns dh into dz in place; with INPUT_GRAD (layer 1) pass 3 accumulates
+    d rows = dz @ W1 (W1 (S, H, D), d rows (S, R, D) contiguous) into a [BLOCK_R, BLOCK_D] tile."""
     dy_ptr += sid * R * stride_dy
     w_ptr += sid * K * stride_w
     pre_ptr += sid * R * H
@@ -72,11 +86,13 @@ def _ln_relu_bwd_kernel(
     rstd_ptr += sid * R
     g_ptr += sid * H
     beta_ptr += sid * H
+    w1_ptr += sid * H * D
+    dx_ptr += sid * R * D
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
     mean = tl.load(mean_ptr + offs_r, mask=mask_r, other=0.0)
     rstd = tl.load(rstd_ptr + offs_r, mask=mask_r, other=0.0)
-    part = part_ptr + (sid * tl.num_programs(0) + pid) * stride_part
+    part = part_ptr + (sid * tl.cdiv(R, BLOCK_R) + pid) * stride_part
 
     if DY_SUMS:  # column sums of dY: partial of the next Linear's bias gradient
         for k0 in range(0, K, BLOCK_K):
@@ -126,23 +142,61 @@ def _ln_relu_bwd_kernel(
                              True)
         if WEIGHT_GRADS:
             tl.store(part + part_col + 2 * H + offs_h, tl.sum(dz, axis=0), mask=mask_h)
+    if INPUT_GRAD:  # Pass 3: d rows = dz @ W1, from the dz chunks pass 2 wrote
+        tl.debug_barrier()
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        dx = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            mask_h = offs_h < H
+            dz = tl.load(dz_ptr + offs_r[:, None] * H + offs_h[None, :], mask=mask_r[:, None] & mask_h[None, :],
+                         other=0.0)
+            w1 = tl.load(w1_ptr + offs_h[:, None] * D + offs_d[None, :],
+                         mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+            dx = _mma(dx, dz, w1, PRECISION)
+        tl.store(dx_ptr + offs_r[:, None] * D + offs_d[None, :], dx, mask=mask_r[:, None] & mask_d[None, :])
 
 
 @triton.jit
-def _column_sum_kernel(x_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[s, c] = sum_p x[s, p, c] for a contiguous (S, P, C) x, out (S, C); one program per BLOCK_C
-    columns of seed program_id(1), fixed order."""
-    sid = tl.program_id(1).to(tl.int64)
-    x_ptr += sid * P * C
-    out_ptr += sid * C
+def _ln_relu_bwd_kernel(
+    dy_ptrs, w_ptrs, pre_ptrs, mean_ptrs, rstd_ptrs, g_ptrs, beta_ptrs, dz_ptrs, h_ptrs, part_ptrs, w1_ptrs, dx_ptrs,
+    rows, widths, K, H, stride_dy, stride_w, stride_part, part_col, seeds,
+    WEIGHT_GRADS: tl.constexpr, DY_SUMS: tl.constexpr, INPUT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Layer k of up to three networks: program (pid, net * seeds + seed) runs _ln_relu_bwd_rows on row block
+    pid of network net (a tuple entry per network of every pointer, rows, widths (input widths) and of the
+    constexpr flags and BLOCK_D), nothing past its network's rows. One branch per network, unrolled."""
+    pid = tl.program_id(0)
+    net = tl.program_id(1) // seeds
+    sid = (tl.program_id(1) % seeds).to(tl.int64)
+    for i in tl.static_range(len(WEIGHT_GRADS)):
+        if net == i:
+            if pid * BLOCK_R < rows[i]:
+                _ln_relu_bwd_rows(pid, sid, dy_ptrs[i], w_ptrs[i], pre_ptrs[i], mean_ptrs[i], rstd_ptrs[i], g_ptrs[i],
+                                  beta_ptrs[i], dz_ptrs[i], h_ptrs[i], part_ptrs[i], w1_ptrs[i], dx_ptrs[i], rows[i], K,
+                                  H, widths[i], stride_dy, stride_w, stride_part, part_col, WEIGHT_GRADS[i],
+                                  DY_SUMS[i], INPUT_GRAD[i], PRECISION, BLOCK_R, BLOCK_K, BLOCK_H, BLOCK_D[i])
+
+
+@triton.jit
+def _column_sum_kernel(x_ptrs, out_ptrs, programs, C, seeds, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[s, c] = sum_p x[s, p, c] of each network (a tuple entry per network: contiguous (S, programs, C) x,
+    out (S, C)); program (c block, net * seeds + seed): BLOCK_C columns of one network's seed, fixed order."""
+    net = tl.program_id(1) // seeds
+    sid = (tl.program_id(1) % seeds).to(tl.int64)
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for p0 in range(0, P, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        acc += tl.load(x_ptr + offs_p[:, None] * C + offs_c[None, :],
-                       mask=(offs_p < P)[:, None] & mask_c[None, :], other=0.0)
-    tl.store(out_ptr + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+    for i in tl.static_range(len(programs)):
+        if net == i:
+            P = programs[i]
+            acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+            for p0 in range(0, P, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                acc += tl.load(x_ptrs[i] + sid * P * C + offs_p[:, None] * C + offs_c[None, :],
+                               mask=(offs_p < P)[:, None] & mask_c[None, :], other=0.0)
+            tl.store(out_ptrs[i] + sid * C + offs_c, tl.sum(acc, axis=0), mask=mask_c)
 
 
 def _wanted(flags, count):
@@ -169,8 +223,12 @@ def vector_grads(sums, weights):
     return grads
 
 
+MAX_NETWORKS = 3  # networks one mlp_backward_group call takes: D, D', E of an update
+FOLD_MAX_WIDTH = 128  # input widths whose d rows the layer-1 launch accumulates in registers; wider: a torch matmul
+
+
 def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_input_grad=True,
-                 precision="tf32", sums=None, block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
+                 precision="tf32", sums=None, **blocks):
     """Gradients of reference.denoiser_forward.
 
     grad_out (R, n), rows (R, D), weights (W1, b1, g1, beta1, ..., W_out, b_out),
@@ -179,70 +237,116 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     Seed axis (seed_axis): grad_out (S, R, n), rows (S, R, D), weights stacked (S, ...), acts with a
     leading S -> every gradient with a leading S (seed k's from seed k's rows only).
     need_weight_grads: bool, or one bool per weight. precision: denoiser_mlp.PRECISIONS, for the fused
-    kernels' dY @ W ("bf16": bf16 operands, rounded as in the forward); the weight- and input-gradient
-    matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it). `sums` (optional,
-    contiguous ([S,] vector_columns(weights)) fp32) receives the column sums: the vector gradients
-    (biases, gains) are views of it (vector_grads). Returns (grad_rows (R, D) or None, tuple of weight
-    grads, None where not wanted)."""
-    check_precision(precision)
-    layers = len(acts) // 3
-    assert len(weights) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
-    single = grad_out.dim() == 2
-    if single:
-        grad_out, rows, weights, acts = grad_out[None], rows[None], add_seed_axis(*weights), add_seed_axis(*acts)
-    check_stacked(grad_out.shape[0], weights)
-    wanted = _wanted(need_weight_grads, len(weights))
-    S, R = grad_out.shape[:2]
-    device = grad_out.device
-    grad_out = grad_out.contiguous()
-    # Column layout of the partial-sum buffer: [db_out | (dg_k, dbeta_k, db_k) for k = L..1].
-    n_out = weights[-1].shape[1]
-    widths = [w.shape[1] for w in weights[0:-2:4]]
-    programs = triton.cdiv(R, block_r)
-    any_weight = any(wanted)
-    cols = vector_columns(weights)
-    part = torch.empty((S, programs, cols), device=device, dtype=torch.float32) if any_weight else None
+    kernels' dY @ W and dz_1 @ W_1 ("bf16": bf16 operands, rounded as in the forward); the weight-gradient
+    matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it), and so is the input
+    gradient of inputs wider than FOLD_MAX_WIDTH. `sums` (optional, contiguous ([S,] vector_columns(weights))
+    fp32) receives the column sums: the vector gradients (biases, gains) are views of it (vector_grads).
+    Returns (grad_rows (R, D) or None, tuple of weight grads, None where not wanted). The one-network case of
+    mlp_backward_group."""
+    return mlp_backward_group([grad_out], [rows], [weights], [acts], [need_weight_grads], [need_input_grad],
+                              precision, [sums], **blocks)[0]
 
-    grads = [None] * len(weights)
-    dy, w_next = grad_out, weights[-2]
+
+def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_input_grads, precision="tf32",
+                       sums=None, block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
+    """mlp_backward of up to MAX_NETWORKS networks in one set of launches: one _ln_relu_bwd_kernel per hidden
+    layer and one _column_sum_kernel for all of them (the weight-gradient matmuls stay per network). Each
+    argument a list with one entry per network, as mlp_backward takes it (sums: None, or a list of None or
+    buffers); the networks share the hidden widths, the output width and the seed axis (all 2-D, or all
+    stacked on S seeds), their row counts and input widths may differ. Returns a list of mlp_backward's
+    results, one per network."""
+    check_precision(precision)
+    nets = len(grad_outs)
+    if not 1 <= nets <= MAX_NETWORKS:
+        raise ValueError(f"mlp_backward_group takes 1 to {MAX_NETWORKS} networks, got {nets}: split the group")
+    layers = len(acts[0]) // 3
+    shape = [tuple(w.shape[-2:]) for w in weights[0][1:]]
+    single = grad_outs[0].dim() == 2
+    for i in range(nets):
+        assert len(weights[i]) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
+        if [tuple(w.shape[-2:]) for w in weights[i][1:]] != shape or (grad_outs[i].dim() == 2) != single:
+            raise ValueError(f"network {i} of a backward group differs from network 0 in its hidden or output "
+                             "widths or its seed axis: group only networks that share them")
+    if single:
+        grad_outs, rows = [g[None] for g in grad_outs], [x[None] for x in rows]
+        weights, acts = [add_seed_axis(*w) for w in weights], [add_seed_axis(*a) for a in acts]
+    S = grad_outs[0].shape[0]
+    for w in weights:
+        check_stacked(S, w)
+    wanted = [_wanted(flags, len(weights[0])) for flags in need_weight_grads]
+    any_weight = [any(w) for w in wanted]
+    R = [g.shape[1] for g in grad_outs]
+    D = [x.shape[-1] for x in rows]
+    fold = [bool(need) and width <= FOLD_MAX_WIDTH for need, width in zip(need_input_grads, D)]
+    device = grad_outs[0].device
+    # Column layout of each network's partial-sum buffer: [db_out | (dg_k, dbeta_k, db_k) for k = L..1].
+    n_out = weights[0][-1].shape[1]
+    widths = [w.shape[1] for w in weights[0][0:-2:4]]
+    programs = [triton.cdiv(r, block_r) for r in R]
+    cols = vector_columns(weights[0])
+    part = [torch.empty((S, p, cols), device=device, dtype=torch.float32) if a else None
+            for p, a in zip(programs, any_weight)]
+
+    grads = [[None] * len(w) for w in weights]
+    dy, w_next = [g.contiguous() for g in grad_outs], [w[-2] for w in weights]
+    grad_rows = [None] * nets
     col = n_out
     for k in reversed(range(layers)):
-        H = widths[k]
-        pre, mean, rstd = acts[3 * k : 3 * k + 3]
-        g, beta = weights[4 * k + 2].contiguous(), weights[4 * k + 3].contiguous()  # read with unit stride
-        w_next = w_next.contiguous()
-        dz = torch.empty((S, R, H), device=device, dtype=torch.float32)
-        h = torch.empty((S, R, H), device=device, dtype=torch.float32) if any_weight else dz
-        last = k == layers - 1
-        K = dy.shape[2]
-        _ln_relu_bwd_kernel[(programs, S)](
-            dy, w_next, pre.contiguous(), mean.contiguous(), rstd.contiguous(), g, beta, dz, h,
-            part if any_weight else dz, R, K, H, dy.stride(1), w_next.stride(1), cols, col,
-            WEIGHT_GRADS=any_weight, DY_SUMS=any_weight and last, PRECISION=precision,
+        H, last, K = widths[k], k == layers - 1, dy[0].shape[2]
+        w_next = [w.contiguous() for w in w_next]
+        dz = [torch.empty((S, r, H), device=device, dtype=torch.float32) for r in R]
+        h = [torch.empty_like(z) if a else z for z, a in zip(dz, any_weight)]
+        folds = [f and k == 0 for f in fold]
+        for i in range(nets):
+            if folds[i]:
+                grad_rows[i] = torch.empty((S, R[i], D[i]), device=device, dtype=torch.float32)
+        layer = [(dy[i], w_next[i], *(x.contiguous() for x in acts[i][3 * k : 3 * k + 3]),
+                  *(x.contiguous() for x in weights[i][4 * k + 2 : 4 * k + 4]),  # g, beta: read with unit stride
+                  dz[i], h[i], part[i] if any_weight[i] else dz[i],
+                  weights[i][0].contiguous() if folds[i] else dz[i], grad_rows[i] if folds[i] else dz[i])
+                 for i in range(nets)]
+        _ln_relu_bwd_kernel[(triton.cdiv(max(R), block_r), nets * S)](
+            *(tuple(x) for x in zip(*layer)), tuple(R), tuple(D), K, H, dy[0].stride(1), w_next[0].stride(1), cols,
+            col, S, WEIGHT_GRADS=tuple(any_weight), DY_SUMS=tuple(a and last for a in any_weight),
+            INPUT_GRAD=tuple(folds), PRECISION=precision,
             BLOCK_R=block_r, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(K))),
-            BLOCK_H=max(16, min(block_h, triton.next_power_of_2(H))), num_warps=num_warps, num_stages=num_stages,
+            BLOCK_H=max(16, min(block_h, triton.next_power_of_2(H))),
+            BLOCK_D=tuple(triton.next_power_of_2(max(16, d)) if f else 16 for d, f in zip(D, folds)),
+            num_warps=num_warps, num_stages=num_stages,
         )
         # The next Linear (index of its weight: 4(k+1), or -2 for the output layer) gets dW = dY^T h_k.
-        iw = len(weights) - 2 if last else 4 * (k + 1)
-        if wanted[iw]:
-            grads[iw] = dy.mT @ h
+        iw = len(weights[0]) - 2 if last else 4 * (k + 1)
+        for i in range(nets):
+            if wanted[i][iw]:
+                grads[i][iw] = dy[i].mT @ h[i]
         col += 3 * H
-        dy, w_next = dz, weights[4 * k]
+        dy, w_next = dz, [w[4 * k] for w in weights]
 
-    if wanted[0]:
-        grads[0] = dy.mT @ rows
-    grad_rows = dy @ weights[0].to(dy.dtype) if need_input_grad else None
-    if any_weight:
-        if sums is None:
-            sums = torch.empty((S, cols), device=device, dtype=torch.float32)
-        elif single:
-            sums = sums.unsqueeze(0)
+    for i in range(nets):
+        if wanted[i][0]:
+            grads[i][0] = dy[i].mT @ rows[i]
+        if need_input_grads[i] and not fold[i]:
+            grad_rows[i] = dy[i] @ weights[i][0].to(dy[i].dtype)
+    summed = [i for i in range(nets) if any_weight[i]]
+    if summed:
+        sums = list(sums or [None] * nets)
+        for i in summed:
+            if sums[i] is None:
+                sums[i] = torch.empty((S, cols), device=device, dtype=torch.float32)
+            elif single:
+                sums[i] = sums[i].unsqueeze(0)
         block_c = 128
-        _column_sum_kernel[(triton.cdiv(cols, block_c), S)](
-            part, sums, programs, cols, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
-        grads = [m if v is None else v for m, v in zip(grads, vector_grads(sums, weights))]
-    grads = tuple(gr if want else None for gr, want in zip(grads, wanted))
-    if single:
-        grad_rows = None if grad_rows is None else grad_rows[0]
-        grads = tuple(None if gr is None else gr[0] for gr in grads)
-    return grad_rows, grads
+        _column_sum_kernel[(triton.cdiv(cols, block_c), len(summed) * S)](
+            tuple(part[i] for i in summed), tuple(sums[i] for i in summed), tuple(programs[i] for i in summed),
+            cols, S, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
+        for i in summed:
+            grads[i] = [m if v is None else v for m, v in zip(grads[i], vector_grads(sums[i], weights[i]))]
+    results = []
+    for i in range(nets):
+        net_grads = tuple(gr if want else None for gr, want in zip(grads[i], wanted[i]))
+        if single:
+            results.append((None if grad_rows[i] is None else grad_rows[i][0],
+                            tuple(None if gr is None else gr[0] for gr in net_grads)))
+        else:
+            results.append((grad_rows[i], net_grads))
+    return results

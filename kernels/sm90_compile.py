@@ -16,7 +16,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .actor_terms import _actor_terms_kernel
-from .denoiser_backward import _column_sum_kernel, _ln_relu_bwd_kernel
+from .denoiser_backward import FOLD_MAX_WIDTH, _column_sum_kernel, _ln_relu_bwd_kernel
 from .denoiser_mlp import _mlp_forward_kernel
 from .gather_fields import _gather_fields_kernel
 from .record_metrics import _record_metrics_kernel
@@ -28,7 +28,7 @@ from .weight_stationary_chain import _ws_chain_kernel
 
 FLOATS = {"eps", "c_scale", "gamma", "inv_count", "w_bc", "policy_noise", "noise_clip", "max_action", "scale",
           "alpha", "bc_scale"}
-DIVISIBLE = {"R", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
+DIVISIBLE = {"R", "rows", "H1", "H2", "H", "K", "stride_dy", "stride_w"}
 SHARED_LIMIT = 200 * 1024  # of the 228 KB per SM, what one program may take and still fit with the L1 carve-out
 BLOCK_SHARED_LIMIT = 227 * 1024  # what one sm_90 block may hold (the weight-stationary chain, one program per SM)
 
@@ -46,6 +46,20 @@ def mlp_group_options(networks, bf16=False):
     tuples = {"rows_ptrs": ("*fp32",) * networks, "weight_ptrs": weights * networks, "act_ptrs": acts * networks,
               "out_ptrs": ("*fp32",) * networks, "row_counts": ("i32",) * networks, "in_widths": ("i32",) * networks}
     return dict(tuples=tuples, divisible=DIVISIBLE | {"rows_ptrs", "weight_ptrs", "act_ptrs", "out_ptrs", "row_counts"})
+
+
+BWD_TUPLES = ("dy_ptrs", "w_ptrs", "pre_ptrs", "mean_ptrs", "rstd_ptrs", "g_ptrs", "beta_ptrs", "dz_ptrs", "h_ptrs",
+              "part_ptrs", "w1_ptrs", "dx_ptrs", "rows", "widths")
+
+
+def _backward(blocks, weight_grads, dy_sums=None, fold=None, **options):
+    """A config of _ln_relu_bwd_kernel for len(weight_grads) networks; fold: each network's BLOCK_D, 0 where its
+    input gradient is not folded (default: none is)."""
+    nets = len(weight_grads)
+    fold = fold or (0,) * nets
+    constexprs = dict(blocks, WEIGHT_GRADS=weight_grads, DY_SUMS=dy_sums or (False,) * nets,
+                      INPUT_GRAD=tuple(d > 0 for d in fold), BLOCK_D=tuple(d or 16 for d in fold))
+    return _ln_relu_bwd_kernel, constexprs, dict(options, tuples=dict.fromkeys(BWD_TUPLES, nets))
 # name: (kernel, constexprs, {divisible, bf16, num_warps}): the launch configurations of the update
 CONFIGS = {
     # one network saving its activations (mlp_forward); a critic side's group: D' (no grad), D and E (train)
@@ -72,20 +86,31 @@ CONFIGS = {
     "sbc_rows": (_sbc_rows_kernel, dict(BLOCK_M=16, BLOCK_C=64), {}),
     "sbc_loss": (_sbc_loss_kernel, dict(BROADCAST=False, BLOCK_M=32, BLOCK_N=32), {}),
     "actor_terms": (_actor_terms_kernel, dict(MEAN_SQUARED=False, HAS_OTHER=True, BLOCK_M=64, BLOCK_N=8), {}),
-    # the last hidden layer (K = n_out -> BLOCK_K 16, weight grads + db_out sums), the inner one (K = H),
-    # the input-gradient-only path
-    "ln_relu_bwd_last": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=True, **dict(BWD, BLOCK_K=16)),
-                         dict(divisible={"R", "H", "stride_w"})),
-    "ln_relu_bwd": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **BWD), {}),
-    "ln_relu_bwd_input": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=False, DY_SUMS=False, **BWD), {}),
-    "column_sum": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128), dict(divisible=set())),
+    # the denoiser backward (one network unless named group): the last hidden layer (K = n_out -> BLOCK_K 16, weight
+    # grads + db_out sums), the inner one (K = H), the input-gradient-only path (layer 2), the folded input gradient
+    # of layer 1 (D' of the actor step, 2n+1+m = 41 columns -> BLOCK_D 64; FOLD_MAX_WIDTH 128 the widest folded), D
+    # and E grouped (2n+1+m and n+1 = 18 columns), and three networks: D, E weight grads, D' its input gradient
+    "ln_relu_bwd_last": _backward(dict(BWD, BLOCK_K=16), (True,), (True,), divisible={"rows", "H", "stride_w"}),
+    "ln_relu_bwd": _backward(BWD, (True,)),
+    "ln_relu_bwd_input": _backward(BWD, (False,)),
+    "ln_relu_bwd_input_fold": _backward(BWD, (False,), fold=(64,)),
+    "ln_relu_bwd_input_fold_max": _backward(BWD, (False,), fold=(FOLD_MAX_WIDTH,)),
+    "ln_relu_bwd_group_last": _backward(dict(BWD, BLOCK_K=16), (True, True), (True, True),
+                                        divisible={"rows", "H", "stride_w"}),
+    "ln_relu_bwd_group": _backward(BWD, (True, True)),
+    "ln_relu_bwd_group3_fold": _backward(BWD, (True, True, False), fold=(64, 32, 64)),
+    "column_sum": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128),
+                   dict(divisible=set(), tuples=dict.fromkeys(("x_ptrs", "out_ptrs", "programs"), 1))),
+    "column_sum_group": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128),
+                         dict(divisible=set(), tuples=dict.fromkeys(("x_ptrs", "out_ptrs", "programs"), 3))),
     # precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
     "mlp_forward_bf16": (_mlp_forward_kernel, dict(NETWORKS=3, SAVE=(False, True, True), **dict(MLP, PRECISION="bf16")),
                          mlp_group_options(3, bf16=True)),
     "reverse_chain_bf16": (_reverse_chain_kernel, dict(PREDICTION="v", SAMPLER="ddpm",
                                                        **dict(MLP, BLOCK_M=32, PRECISION="bf16")), dict(bf16=BF16)),
-    "ln_relu_bwd_bf16": (_ln_relu_bwd_kernel, dict(WEIGHT_GRADS=True, DY_SUMS=False, **dict(BWD, PRECISION="bf16")),
-                         dict(bf16={"pre_ptr"})),
+    "ln_relu_bwd_bf16": _backward(dict(BWD, PRECISION="bf16"), (True,), bf16={"pre_ptrs"}),
+    "ln_relu_bwd_input_fold_bf16": _backward(dict(BWD, PRECISION="bf16"), (False,), fold=(64,),
+                                             bf16={"pre_ptrs", "w1_ptrs"}),
 }
 # The weight-stationary chain at its defaults (BLOCK_M=32, BLOCK_NS=64, num_warps=8), each orchestration
 # stage, tf32 and bf16: one program per SM, so it may hold up to a block's shared memory.
@@ -100,24 +125,31 @@ for _precision, _bf16 in (("tf32", ()), ("bf16", BF16 | {"w2f_ptr"})):
 def compile_sm90(fn, constexprs, num_warps=4, num_stages=2, divisible=DIVISIBLE, bf16=(), tuples=None):
     """fn compiled for sm_90; bf16: pointer arguments that point to bf16 data (the others fp32); tuples:
     {argument: its elements' types} of the tuple arguments (every element divisible by 16 when the argument
-    is in `divisible`)."""
-    sig, tuples = {}, tuples or {}
-    for name in fn.arg_names:
+    is in `divisible`), or {argument: length} (pointers of _pointer's type if the name ends in _ptrs, else i32;
+    divisibility hints on the pointers and on the integers of tuples named in divisible)."""
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in tuples:
-            sig[name] = tuple(tuples[name])
-        elif name.endswith("_ptr"):
-            sig[name] = ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "levels_ptr", "first_ptr", "clock_ptr")
-                         else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16 else "*fp32")
+        elif name in (tuples or {}):
+            typed = not isinstance(tuples[name], int)
+            sig[name] = tuple(tuples[name]) if typed else (
+                (_pointer(name, bf16) if name.endswith("_ptrs") else "i32"),) * tuples[name]
+            attrs.update({(i, j): [["tt.divisibility", 16]] for j, kind in enumerate(sig[name])
+                          if name in divisible or (not typed and kind.startswith("*"))})
         else:
-            sig[name] = "fp32" if name in FLOATS else "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if name not in tuples and (sig[name].startswith("*") or name in divisible)}
-    attrs.update({(i, j): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-                  if name in tuples and name in divisible for j in range(len(tuples[name]))})
+            sig[name] = (_pointer(name, bf16) if name.endswith("_ptr")
+                         else "fp32" if name in FLOATS else "i32")
+            if sig[name].startswith("*") or name in divisible:
+                attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _pointer(name, bf16):
+    """A pointer argument's type: int64 levels and indices, the int32 counter, bf16 where named in bf16, else fp32."""
+    return ("*i64" if name in ("t_ptr", "data_t_ptr", "idx_ptr", "levels_ptr", "first_ptr", "clock_ptr")
+            else "*i32" if name == "counter_ptr" else "*bf16" if name in bf16 else "*fp32")
 
 
 def registers(kernel) -> int:

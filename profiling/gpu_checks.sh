@@ -61,8 +61,9 @@ for stage in "${stages[@]}"; do
         run_stage micro 60 python3 profiling/micro.py --out "$out" --budget 50 ;;
     kernels)
         run_stage kernels 300 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
-            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_bf16.py \
-            tests/test_kernels_tf32.py tests/test_kernels_seeds.py tests/test_kernels_weight_stationary.py \
+            tests/test_kernels_forward.py tests/test_kernels_backward.py tests/test_kernels_backward_group.py \
+            tests/test_kernels_bf16.py tests/test_kernels_tf32.py tests/test_kernels_seeds.py \
+            tests/test_kernels_weight_stationary.py \
             tests/test_ops.py tests/test_kernels_small_mlp.py tests/test_kernels_critic_side.py \
             tests/test_actor_loss_ops.py tests/test_gather_fields.py tests/test_kernels_denoiser_group.py ;;
     chains)

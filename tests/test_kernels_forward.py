@@ -194,6 +194,9 @@ from fastbdm.kernels.sm90_compile import compile_config, resources
 table = resources()  # every kernel at its defaults; raises over a shared-memory limit
 # the weight-stationary chain, every stage, tf32 and bf16: no register spills (no stack frame)
 assert all(entry["stack"] == 0 for name, entry in table.items() if name.startswith("ws_chain")), table
+# the denoiser backward, one network and grouped, with and without the folded input gradient: no spills either
+backward = ("ln_relu_bwd", "column_sum")
+assert all(entry["stack"] == 0 for name, entry in table.items() if name.startswith(backward)), table
 for name in ("ws_chain_persistent", "ws_chain_persistent_bf16"):
     ttgir, ptx = (compile_config(name).asm[kind] for kind in ("ttgir", "ptx"))
     # the group barrier: one arrival per program (thread 0's release add), acquire polls, CTA barriers around

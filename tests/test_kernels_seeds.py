@@ -180,6 +180,6 @@ def test_ops_seed_axis_with_autograd():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     out, pre1, pre2, stats = ops._denoiser_forwards([x], list(weights), [True], "ieee")
     torch.library.opcheck(ops._denoiser_forwards, ([x], list(weights), [True], "ieee"))
-    torch.library.opcheck(ops._denoiser_backward, (torch.randn_like(out), x, list(weights), pre1, pre2, stats,
-                                                   [True] * 11, "ieee"))
+    torch.library.opcheck(ops._denoiser_backward_group, ([torch.randn_like(out)], [x], list(weights), [pre1], [pre2],
+                                                         [stats], [True] * 11, "ieee"))
     torch.library.opcheck(ops._td_loss, (torch.randn(3, 2 * R, N), s, z, done, 0.9))

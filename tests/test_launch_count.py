@@ -151,10 +151,11 @@ def test_a_pair_draws_in_2_seeds_launches_and_a_gather_and_records_metrics_in_se
 
 def test_the_actor_step_launches_the_fused_actor_loss_and_no_critic_weight_gradients():
     """td3sbc, triton: the actor phase of a pair (S = [s; s_rand], pi(S), Q1, the SBC rows, E and D', the
-    losses, their backward to the actor's weights) is 14 launches (84 before the actor loss's kernels, 21 before
-    its backward started at the networks' outputs, 15 before E and D' ran in one launch): one weight-gradient launch (the actor's: the critic's weights
-    are constants there), no zero fills, no slice or select backward, no copy of the batch's column views, no
-    seed gradient, no scaling of the kernels' gradients, one add (pi(S)'s gradients from Q1 and actor_terms)."""
+    losses, their backward to the actor's weights) is 13 launches (84 before the actor loss's kernels, 21 before
+    its backward started at the networks' outputs, 15 before E and D' ran in one launch and D''s input
+    gradient was folded into its layer-1 backward launch): one weight-gradient launch (the actor's: the critic's
+    weights are constants there), no input-gradient matmul, no zero fills, no slice or select backward, no copy
+    of the batch's column views, no seed gradient, no scaling of the kernels' gradients, one add (pi(S)'s gradients from Q1 and actor_terms)."""
     from fastbdm import Batch, TD3SBC, TD3SBCConfig
 
     n, m, rows = 5, 2, 24
@@ -178,4 +179,5 @@ def test_the_actor_step_launches_the_fused_actor_loss_and_no_critic_weight_gradi
     assert not {"aten::ones_like", "aten::mul"} & set(actor)
     assert actor["aten::add"] == 1
     assert actor["triton::_mlp_forward_kernel"] == 1  # E and D', one denoiser group
-    assert sum(actor.values()) == 14
+    assert "aten::bmm" not in actor  # d rows = dz1 @ W1 of D' in the layer-1 kernel
+    assert sum(actor.values()) == 13

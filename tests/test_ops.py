@@ -88,13 +88,13 @@ def test_sbc_action_gradient_through_target_denoiser(monkeypatch):
     """d/dA of sum(w * D'(x_t, S, c, A)) with D' frozen: the actor's state-BC path (docs/ALGORITHM.md#state-behaviour-cloning);
     the backward computes the input gradient only."""
     calls = []
-    original = ops.denoiser_backward.mlp_backward
+    original = ops.denoiser_backward.mlp_backward_group
 
-    def spy(*args, **kwargs):
-        calls.append((kwargs["need_input_grad"], list(kwargs["need_weight_grads"])))
-        return original(*args, **kwargs)
+    def spy(grad_outs, rows, weights, acts, need_weight_grads, need_input_grads, *args):
+        calls.append((list(need_input_grads), [list(flags) for flags in need_weight_grads]))
+        return original(grad_outs, rows, weights, acts, need_weight_grads, need_input_grads, *args)
 
-    monkeypatch.setattr(ops.denoiser_backward, "mlp_backward", spy)
+    monkeypatch.setattr(ops.denoiser_backward, "mlp_backward_group", spy)
     triton_bdm, _ = make_pair()
     sch, weights = triton_bdm.schedule, triton_bdm.target_denoiser.weights()
     t = torch.randint(0, sch.steps, (B,))
@@ -107,7 +107,7 @@ def test_sbc_action_gradient_through_target_denoiser(monkeypatch):
         out = backend.denoiser_forward(rows, weights)
         grads.append(torch.autograd.grad((w * out).sum(), A)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
-    assert calls == [(True, [False] * len(weights))]
+    assert calls == [([True], [[False] * len(weights)])]
 
 
 def test_noised_rows_and_no_grad_forward_match_reference():
@@ -168,10 +168,10 @@ def test_opcheck():
         (ops._noised_rows, (x0, eps, t, None, None, sch.sqrt_ab, sch.sqrt_one_minus_ab, sch.steps)),
         (ops._denoiser_forwards, ([rows.detach()], [w.detach() for w in weights], [False], "ieee")),
         (ops._denoiser_forwards, ([rows.detach()], [w.detach() for w in weights], [True], "ieee")),
-        (ops._denoiser_backward, (torch.randn_like(out), rows.detach(), [w.detach() for w in weights], pre1, pre2,
-                                  stats, [True] * 11, "ieee")),
-        (ops._denoiser_backward, (torch.randn_like(out), rows.detach(), [w.detach() for w in weights], pre1, pre2,
-                                  stats, [True] + [False] * 10, "ieee")),
+        (ops._denoiser_backward_group, ([torch.randn_like(out)], [rows.detach()], [w.detach() for w in weights],
+                                        [pre1], [pre2], [stats], [True] * 11, "ieee")),
+        (ops._denoiser_backward_group, ([torch.randn_like(out)], [rows.detach()], [w.detach() for w in weights],
+                                        [pre1], [pre2], [stats], [True] + [False] * 10, "ieee")),
         (ops._reverse_chain, ([w.detach() for w in weights], [s], [a], x0, buffers, sch.steps, "sample", "ddim",
                               None, "ieee")),
         (ops._reverse_chain, ([w.detach() for w in weights], [s[:5], s[5:]], [a[:5], a[5:]], x0, buffers, sch.steps,
