@@ -136,8 +136,9 @@ def test_td3sbc_target_values_on_triton_are_the_torch_modules_target_action_and_
     working on both."""
     n, m, rows = 5, 3, 21
     kwargs = dict(actor_hidden=(16, 24), critic_hidden=(16, 16, 24), critic_layer_norm=layer_norm, steps=3)
-    agents = {backend: TD3SBC(n, m, 0.8, TD3SBCConfig.for_algo("rebrac", backend=backend, precision="ieee", **kwargs))
-              for backend in ("torch", "triton")}
+    device = torch.empty(0).device  # the GPU under FASTBDM_TEST_DEVICE=cuda
+    agents = {backend: TD3SBC(n, m, 0.8, TD3SBCConfig.for_algo("rebrac", backend=backend, precision="ieee", **kwargs),
+                              device) for backend in ("torch", "triton")}
     agents["triton"].load_state_dict(agents["torch"].state_dict())
     s, normal = torch.randn(rows, n), 3 * torch.randn(rows, m)
     with LaunchCounter() as counter:
