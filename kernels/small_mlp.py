@@ -25,6 +25,11 @@ layer's weight matrix x seeds x members) reduces over all rows in one program pe
 order (no atomics): dW_l = h_{l-1}^T dz_l with h_{l-1} recomputed from pre_{l-1} on load, and the
 programs of a layer's first row of tiles the vectors db_l = sum dz_l, dg_l = sum dh_l xhat_l,
 dbeta_l = sum dh_l.
+
+Two row-local chains of networks, each row's work in one program (one launch for what was two or three):
+`_target_values_kernel` (TD3's target side: rows through pi', smoothed, through a critic member) and
+`_policy_value_deltas_kernel` (the actor's backward: rows back through Q1 to its action input, the other
+terms' action gradient added, on back through the actor; then the actor's `_weight_grads_kernel`).
 """
 import functools
 
@@ -324,8 +329,9 @@ def _policy_value_deltas_kernel(
     back through the actor a = pi(s): grad_q (S, R) d loss / d Q1, grad_a (S, R, m) d loss / d a (the other
     terms'), a (S, R, m) pi(s). The critic (layout "ensemble", member 0 of M_STORED) with its forward's pre_l
     (S, 1, R, H_l), stats (S, 2L, 1, R) and scratch dh_l, dz_l, dzo; the actor (layout "linear", no LayerNorm,
-    max_action tanh) with pre_l (S, 1, R, H_l) and its forward's (unwritten) stats -> its dzo (S, 1, R, m), dh_l, dz_l (S, 1, R, H_l): the inputs
-    of its _weight_grads_kernel. The action gradient d loss / d a stays in registers."""
+    max_action tanh) with its forward's pre_l (S, 1, R, H_l) and (unwritten) stats -> its dzo (S, 1, R, m),
+    dh_l, dz_l (S, 1, R, H_l): the inputs of its _weight_grads_kernel. The action gradient d loss / d a stays
+    in registers."""
     pid = tl.program_id(0)
     sid = tl.program_id(1).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
