@@ -30,11 +30,12 @@ class _Backend:
     backend: str = "torch"
     precision: str = "tf32"
 
-    def _fused(self, like: torch.Tensor):
-        """ops.small_mlp at self.precision when the backend resolves to "triton" for like's device, else None."""
+    def _fused(self, like: torch.Tensor, name: str = "small_mlp"):
+        """ops.`name` (small_mlp or small_mlp_saved) at self.precision when the backend resolves to "triton" for
+        like's device, else None."""
         if resolve_backend(self.backend, like.device) != "triton":
             return None
-        return kernel_ops("triton", self.precision).small_mlp
+        return getattr(kernel_ops("triton", self.precision), name)
 
 
 class Actor(_Backend, nn.Module):
@@ -54,8 +55,18 @@ class Actor(_Backend, nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         fused = self._fused(s)
         if fused is not None:
-            return fused(s, None, list(self.net.parameters()), "linear", False, 1, self.max_action).squeeze(-3)
+            return fused(s, None, self.weights(), "linear", False, 1, self.max_action).squeeze(-3)
         return self.max_action * torch.tanh(self.net(s))
+
+    def saved_forward(self, s: torch.Tensor):
+        """On the Triton backend the fused forward with its saved activations (ops.SavedForward, out (1, B, m):
+        forward's, differentiable as it), for a backward the caller launches; None on the torch backend."""
+        fused = self._fused(s, "small_mlp_saved")
+        return None if fused is None else fused(s, None, self.weights(), "linear", False, 1, self.max_action)
+
+    def weights(self) -> list:
+        """(W, b) per layer, W (out, in): the layout "linear" of kernels/small_mlp.py."""
+        return list(self.net.parameters())
 
 
 class NormalizedPolicy(nn.Module):
@@ -119,6 +130,15 @@ class TwinCritic(_Backend, nn.Module):
                 x = F.layer_norm(x, x.shape[-1:]) * g[:count] + beta[:count]
         w, b = next(weights), next(weights)
         return torch.baddbmm(b[:count], x, w[:count]).squeeze(-1)
+
+    def saved_forward(self, s: torch.Tensor, a: torch.Tensor, members: int = None, frozen: bool = False):
+        """On the Triton backend forward's fused launch with its saved activations (ops.SavedForward, out
+        (members, B, 1)); None on the torch backend."""
+        fused = self._fused(s, "small_mlp_saved")
+        if fused is None:
+            return None
+        weights = [w.detach() for w in self.weights()] if frozen else self.weights()
+        return fused(s, a, weights, "ensemble", self.layer_norm, self.members if members is None else members)
 
     def weights(self) -> list:
         """(W, b, g, beta) per hidden layer ((W, b) without layer_norm), then (W_out, b_out): the layout

@@ -11,7 +11,7 @@ its buffers.
 """
 import functools
 from types import SimpleNamespace
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -410,6 +410,81 @@ def small_mlp(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0, pre
     return _small_mlp(x1, x2, weights, layout, layer_norm, members, float(out_scale), precision)
 
 
+
+class SavedForward(NamedTuple):
+    """A small MLP's fused forward with what its backward reads (small_mlp_forward(save_activations=True)):
+    out ([S,] members, R, N_OUT), stats ([S,] 2L, members, R), pres ([S,] members, R, H_l) per hidden layer."""
+
+    out: Tensor
+    stats: Tensor
+    pres: Tuple[Tensor, ...]
+
+
+def small_mlp_saved(x1, x2, weights, layout, layer_norm, members=1, out_scale=0.0,
+                    precision: str = DEFAULT_PRECISION) -> SavedForward:
+    """small_mlp with its saved activations (the same one launch): out differentiable as small_mlp's when an
+    input requires grad (the activations are the autograd node's own), else no graph."""
+    weights = list(weights)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (x1, x2, *weights)):
+        out, stats, *pres = _SmallMLP.apply(x1, x2, layout, layer_norm, members, float(out_scale), precision, *weights)
+    else:
+        out, stats, *pres = _small_mlp_train(x1, x2, weights, layout, layer_norm, members, float(out_scale), precision)
+    return SavedForward(out, stats, tuple(pres))
+
+
+@torch.library.custom_op("fastbdm::target_values", mutates_args=())
+def _target_values(s: Tensor, normal: Tensor, actor_weights: List[Tensor], critic_weights: List[Tensor],
+                   layer_norm: bool, members: int, max_action: float, policy_noise: float, noise_clip: float,
+                   precision: str) -> Tuple[Tensor, Tensor]:
+    return small_mlp_kernels.target_values(s, normal, actor_weights, critic_weights, layer_norm, members, max_action,
+                                           policy_noise, noise_clip, precision)
+
+
+@_target_values.register_fake
+def _(s, normal, actor_weights, critic_weights, layer_norm, members, max_action, policy_noise, noise_clip, precision):
+    lead, rows = s.shape[:-2], s.shape[-2]
+    return (s.new_empty((*lead, rows, actor_weights[-2].shape[-2]), dtype=torch.float32),
+            s.new_empty((*lead, members, rows), dtype=torch.float32))
+
+
+def target_values(s, normal, actor_weights, critic_weights, layer_norm: bool, members: int, max_action: float,
+                  policy_noise: float, noise_clip: float, precision: str = DEFAULT_PRECISION) -> Tuple[Tensor, Tensor]:
+    """reference.target_values in one launch (no grad): the target actor (Actor's layout) and critics (TwinCritic's)
+    at s (R, n) with the smoothing draws normal (R, m) -> (a' (R, m), Q' (members, R)); seed axis: a leading S."""
+    return _target_values(s.detach(), normal.detach(), [w.detach() for w in actor_weights],
+                          [w.detach() for w in critic_weights], bool(layer_norm), int(members), float(max_action),
+                          float(policy_noise), float(noise_clip), precision)
+
+
+@torch.library.custom_op("fastbdm::policy_value_grads", mutates_args=())
+def _policy_value_grads(grad_q: Tensor, grad_a: Tensor, s: Tensor, actor_weights: List[Tensor], a: Tensor,
+                        actor_stats: Tensor, actor_pres: List[Tensor], critic_weights: List[Tensor],
+                        critic_stats: Tensor, critic_pres: List[Tensor], layer_norm: bool, max_action: float,
+                        precision: str) -> List[Tensor]:
+    """The actor's weights' gradients (two launches: small_mlp_kernels.policy_value_backward)."""
+    return list(small_mlp_kernels.policy_value_backward(grad_q, grad_a, s, actor_weights, a, (actor_stats, actor_pres),
+                                                        critic_weights, (critic_stats, critic_pres), layer_norm,
+                                                        max_action, precision))
+
+
+@_policy_value_grads.register_fake
+def _(grad_q, grad_a, s, actor_weights, a, actor_stats, actor_pres, critic_weights, critic_stats, critic_pres,
+      layer_norm, max_action, precision):
+    return [torch.empty_like(w, dtype=torch.float32) for w in actor_weights]
+
+
+def policy_value_grads(grad_q, grad_a, s, actor_weights, actor: SavedForward, critic_weights, critic: SavedForward,
+                       layer_norm: bool, max_action: float, precision: str = DEFAULT_PRECISION) -> List[Tensor]:
+    """reference.policy_value_grads in two launches (no add of Q1's action gradient to grad_a, no launch of the
+    actor's own deltas): grad_q (R,) d loss / d Q1(s, a), grad_a (R, m) d loss / d a, s (R, n); actor, critic the
+    SavedForwards of a = pi(s) (Actor's layout) and of Q1(s, a) (TwinCritic's, members 1) -> the gradients of the
+    actor's weights (its weights' order). Seed axis: a leading S on every tensor, weights stacked."""
+    detached = lambda ws: [w.detach() for w in ws]  # noqa: E731
+    return _policy_value_grads(grad_q.detach(), grad_a.detach(), s.detach(), detached(actor_weights),
+                               actor.out.detach().squeeze(-3), actor.stats, detached(actor.pres),
+                               detached(critic_weights), critic.stats, detached(critic.pres), bool(layer_norm),
+                               float(max_action), precision)
+
 # --- vmap over seeds: each op's batching rule is its seed axis (kernels/seed_axis.py) -----------------
 
 def _seed_first(x, dim, seeds):
@@ -449,6 +524,8 @@ _register_seed_vmap(_td_loss, {0, 1, 2, 3}, (0, 0))
 _register_seed_vmap(_small_mlp, {0, 1, 2}, 0)
 _register_seed_vmap(_small_mlp_train, {0, 1, 2}, 0)
 _register_seed_vmap(_small_mlp_backward, {0, 1, 2, 3, 4, 5, 6}, 0)
+_register_seed_vmap(_target_values, {0, 1, 2, 3}, (0, 0))
+_register_seed_vmap(_policy_value_grads, set(range(10)), 0)
 
 
 def _denoiser_backward_group_vmap(info, in_dims, grad_outs, rows, weights, pre1, pre2, stats, needs, precision):
@@ -781,6 +858,9 @@ _AT_PRECISION = {
                                denoiser_forward=functools.partial(denoiser_forward, precision=precision),
                                denoiser_forwards=functools.partial(denoiser_forwards, precision=precision),
                                small_mlp=functools.partial(small_mlp, precision=precision),
+                               small_mlp_saved=functools.partial(small_mlp_saved, precision=precision),
+                               target_values=functools.partial(target_values, precision=precision),
+                               policy_value_grads=functools.partial(policy_value_grads, precision=precision),
                                reverse_chain=functools.partial(reverse_chain, precision=precision))
     for precision in denoiser_mlp.PRECISIONS
 }
@@ -789,6 +869,7 @@ _AT_PRECISION = {
 def with_precision(precision: str) -> SimpleNamespace:
     """This module's kernel functions (noised_rows, denoiser_forward(s), reverse_chain, td_loss, small_mlp, and the
     actor loss's sbc_states, sbc_rows, sbc_loss, actor_terms)
-    with the MLP kernels' precision fixed, the interface of fastbdm.reference."""
+    with the MLP kernels' precision fixed, the interface of fastbdm.reference; and the Triton backend's own
+    small_mlp_saved, target_values, policy_value_grads (TD3SBC's target side and actor backward)."""
     denoiser_mlp.check_precision(precision)
     return _AT_PRECISION[precision]

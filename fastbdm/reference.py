@@ -219,6 +219,26 @@ def smoothed_action(action, normal, policy_noise: float, noise_clip: float, max_
     return (action + noise).clamp(-max_action, max_action)
 
 
+def target_values(s, normal, actor_weights, critic_weights, layer_norm, members, max_action, policy_noise: float,
+                  noise_clip: float):
+    """TD3's target side: a' = smoothed_action(pi'(s'), normal, ...) and Q'(s', a') of the first `members`
+    critics; s (R, n), normal (R, m), actor_weights small_mlp's layout "linear" (tanh scaled by max_action),
+    critic_weights "ensemble" -> (a' (R, m), Q' (members, R)). Seed axis: a leading S on s, normal and the
+    results, weights stacked (S, ...)."""
+    pi = small_mlp(s, None, actor_weights, "linear", False, 1, max_action)[..., 0, :, :]
+    action = smoothed_action(pi, normal, policy_noise, noise_clip, max_action)
+    return action, small_mlp(s, action, critic_weights, "ensemble", layer_norm, members)[..., 0]
+
+def policy_value_grads(grad_q, grad_a, s, actor_weights, critic_weights, layer_norm, max_action):
+    """The actor's weights' gradients of grad_q . Q1(s, a) + grad_a . a at a = pi(s) (the actor loss's backward
+    from its two outputs, Q1's weights constants): grad_q (R,), grad_a (R, m), s (R, n), the weights as
+    target_values' -> a tuple in actor_weights' order. Seed axis: a leading S, weights stacked (S, ...)."""
+    with torch.enable_grad():
+        weights = [w.detach().requires_grad_() for w in actor_weights]
+        a = small_mlp(s, None, weights, "linear", False, 1, max_action)[..., 0, :, :]
+        q = small_mlp(s, a, [w.detach() for w in critic_weights], "ensemble", layer_norm, 1)[..., 0, :, 0]
+        return torch.autograd.grad([q, a], weights, [grad_q, grad_a])
+
 # --- the actor loss's terms (issue 14: kernels/state_bc.py, kernels/actor_terms.py) -----------------------
 
 def sbc_states(s, normal) -> torch.Tensor:

@@ -180,7 +180,7 @@ class SeedBatch:
             steps = [list(pair) for pair in zip(batches, noises)]
             frozen = [FrozenOutputs(**fields) for fields in self._per_seed(present, {}, self.parameters, steps)]
         # pi(S) without its graph: the actor loss evaluates it again under torch.func.grad
-        frozen[-1] = frozen[-1]._replace(sbc_actions=None)
+        frozen[-1] = frozen[-1]._replace(sbc_actions=None, sbc_policy=None)
         return [self.update(b, noise, f) for b, noise, f in zip(batches, noises, frozen)]
 
     @staticmethod

@@ -66,7 +66,9 @@ class FrozenOutputs(NamedTuple):
 
     next_action (B, m): the target action a'. q_target (2, B): Q1', Q2' at (s', a'). samples (B, n): the
     BDM target chain's x0 on (s', a'). sbc_states (2B, n) and sbc_actions (2B, m) = pi(S) with its
-    graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0."""
+    graph (None: the actor loss evaluates pi(S) itself); sbc_samples (2B, n): the SBC chain's x0; sbc_policy:
+    on the Triton backend pi(S)'s ops.SavedForward (sbc_actions its output), which actor_gradients goes back
+    through."""
 
     next_action: Optional[torch.Tensor] = None
     q_target: Optional[torch.Tensor] = None
@@ -74,6 +76,7 @@ class FrozenOutputs(NamedTuple):
     sbc_states: Optional[torch.Tensor] = None
     sbc_actions: Optional[torch.Tensor] = None
     sbc_samples: Optional[torch.Tensor] = None
+    sbc_policy: Optional[tuple] = None
 
 
 @dataclass
@@ -261,6 +264,18 @@ class TD3SBC(nn.Module):
         return self._backend_ops(next_obs).smoothed_action(self.actor_target(next_obs), normal, cfg.policy_noise,
                                                            cfg.noise_clip, self.max_action)
 
+    def target_values(self, next_obs: torch.Tensor, normal: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(a' = target_action(next_obs, normal) (B, m), Q1', Q2'(s', a') (2, B)), no graph: on the Triton
+        backend one launch (ops.target_values), else target_action and the target critics."""
+        if resolve_backend(self.critic_target.backend, next_obs.device) != "triton":
+            with torch.no_grad():
+                action = self.target_action(next_obs, normal)
+                return action, self.critic_target(next_obs, action)
+        cfg, critic = self.config, self.critic_target
+        return kernel_ops("triton", critic.precision).target_values(
+            next_obs, normal, self.actor_target.weights(), critic.weights(), critic.layer_norm, critic.members,
+            self.max_action, cfg.policy_noise, cfg.noise_clip)
+
     def critic_loss(self, b: Batch, next_action: torch.Tensor, q_target: torch.Tensor = None
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """ReBRAC critic loss summed over the two critics (docs/ALGORITHM.md#critic-loss), and the mean of
@@ -347,39 +362,53 @@ class TD3SBC(nn.Module):
         """d actor_loss / d the actor's parameters (in their order) and actor_loss's terms, detached. With the
         Triton kernels, backward starts at the networks' outputs with the kernels' own gradients (no seed,
         scaling or loss-sum launch): D''s backward takes the SBC term's gradient to pi(S), which
-        actor_terms adds into its own; then one backward from Q1 and pi(S)."""
+        actor_terms adds into its own; then ops.policy_value_grads goes back from Q1 and pi(S) through the
+        critic to pi(S) and on through the actor in one launch, and writes the actor's weight gradients in
+        a second (no autograd over the actor and the critic)."""
         params = list(self.actor.parameters())
         if resolve_backend(self.actor.backend, b.obs.device) != "triton":
             loss, terms = self.actor_loss(b, noise, frozen)
             return list(torch.autograd.grad(loss, params)), {k: v.detach() for k, v in terms.items()}
-        cfg = self.config
-        S, A, q1, noise, frozen = self._actor_outputs(b, noise, frozen)
+        cfg, ops = self.config, self.actor_ops(b.obs)
+        S, noise, frozen = self._actor_states(b, noise, frozen)
+        policy = None if frozen is None else frozen.sbc_policy
+        if policy is None:
+            with torch.no_grad():
+                policy = self.actor.saved_forward(S)
+        A = policy.out.squeeze(-3).detach()
+        critic = self.critic.saved_forward(S, A, members=1, frozen=True)  # Q1 with its activations, no graph
+        q1 = critic.out[..., 0, :, 0]
         sbc = None
         if self.bdm is not None:
+            A.requires_grad_()
             sbc = self.state_bc_term(S, A, noise, frozen.sbc_samples)
             # d sbc / d pi(S): D''s rows' action columns, a view that actor_terms reads in place
             sbc = sbc._replace(grad=torch.autograd.grad(sbc.output, A, sbc.grad)[0])
-        loss, bc, lam, grad_a, grad_q = self.actor_ops(A).actor_terms_grads(
-            A, b.actions, q1, cfg.alpha, cfg.w_actor_bc, cfg.algo == "td3bc", sbc)
-        grads = torch.autograd.grad([q1, A], params, [grad_q, grad_a])
+        loss, bc, lam, grad_a, grad_q = ops.actor_terms_grads(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
+                                                              cfg.algo == "td3bc", sbc)
+        grads = ops.policy_value_grads(grad_q, grad_a, S, self.actor.weights(), policy, self.critic.weights(), critic,
+                                       self.critic.layer_norm, self.max_action)
         terms = {"actor_loss": loss, "bc": bc, "lambda": lam}
         if sbc is not None:
             terms["sbc"] = sbc.loss.detach()
         return list(grads), terms
 
-    def _actor_outputs(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs):
-        """The actor loss's networks' outputs: (S, A = pi(S), Q1(S, A) (R,), noise, frozen), S the batch's
-        states (rebrac, td3bc) or the SBC states (td3sbc: [s; s_rand], from frozen; noise and frozen
-        computed when None)."""
+    def _actor_states(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs):
+        """(S, noise, frozen): the actor loss's states S, the batch's (rebrac, td3bc) or the SBC states (td3sbc:
+        [s; s_rand], from frozen; noise and frozen computed when None)."""
         if self.bdm is None:
-            S, A = b.obs, self.actor(b.obs)
-        else:
-            if noise is None:
-                noise = self.draw_noise(b.obs.shape[0], b.obs.device)
-            if frozen is None:
-                frozen = self.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]
-            S = frozen.sbc_states
-            A = self.actor(S) if frozen.sbc_actions is None else frozen.sbc_actions
+            return b.obs, noise, frozen
+        if noise is None:
+            noise = self.draw_noise(b.obs.shape[0], b.obs.device)
+        if frozen is None:
+            frozen = self.frozen_outputs([(b, noise)], actor_last=True, targets=False)[0]
+        return frozen.sbc_states, noise, frozen
+
+    def _actor_outputs(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs):
+        """The actor loss's networks' outputs: (S, A = pi(S), Q1(S, A) (R,), noise, frozen), S as _actor_states'
+        (pi(S) from frozen when there)."""
+        S, noise, frozen = self._actor_states(b, noise, frozen)
+        A = self.actor(S) if frozen is None or frozen.sbc_actions is None else frozen.sbc_actions
         # Q1 on every row of (S, pi(S)), of which the terms read the batch's (the first B): the gradients
         # reach A without a slice's zero fill and copy. The critic's weights as constants: no weight
         # gradients. squeeze, not [0]: no select_backward.
@@ -448,8 +477,7 @@ class TD3SBC(nn.Module):
             if targets:
                 with phase("critic"):
                     next_obs = concat_rows([b.next_obs for b, _ in steps])
-                    merged = self.target_action(next_obs, concat_rows([n.policy for _, n in steps]))
-                    q = self.critic_target(next_obs, merged)
+                    merged, q = self.target_values(next_obs, concat_rows([n.policy for _, n in steps]))
                     next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
                 if self.bdm is not None:
                     chain_s.append(next_obs)
@@ -457,12 +485,13 @@ class TD3SBC(nn.Module):
                     chain_z += [n.bdm_z for _, n in steps]
                     chain_noise += [n.bdm_chain for _, n in steps]
                     sizes += rows
-        S = A = None
+        S = A = policy = None
         if actor_last and self.bdm is not None:
             b, noise = steps[-1]
             with phase("actor"):
                 S = self.sbc_states(b.obs, noise.sbc_normal)
-                A = self.actor(S)
+                policy = self.actor.saved_forward(S)  # Triton: with the activations actor_gradients reads
+                A = self.actor(S) if policy is None else policy.out.squeeze(-3)
             chain_s.append(S)
             chain_a.append(A.detach())
             chain_z.append(noise.sbc_z)
@@ -480,7 +509,7 @@ class TD3SBC(nn.Module):
                     samples = parts
         outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_target, samples)]
         if S is not None:
-            outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples)
+            outputs[-1] = outputs[-1]._replace(sbc_states=S, sbc_actions=A, sbc_samples=sbc_samples, sbc_policy=policy)
         return outputs
 
     def update(self, b: Batch, noise: UpdateNoise = None) -> Dict[str, torch.Tensor]:

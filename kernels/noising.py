@@ -214,15 +214,22 @@ def bdm_td_rows(s, a, s_next, a_next, samples, done, t, eps, sqrt_ab, sqrt_1m_ab
 
 
 @triton.jit
+def smoothed(action, normal, policy_noise, noise_clip, max_action):
+    """clamp(action + clamp(policy_noise normal, -noise_clip, noise_clip), -max_action, max_action), elementwise
+    (0 where action and normal are 0)."""
+    noise = tl.minimum(tl.maximum(normal * policy_noise, -noise_clip), noise_clip)
+    return tl.minimum(tl.maximum(action + noise, -max_action), max_action)
+
+
+@triton.jit
 def _smoothed_action_kernel(action_ptr, normal_ptr, out_ptr, numel, policy_noise, noise_clip, max_action,
                             BLOCK: tl.constexpr):
     """One program: BLOCK elements of the flat action, normal and out (any leading axes, seeds included)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
-    noise = tl.load(normal_ptr + offs, mask=ok, other=0.0) * policy_noise
-    noise = tl.minimum(tl.maximum(noise, -noise_clip), noise_clip)
-    out = tl.load(action_ptr + offs, mask=ok, other=0.0) + noise
-    tl.store(out_ptr + offs, tl.minimum(tl.maximum(out, -max_action), max_action), mask=ok)
+    out = smoothed(tl.load(action_ptr + offs, mask=ok, other=0.0), tl.load(normal_ptr + offs, mask=ok, other=0.0),
+                   policy_noise, noise_clip, max_action)
+    tl.store(out_ptr + offs, out, mask=ok)
 
 
 def smoothed_action(action, normal, policy_noise, noise_clip, max_action, block=1024, num_warps=4):

@@ -65,7 +65,8 @@ for stage in "${stages[@]}"; do
             tests/test_kernels_bf16.py tests/test_kernels_tf32.py tests/test_kernels_seeds.py \
             tests/test_kernels_weight_stationary.py \
             tests/test_ops.py tests/test_kernels_small_mlp.py tests/test_kernels_critic_side.py \
-            tests/test_actor_loss_ops.py tests/test_gather_fields.py tests/test_kernels_denoiser_group.py ;;
+            tests/test_actor_loss_ops.py tests/test_gather_fields.py tests/test_kernels_denoiser_group.py \
+            tests/test_small_mlp_chains.py ;;
     chains)
         run_stage chains 150 python3 profiling/micro.py --parts chains --json chains.json --out "$out" --budget 140
         run_stage chain_model 20 python3 profiling/chain_model.py --micro "$out/micro.json" \

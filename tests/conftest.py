@@ -7,7 +7,7 @@ tensor and module the tests create defaults to the GPU (torch.set_default_device
     FASTBDM_TEST_DEVICE=cuda pytest tests/test_kernels_forward.py tests/test_kernels_backward.py \
         tests/test_kernels_bf16.py tests/test_kernels_tf32.py tests/test_ops.py tests/test_kernels_small_mlp.py \
         tests/test_kernels_critic_side.py tests/test_actor_loss_ops.py tests/test_gather_fields.py \
-        tests/test_kernels_denoiser_group.py
+        tests/test_kernels_denoiser_group.py tests/test_small_mlp_chains.py
 """
 import os
 

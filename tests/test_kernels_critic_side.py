@@ -240,8 +240,8 @@ def test_critic_side_terms_on_triton_match_the_torch_backend(prediction, compat)
 
 
 def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
-    """Per update pair on the triton backend: the target action (pi' + its smoothing kernel) and Q' once on
-    both updates' next states (their only torch ops the cats that merge these separate tensors; a pair drawn
+    """Per update pair on the triton backend: the target action (pi' and its smoothing) and Q' in one launch
+    on both updates' next states (their only torch ops the cats that merge these separate tensors; a pair drawn
     by fastbdm.update_draws merges them as views, tests/test_row_blocks.py), then per update the critic
     forward and its loss kernel, the BDM rows kernel (E's rows too), D', D and E forwards in one launch (a
     denoiser group) and the TD loss kernel (E's loss too); no launch summing the losses, and a backward of the networks' kernels (and the
@@ -253,7 +253,8 @@ def test_a_pairs_critic_side_launches_the_fused_kernels_and_no_glue():
     with LaunchCounter() as counter:
         agent.update_pair(batches, noises)
     phases = counter.by_phase()
-    assert phases["critic"]["triton"] == 3 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 3, "total": 6}
+    assert counter.ops["critic", "triton::_target_values_kernel"] == 1
+    assert phases["critic"]["triton"] == 1 + 2 * 2 and phases["bdm"] == {"aten": 0, "triton": 2 * 3, "total": 6}
     assert counter.ops["bdm", "triton::_bdm_td_rows_kernel"] == counter.ops["bdm", "triton::_td_loss_kernel"] == 2
     assert counter.ops["bdm", "triton::_mlp_forward_kernel"] == 2
     assert "data_denoiser" not in phases

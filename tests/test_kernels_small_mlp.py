@@ -241,25 +241,28 @@ import os, subprocess, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fastbdm.kernels.small_mlp import _backward_deltas_kernel, _forward_kernel, _weight_grads_kernel
+from fastbdm.kernels.small_mlp import (_backward_deltas_kernel, _forward_kernel, _policy_value_deltas_kernel,
+                                       _target_values_kernel, _weight_grads_kernel)
 
 L = 3  # hidden layers: the tuples of per-layer pointers (L, or L + 1 with the output layer) and widths (L + 2)
-LONG = {"w_ptrs": L + 1, "b_ptrs": L + 1, "dw_ptrs": L + 1, "db_ptrs": L + 1, "widths": L + 2}
+LONG = {"w_ptrs": L + 1, "b_ptrs": L + 1, "dw_ptrs": L + 1, "db_ptrs": L + 1, "aw_ptrs": L + 1, "ab_ptrs": L + 1,
+        "cw_ptrs": L + 1, "cb_ptrs": L + 1, "widths": L + 2, "actor_widths": L + 2, "critic_widths": L + 2}
+FLOATS = ("eps", "out_scale", "max_action", "policy_noise", "noise_clip")
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
-def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
+def compile_sm90(fn, constexprs, label, num_warps=4, num_stages=2):
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):  # R = 1024 and every width a multiple of 16: divisibility hints
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name == "x_strides":  # the inputs' seed and row strides: no divisibility assumed
+        elif name in ("x_strides", "strides"):  # the inputs' seed and row strides: no divisibility assumed
             sig[name] = ("i32",) * 4
-        elif name.endswith("_ptrs") or name == "widths":
+        elif name.endswith("_ptrs") or name.endswith("widths"):
             count = LONG.get(name, L)
-            sig[name] = tuple(["i32" if name == "widths" else "*fp32"] * count)
+            sig[name] = tuple(["i32" if name.endswith("widths") else "*fp32"] * count)
             attrs.update({(i, k): [["tt.divisibility", 16]] for k in range(count)})
         else:
-            sig[name] = "*fp32" if name.endswith("_ptr") else "fp32" if name in ("eps", "out_scale") else "i32"
+            sig[name] = "*fp32" if name.endswith("_ptr") else "fp32" if name in FLOATS else "i32"
             if name.endswith("_ptr") or name == "R":
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
@@ -269,24 +272,31 @@ def compile_sm90(fn, constexprs, num_warps=4, num_stages=2):
         f.flush()
         usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True,
                                check=True).stdout.strip().splitlines()[-1]
-    print(fn.__name__, constexprs["PRECISION"], "critics" if constexprs["ENSEMBLE"] else "actor",
+    print(fn.__name__, constexprs["PRECISION"], label,
           usage.split("CONSTANT")[0].strip(), "shared", kernel.metadata.shared)
     assert "LOCAL:0 " in usage, (fn.__name__, usage)  # no register spills
     assert kernel.metadata.shared < 200 * 1024, (fn.__name__, kernel.metadata.shared)  # sm_90: 227 KB per block
 
 NETS = ((True, True, False), (False, False, True))  # (ENSEMBLE, LAYER_NORM, TANH): the critics, the actor
+NAMES = {True: "critics", False: "actor"}
 for (ensemble, layer_norm, tanh), precision in [*((net, "tf32") for net in NETS), (NETS[0], "bf16")]:
-    net = dict(NUM_HIDDEN=L, ENSEMBLE=ensemble, LAYER_NORM=layer_norm, PRECISION=precision)
-    compile_sm90(_forward_kernel, dict(net, TANH=tanh, SAVE=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=16))
+    net, label = dict(NUM_HIDDEN=L, ENSEMBLE=ensemble, LAYER_NORM=layer_norm, PRECISION=precision), NAMES[ensemble]
+    compile_sm90(_forward_kernel, dict(net, TANH=tanh, SAVE=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_O=16),
+                 label)
     compile_sm90(_backward_deltas_kernel, dict(net, TANH=tanh, NEED_X1=False, NEED_X2=ensemble, BLOCK_M=32,
-                                               BLOCK_H=64, BLOCK_K=32, BLOCK_O=16, BLOCK_D=32))
-    compile_sm90(_weight_grads_kernel, dict(net, BLOCK_R=32, BLOCK_I=32, BLOCK_J=64, BLOCK_O=16))
+                                               BLOCK_H=64, BLOCK_K=32, BLOCK_O=16, BLOCK_D=32), label)
+    compile_sm90(_weight_grads_kernel, dict(net, BLOCK_R=32, BLOCK_I=32, BLOCK_J=64, BLOCK_O=16), label)
+# the two chains (actor and critics, three hidden layers each): the target side, the actor's backward through Q1
+chains = dict(ACTOR_HIDDEN=L, CRITIC_HIDDEN=L, LAYER_NORM=True, BLOCK_A=16, BLOCK_Q=16, PRECISION="tf32")
+compile_sm90(_target_values_kernel, dict(chains, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), "target side")
+compile_sm90(_policy_value_deltas_kernel, dict(chains, BLOCK_M=32, BLOCK_H=64, BLOCK_K=32), "critic then actor")
 """
 
 
 def test_small_mlp_kernels_compile_for_sm90():
     """Forward, deltas and weight-gradient kernels of the critics and the actor at their defaults (three
-    hidden layers, tf32; the critics also bf16) compile for sm_90 offline with no register spills and
+    hidden layers, tf32; the critics also bf16), and the two chains' kernels (target_values, the deltas of
+    policy_value_backward), compile for sm_90 offline with no register spills and
     shared memory < 200 KB; the registers and shared memory are printed (pytest -s)."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -294,7 +304,7 @@ def test_small_mlp_kernels_compile_for_sm90():
     done = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
-    assert done.stdout.count("REG:") == 9
+    assert done.stdout.count("REG:") == 11
 
 
 def test_bf16_is_the_denoisers_precision_only():

@@ -151,11 +151,14 @@ def test_a_pair_draws_in_2_seeds_launches_and_a_gather_and_records_metrics_in_se
 
 def test_the_actor_step_launches_the_fused_actor_loss_and_no_critic_weight_gradients():
     """td3sbc, triton: the actor phase of a pair (S = [s; s_rand], pi(S), Q1, the SBC rows, E and D', the
-    losses, their backward to the actor's weights) is 13 launches (84 before the actor loss's kernels, 21 before
-    its backward started at the networks' outputs, 15 before E and D' ran in one launch and D''s input
-    gradient was folded into its layer-1 backward launch): one weight-gradient launch (the actor's: the critic's
-    weights are constants there), no input-gradient matmul, no zero fills, no slice or select backward, no copy
-    of the batch's column views, no seed gradient, no scaling of the kernels' gradients, one add (pi(S)'s gradients from Q1 and actor_terms)."""
+    losses, their backward to the actor's weights) is 11 launches (84 before the actor loss's kernels, 21 before
+    its backward started at the networks' outputs, 15 before E and D' ran in one launch, D''s input gradient
+    was folded into its layer-1 backward launch and the backward through Q1 and pi was fused): one
+    weight-gradient launch (the actor's: the critic's weights are constants there), one launch of deltas back
+    through Q1 and the actor (no add of pi(S)'s gradients from Q1 and actor_terms), no input-gradient matmul, no
+    zero fills, no slice or select backward, no copy of the batch's column views, no seed gradient, no scaling of
+    the kernels' gradients. The target side (pi'(s'), its smoothing, Q1', Q2') is one launch of the critic
+    phase's five."""
     from fastbdm import Batch, TD3SBC, TD3SBCConfig
 
     n, m, rows = 5, 2, 24
@@ -173,11 +176,15 @@ def test_the_actor_step_launches_the_fused_actor_loss_and_no_critic_weight_gradi
     with LaunchCounter() as counter:
         pair()
     actor = {op: count for (name, op), count in counter.ops.items() if name == "actor"}
-    assert actor["triton::_weight_grads_kernel"] == 1
+    assert actor["triton::_weight_grads_kernel"] == actor["triton::_policy_value_deltas_kernel"] == 1
+    assert "triton::_backward_deltas_kernel" not in actor
     assert not {"aten::zeros", "aten::slice_backward", "aten::select_backward", "aten::clone"} & set(actor)
     assert all(actor[f"triton::_{k}_kernel"] == 1 for k in ("sbc_states", "sbc_rows", "sbc_loss", "actor_terms"))
-    assert not {"aten::ones_like", "aten::mul"} & set(actor)
-    assert actor["aten::add"] == 1
+    assert not {"aten::ones_like", "aten::mul", "aten::add"} & set(actor)
     assert actor["triton::_mlp_forward_kernel"] == 1  # E and D', one denoiser group
     assert "aten::bmm" not in actor  # d rows = dz1 @ W1 of D' in the layer-1 kernel
-    assert sum(actor.values()) == 13
+    assert sum(actor.values()) == 11
+    # the critic phase's kernels (its cats join this test's separate batches: a trainer's are views of one draw)
+    critic = {op: count for (name, op), count in counter.ops.items() if name == "critic" and op.startswith("triton")}
+    assert critic == {"triton::_target_values_kernel": 1, "triton::_forward_kernel": 2,
+                      "triton::_critic_td_loss_kernel": 2}
