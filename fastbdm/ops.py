@@ -75,10 +75,10 @@ def _denoiser_forwards(rows: List[Tensor], weights: List[Tensor], save: List[boo
 
 @_denoiser_forwards.register_fake
 def _(rows, weights, save, precision):
-    f32, act = torch.float32, denoiser_mlp.matrix_dtype(precision, weights[0])
+    f32, act = torch.float32, lambda ws: denoiser_mlp.matrix_dtype(precision, ws[0])  # noqa: E731 (each its W1's)
     outs = [r.new_empty((*r.shape[:-1], ws[-1].shape[-1]), dtype=f32) for r, ws in zip(rows, _per_network(weights))]
-    acts = [(r.new_empty((*r.shape[:-1], ws[0].shape[-2]), dtype=act),
-             r.new_empty((*r.shape[:-1], ws[4].shape[-2]), dtype=act), r.new_empty((4, *r.shape[:-1]), dtype=f32))
+    acts = [(r.new_empty((*r.shape[:-1], ws[0].shape[-2]), dtype=act(ws)),
+             r.new_empty((*r.shape[:-1], ws[4].shape[-2]), dtype=act(ws)), r.new_empty((4, *r.shape[:-1]), dtype=f32))
             for r, ws, keep in zip(rows, _per_network(weights), save) if keep]
     return outs + [x for a in acts for x in a]
 
@@ -90,34 +90,20 @@ def _denoiser_backward_group(grad_outs: List[Tensor], rows: List[Tensor], weight
     """The backward of len(grad_outs) denoisers with the same hidden and output widths in one set of launches
     (denoiser_backward.mlp_backward_group): one entry per network in grad_outs, rows, pre1, pre2, stats; weights
     (len(Denoiser.weights()) per network) and needs (one bool for rows then one per weight, per network)
-    concatenated. Returns, network by network, the gradients of rows and of the weight matrices where needed,
-    in that order, then, when any of its weight gradients is needed, its column sums ([S,] cols) whose views
-    are the vector gradients (denoiser_backward.vector_grads): one buffer, not a copy per bias and gain."""
+    concatenated. Returns, network by network, the gradients of rows and of the weights where needed, in that
+    order, each contiguous (the biases' and gains' too: the fused Adam reads them as they are)."""
     weights, needs = _per_network(weights), _per_network(needs, 1 + WEIGHTS)
-    sums = [g.new_empty((*g.shape[:-2], denoiser_backward.vector_columns(w))) if any(n[1:]) else None
-            for g, w, n in zip(grad_outs, weights, needs)]
     acts = [(p1, st[0], st[1], p2, st[2], st[3]) for p1, p2, st in zip(pre1, pre2, stats)]
     results = denoiser_backward.mlp_backward_group(grad_outs, rows, weights, acts, [n[1:] for n in needs],
-                                                   [n[0] for n in needs], precision, sums)
-    grads = []
-    for (grad_rows, net_grads), s, n in zip(results, sums, needs):
-        matrices = [g for i, g in enumerate(net_grads) if i in _MATRICES and n[1 + i]]
-        grads += [g for g in (grad_rows, *matrices, s) if g is not None]
-    return grads
-
-
-_MATRICES = (0, 4, 8)  # W1, W2, W_out in Denoiser.weights(); the others are vectors
+                                                   [n[0] for n in needs], precision)
+    return [g for (grad_rows, net_grads), n in zip(results, needs) for g, need in zip((grad_rows, *net_grads), n)
+            if need]
 
 
 @_denoiser_backward_group.register_fake
 def _(grad_outs, rows, weights, pre1, pre2, stats, needs, precision):
-    grads = []
-    for grad_out, x, w, n in zip(grad_outs, rows, _per_network(weights), _per_network(needs, 1 + WEIGHTS)):
-        grads += [torch.empty_like(y, dtype=torch.float32) for i, (y, need) in enumerate(zip([x, *w], n))
-                  if need and (i == 0 or i - 1 in _MATRICES)]
-        if any(n[1:]):
-            grads.append(grad_out.new_empty((*grad_out.shape[:-2], denoiser_backward.vector_columns(w))))
-    return grads
+    return [torch.empty_like(y, dtype=torch.float32) for x, w, n in
+            zip(rows, _per_network(weights), _per_network(needs, 1 + WEIGHTS)) for y, need in zip([x, *w], n) if need]
 
 
 def _backward_networks(grad_out: List[Tensor], rows: List[Tensor], weights: List[List[Tensor]], pre1: List[Tensor],
@@ -128,19 +114,15 @@ def _backward_networks(grad_out: List[Tensor], rows: List[Tensor], weights: List
     one set of launches (_denoiser_backward_group) -> per network (grad rows or None, [grad per weight or None])."""
     grads = iter(_denoiser_backward_group(grad_out, rows, [w for ws in weights for w in ws], pre1, pre2, stats,
                                           [n for ns in needs for n in ns], precision))
-    return [_network_grads(grads, ws, ns) for ws, ns in zip(weights, needs)]
+    return [_network_grads(grads, ns) for ns in needs]
 
 
-def _network_grads(grads, weights, needs):
+def _network_grads(grads, needs):
     """One network's (grad rows or None, [grad per weight or None]) from an iterator over
     _denoiser_backward_group's results standing at this network's first: it takes exactly this network's
     results, so one call per network, in order, reads a group's."""
     grad_rows = next(grads) if needs[0] else None
-    matrices = {i: next(grads) for i in _MATRICES if needs[1 + i]}
-    vectors = (denoiser_backward.vector_grads(next(grads), weights) if any(needs[1:])
-               else [None] * len(weights))
-    return grad_rows, [(matrices.get(i) if i in _MATRICES else v) if need else None
-                       for i, (v, need) in enumerate(zip(vectors, needs[1:]))]
+    return grad_rows, [next(grads) if need else None for need in needs[1:]]
 
 
 class _DenoiserForwards(torch.autograd.Function):

@@ -11,7 +11,8 @@ one fused kernel computes, per BLOCK_R rows:
 and, when weight gradients are wanted, recomputes h_k = xhat g + beta (the next weight gradient reads
 it) and writes per-program column sums of dh xhat, dh, dz (partials of dg_k, dbeta_k, db_k) plus, for
 the last hidden layer, of dY (partial of db_out). One column-sum launch reduces every partial, in a
-fixed order (deterministic). When the input gradient is wanted, the layer-1 launch also computes
+fixed order (deterministic), into each vector gradient's own contiguous ([S,] width) tensor (not views of
+one buffer: with the seed axis those would be strided, and the fused Adam would need a copy of each). When the input gradient is wanted, the layer-1 launch also computes
 d rows = dz_1 W_1 (see Blocking) for inputs up to FOLD_MAX_WIDTH columns; the weight gradients
 (dW = dZ^T H) and wider input gradients are plain matmuls left to torch (cuBLAS), per network.
 
@@ -21,7 +22,7 @@ take one _ln_relu_bwd_kernel launch per hidden layer and one _column_sum_kernel 
 axis 1 is network x seed, axis 0 the row blocks of the network with the most rows (a program past its
 network's rows does nothing); every per-network pointer, row count, input width and flag is a tuple
 entry, read in one constexpr-unrolled branch per network that calls the one body, _ln_relu_bwd_rows.
-mlp_backward is the one-network case. Two networks with weight gradients: 2 x 2 + 1 = 5 Triton launches
+mlp_backward is the one-network case. Two networks with weight gradients: 2 + 1 = 3 Triton launches
 (6 one at a time); the input gradient alone: 2 (and no matmul).
 
 Blocking: the row statistics mean(g dh), mean(g dh xhat) need whole rows, but a [BLOCK_R, 512] fp32
@@ -181,22 +182,29 @@ def _ln_relu_bwd_kernel(
 
 
 @triton.jit
-def _column_sum_kernel(x_ptrs, out_ptrs, programs, C, seeds, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[s, c] = sum_p x[s, p, c] of each network (a tuple entry per network: contiguous (S, programs, C) x,
-    out (S, C)); program (c block, net * seeds + seed): BLOCK_C columns of one network's seed, fixed order."""
+def _column_sum_kernel(x_ptrs, out_ptrs, programs, starts, widths, C, seeds, chunks, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """Each network's vector gradients from its partial sums: out_b[s, j] = sum_p x[s, p, starts[b] + j] for the
+    column blocks b (vector_blocks: columns starts[b] .. starts[b] + widths[b] - 1, the same for every network);
+    x a tuple entry per network (contiguous (S, programs, C)), out_ptrs len(starts) entries per network (each a
+    contiguous (S, widths[b]) vector gradient). Program (block * chunks + chunk, net * seeds + seed): BLOCK_C
+    columns of one block of one network's seed, summed in a fixed order."""
     net = tl.program_id(1) // seeds
     sid = (tl.program_id(1) % seeds).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    block = tl.program_id(0) // chunks
+    offs = (tl.program_id(0) % chunks) * BLOCK_C + tl.arange(0, BLOCK_C)
     for i in tl.static_range(len(programs)):
         if net == i:
             P = programs[i]
-            acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-            for p0 in range(0, P, BLOCK_P):
-                offs_p = p0 + tl.arange(0, BLOCK_P)
-                acc += tl.load(x_ptrs[i] + sid * P * C + offs_p[:, None] * C + offs_c[None, :],
-                               mask=(offs_p < P)[:, None] & mask_c[None, :], other=0.0)
-            tl.store(out_ptrs[i] + sid * C + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+            for j in tl.static_range(len(starts)):
+                if block == j:
+                    mask_c = offs < widths[j]
+                    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+                    for p0 in range(0, P, BLOCK_P):
+                        offs_p = p0 + tl.arange(0, BLOCK_P)
+                        acc += tl.load(x_ptrs[i] + sid * P * C + offs_p[:, None] * C + starts[j] + offs[None, :],
+                                       mask=(offs_p < P)[:, None] & mask_c[None, :], other=0.0)
+                    tl.store(out_ptrs[i * len(starts) + j] + sid * widths[j] + offs, tl.sum(acc, axis=0), mask=mask_c)
 
 
 def _wanted(flags, count):
@@ -208,19 +216,16 @@ def vector_columns(weights):
     return weights[-1].shape[-1] + 3 * sum(w.shape[-1] for w in weights[1:-2:4])
 
 
-def vector_grads(sums, weights):
-    """The vector gradients (b_k, g_k, beta_k, b_out) as views of mlp_backward's column sums (..., cols),
-    laid out [db_out | (dg_k, dbeta_k, db_k) for k = L..1]; a list in weights' order, None at the matrices."""
-    grads = [None] * len(weights)
+def vector_blocks(weights):
+    """(index in weights, first column, width) of each vector gradient in the partial-sum columns, laid out
+    [db_out | (dg_k, dbeta_k, db_k) for k = L..1]."""
     n_out = weights[-1].shape[-1]
-    grads[-1] = sums[..., :n_out]
-    col = n_out
+    blocks, col = [(len(weights) - 1, 0, n_out)], n_out
     for k in reversed(range((len(weights) - 2) // 4)):
         H = weights[4 * k + 1].shape[-1]
-        grads[4 * k + 2], grads[4 * k + 3], grads[4 * k + 1] = (sums[..., col + i * H : col + (i + 1) * H]
-                                                                for i in range(3))
+        blocks += [(4 * k + 2, col, H), (4 * k + 3, col + H, H), (4 * k + 1, col + 2 * H, H)]
         col += 3 * H
-    return grads
+    return blocks
 
 
 MAX_NETWORKS = 3  # networks one mlp_backward_group call takes: D, D', E of an update
@@ -228,7 +233,7 @@ FOLD_MAX_WIDTH = 128  # input widths whose d rows the layer-1 launch accumulates
 
 
 def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_input_grad=True,
-                 precision="tf32", sums=None, **blocks):
+                 precision="tf32", **blocks):
     """Gradients of reference.denoiser_forward.
 
     grad_out (R, n), rows (R, D), weights (W1, b1, g1, beta1, ..., W_out, b_out),
@@ -239,20 +244,18 @@ def mlp_backward(grad_out, rows, weights, acts, need_weight_grads=True, need_inp
     need_weight_grads: bool, or one bool per weight. precision: denoiser_mlp.PRECISIONS, for the fused
     kernels' dY @ W and dz_1 @ W_1 ("bf16": bf16 operands, rounded as in the forward); the weight-gradient
     matmuls are torch's (batched over seeds), in fp32 (tf32 where torch allows it), and so is the input
-    gradient of inputs wider than FOLD_MAX_WIDTH. `sums` (optional, contiguous ([S,] vector_columns(weights))
-    fp32) receives the column sums: the vector gradients (biases, gains) are views of it (vector_grads).
-    Returns (grad_rows (R, D) or None, tuple of weight grads, None where not wanted). The one-network case of
-    mlp_backward_group."""
+    gradient of inputs wider than FOLD_MAX_WIDTH. Returns (grad_rows (R, D) or None, tuple of weight grads,
+    None where not wanted), each contiguous (the vector gradients too: the fused Adam reads them in the
+    parameters' layout). The one-network case of mlp_backward_group."""
     return mlp_backward_group([grad_out], [rows], [weights], [acts], [need_weight_grads], [need_input_grad],
-                              precision, [sums], **blocks)[0]
+                              precision, **blocks)[0]
 
 
 def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_input_grads, precision="tf32",
-                       sums=None, block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
+                       block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
     """mlp_backward of up to MAX_NETWORKS networks in one set of launches: one _ln_relu_bwd_kernel per hidden
     layer and one _column_sum_kernel for all of them (the weight-gradient matmuls stay per network). Each
-    argument a list with one entry per network, as mlp_backward takes it (sums: None, or a list of None or
-    buffers); the networks share the hidden widths, the output width and the seed axis (all 2-D, or all
+    argument a list with one entry per network, as mlp_backward takes it; the networks share the hidden widths, the output width and the seed axis (all 2-D, or all
     stacked on S seeds), their row counts and input widths may differ. Returns a list of mlp_backward's
     results, one per network."""
     check_precision(precision)
@@ -264,6 +267,9 @@ def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_i
     single = grad_outs[0].dim() == 2
     for i in range(nets):
         assert len(weights[i]) == 4 * layers + 2, "weights must be (W, b, g, beta) per hidden layer + (W_out, b_out)"
+        if rows[i].shape[-1] != weights[i][0].shape[-1]:
+            raise ValueError(f"network {i}: rows of width {rows[i].shape[-1]} for a W1 that takes "
+                             f"{weights[i][0].shape[-1]} inputs: give each network its own rows")
         if [tuple(w.shape[-2:]) for w in weights[i][1:]] != shape or (grad_outs[i].dim() == 2) != single:
             raise ValueError(f"network {i} of a backward group differs from network 0 in its hidden or output "
                              "widths or its seed axis: group only networks that share them")
@@ -306,7 +312,7 @@ def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_i
                   weights[i][0].contiguous() if folds[i] else dz[i], grad_rows[i] if folds[i] else dz[i])
                  for i in range(nets)]
         _ln_relu_bwd_kernel[(triton.cdiv(max(R), block_r), nets * S)](
-            *(tuple(x) for x in zip(*layer)), tuple(R), tuple(D), K, H, dy[0].stride(1), w_next[0].stride(1), cols,
+            *(tuple(x) for x in zip(*layer)), tuple(R), tuple(D), K, H, K, H, cols,
             col, S, WEIGHT_GRADS=tuple(any_weight), DY_SUMS=tuple(a and last for a in any_weight),
             INPUT_GRAD=tuple(folds), PRECISION=precision,
             BLOCK_R=block_r, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(K))),
@@ -328,19 +334,19 @@ def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_i
         if need_input_grads[i] and not fold[i]:
             grad_rows[i] = dy[i] @ weights[i][0].to(dy[i].dtype)
     summed = [i for i in range(nets) if any_weight[i]]
-    if summed:
-        sums = list(sums or [None] * nets)
-        for i in summed:
-            if sums[i] is None:
-                sums[i] = torch.empty((S, cols), device=device, dtype=torch.float32)
-            elif single:
-                sums[i] = sums[i].unsqueeze(0)
+    if summed:  # every vector gradient its own contiguous tensor, written by one launch for all networks
+        blocks = vector_blocks(weights[0])
+        vectors = {i: [torch.empty((S, width), device=device, dtype=torch.float32) for _, _, width in blocks]
+                   for i in summed}
         block_c = 128
-        _column_sum_kernel[(triton.cdiv(cols, block_c), len(summed) * S)](
-            tuple(part[i] for i in summed), tuple(sums[i] for i in summed), tuple(programs[i] for i in summed),
-            cols, S, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
+        chunks = triton.cdiv(max(width for _, _, width in blocks), block_c)
+        _column_sum_kernel[(len(blocks) * chunks, len(summed) * S)](
+            tuple(part[i] for i in summed), tuple(v for i in summed for v in vectors[i]),
+            tuple(programs[i] for i in summed), tuple(start for _, start, _ in blocks),
+            tuple(width for _, _, width in blocks), cols, S, chunks, BLOCK_P=16, BLOCK_C=block_c, num_warps=4)
         for i in summed:
-            grads[i] = [m if v is None else v for m, v in zip(grads[i], vector_grads(sums[i], weights[i]))]
+            for (index, _, _), vector in zip(blocks, vectors[i]):
+                grads[i][index] = vector
     results = []
     for i in range(nets):
         net_grads = tuple(gr if want else None for gr, want in zip(grads[i], wanted[i]))

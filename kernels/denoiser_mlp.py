@@ -355,6 +355,9 @@ def mlp_forward_group(networks, save, precision="tf32", outs=None, stats=None,
         if (weights[0].shape[1], weights[4].shape[1], weights[8].shape[1]) != widths:
             raise ValueError(f"a denoiser group's networks share their hidden and output widths {widths}: "
                              "run a network of other widths in its own group")
+        if rows.shape[-1] != weights[0].shape[-1]:
+            raise ValueError(f"rows of width {rows.shape[-1]} for a network whose W1 takes {weights[0].shape[-1]} "
+                             "inputs: give each network of the group its own rows")
     buffers = [_forward_buffers(rows, weights[0], widths, keep, out, stat, single)
                for (rows, weights, _), keep, out, stat in zip(stacked, save, outs, stats)]
     counts = [rows.shape[1] for rows, _, _ in stacked]

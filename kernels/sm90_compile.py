@@ -99,10 +99,11 @@ CONFIGS = {
                                         divisible={"rows", "H", "stride_w"}),
     "ln_relu_bwd_group": _backward(BWD, (True, True)),
     "ln_relu_bwd_group3_fold": _backward(BWD, (True, True, False), fold=(64, 32, 64)),
+    # the vector gradients of one network and of three (seven vectors each: b_out, then g, beta, b per layer)
     "column_sum": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128),
-                   dict(divisible=set(), tuples=dict.fromkeys(("x_ptrs", "out_ptrs", "programs"), 1))),
+                   dict(divisible=set(), tuples=dict(x_ptrs=1, out_ptrs=7, programs=1, starts=7, widths=7))),
     "column_sum_group": (_column_sum_kernel, dict(BLOCK_P=16, BLOCK_C=128),
-                         dict(divisible=set(), tuples=dict.fromkeys(("x_ptrs", "out_ptrs", "programs"), 3))),
+                         dict(divisible=set(), tuples=dict(x_ptrs=3, out_ptrs=21, programs=3, starts=7, widths=7))),
     # precision "bf16": bf16 weight matrices and activation buffers, bf16 wgmma/mma operands
     "mlp_forward_bf16": (_mlp_forward_kernel, dict(NETWORKS=3, SAVE=(False, True, True), **dict(MLP, PRECISION="bf16")),
                          mlp_group_options(3, bf16=True)),

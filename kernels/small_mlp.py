@@ -558,6 +558,9 @@ def target_values(s, normal, actor_weights, critic_weights, layer_norm, members,
                          f"and gives {m}, the critics take {c_dims[0]} = states + actions")
     if not 1 <= M <= stored:
         raise ValueError(f"members={M}: the weights hold {stored} member(s)")
+    if normal.shape[:-1] != s.shape[:-1]:
+        raise ValueError(f"normal {tuple(normal.shape)} for states {tuple(s.shape)}: one normal row per state row "
+                         "(and the same seed axis)")
     new = functools.partial(torch.empty, device=s.device, dtype=torch.float32)
     a_pres = [new((S, M, R, h)) for h in a_dims[1:-1]]
     c_pres = [new((S, M, R, h)) for h in c_dims[1:-1]]
@@ -665,6 +668,11 @@ def policy_value_backward(grad_q, grad_a, s, actor_weights, a, actor_acts, criti
     a_mats, (c_mats, _, gains, _) = split_weights(actor_weights, False)[0], split_weights(critic_weights, layer_norm)
     a_dims, c_dims = widths(a_mats, "linear"), widths(c_mats, "ensemble")
     R, D_S, m = s.shape[1], s.shape[2], a_dims[-1]
+    if c_stats.shape[-2] != 1 or any(p.shape[-3] != 1 for p in c_pres) or grad_q.shape != (S, R) or \
+            grad_a.shape != (S, R, m) or a.shape != (S, R, m):
+        raise ValueError("policy_value_backward takes Q1's saved forward (members=1) and grad_q (R,), grad_a and a "
+                         f"(R, {m}) for {R} state rows: got critic stats {tuple(c_stats.shape)}, grad_q "
+                         f"{tuple(grad_q.shape)}, grad_a {tuple(grad_a.shape)}, a {tuple(a.shape)}")
     grad_q, grad_a, a, a_stats, c_stats = (x.contiguous() for x in (grad_q, grad_a, a, a_stats, c_stats))
     a_pres, c_pres = [p.contiguous() for p in a_pres], [p.contiguous() for p in c_pres]
     c_dhs, c_dzs, a_dhs, a_dzs = ([torch.empty_like(p) for p in pres] for pres in (c_pres, c_pres, a_pres, a_pres))

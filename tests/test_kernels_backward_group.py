@@ -155,15 +155,16 @@ def test_op_returns_each_networks_denoiser_backward_and_passes_opcheck():
     for i in range(len(GROUP)):
         want += ops._denoiser_backward_group([args[0][i]], [args[1][i]], args[2][10 * i : 10 * i + 10], [args[3][i]],
                                              [args[4][i]], [args[5][i]], args[6][11 * i : 11 * i + 11], "ieee")
-    assert len(got) == len(want) == 5 + 4 + 1  # D: rows, 3 matrices, sums; E: 3 matrices, sums; D': rows
+    assert len(got) == len(want) == 11 + 10 + 1  # D: rows and its 10 weights; E: its 10 weights; D': rows
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
     torch.library.opcheck(ops._denoiser_backward_group, (*args, "ieee"))
 
 
 def test_op_under_vmap_over_seeds():
-    """torch.func.vmap of the op over the seeds (as fastbdm.seed_batch runs the ops): one stacked call; the
-    stats vmapped at their seed dimension 1, one network's weights shared by every seed (unbatched)."""
+    """torch.func.vmap of the op over the seeds (as fastbdm.seed_batch runs the ops): one stacked call, every
+    gradient contiguous; the stats vmapped at their seed dimension 1, one network's weights shared by every seed
+    (unbatched)."""
     spec = GROUP[:2]
     grad_outs, rows, weights, pre1, pre2, stats, needs = op_inputs(3, spec)
     shared = [w[0] for w in weights[10:]]  # E's weights the same for each seed: not vmapped
@@ -181,5 +182,7 @@ def test_op_under_vmap_over_seeds():
     assert len(got) == len(want)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    # every gradient (S, ...) contiguous, the biases' and gains' too: SeedBatch's fused Adam takes them uncopied
+    assert all(g.is_contiguous() for g in got)
     expected = autograd(grad_outs[1], rows[1], expanded)
-    torch.testing.assert_close(got[-4], expected[1], **TOL)  # E's W1 gradient, seed by seed
+    torch.testing.assert_close(got[-10], expected[1], **TOL)  # E's W1 gradient (its first of 10), seed by seed

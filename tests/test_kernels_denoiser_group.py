@@ -120,7 +120,7 @@ def test_group_gradients_match_torch_autograd_on_the_reference(seeds, trainable)
 def test_group_under_vmap_and_grad_as_seed_batch():
     """fastbdm.seed_batch's use: torch.func.grad of a seed's loss over D and E's weights and D''s rows, vmapped
     over 3 seeds with stacked weights (every network shares the seed axis): one forward launch for all seeds and
-    networks, values and gradients as the reference backend's."""
+    networks, values and gradients as the reference backend's, every weight gradient contiguous."""
     seeds, (target, online, data) = 3, group_inputs(3)
     grad_outs = [torch.randn(seeds, rows, N) for rows in ROWS]
 
@@ -148,6 +148,7 @@ def test_group_under_vmap_and_grad_as_seed_batch():
     for key in trained:
         for got, want, weight in zip(got_weights[key], want_weights[key], trained[key]):
             assert got.shape == weight.shape
+            assert got.is_contiguous()  # biases and gains too: SeedBatch's fused Adam takes them without a copy
             assert_close_scaled(got, want)
 
 
