@@ -132,6 +132,24 @@ def test_group_rejects_networks_of_other_output_widths():
         mlp_backward_group([a[0], b[0]], [a[1], b[1]], [a[2], b_weights], [a[3], b[3]], [True, True], [True, True])
 
 
+def test_group_rejects_rows_of_another_width_than_w1():
+    a, b = network(5, N + 1, 1), network(5, CONDITIONED, 1)
+    with pytest.raises(ValueError, match="network 1: rows of width 6 for a W1 that takes"):
+        mlp_backward_group([a[0], b[0]], [a[1], a[1]], [a[2], b[2]], [a[3], b[3]], [True, True], [True, True])
+
+
+def test_one_row_with_any_stride_of_its_row_axis():
+    """A (S, 1, n) gradient whose row stride is not n (torch calls it contiguous: vmap's movedim gives such
+    layouts) is read by the seed and row strides of the dense buffers, not its own (a GPU would read out of
+    bounds): the same gradients as from the plain layout."""
+    grad_out, x, weights, acts = network(1, CONDITIONED, 3)
+    odd = torch.empty_strided(grad_out.shape, (N, 1000, 1)).copy_(grad_out)
+    assert odd.is_contiguous() and odd.stride(1) != N
+    got, want = (mlp_backward(g, x, weights, acts, precision="ieee") for g in (odd, grad_out))
+    for g, w in zip((got[0], *got[1]), (want[0], *want[1])):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 def op_inputs(seeds, spec):
     """The op's arguments for networks `spec` (rows, width, need weights, need rows) on the seed axis."""
     grad_outs, rows, weights, pre1, pre2, stats, needs = [], [], [], [], [], [], []

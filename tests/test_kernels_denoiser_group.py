@@ -154,7 +154,7 @@ def test_group_under_vmap_and_grad_as_seed_batch():
 
 @pytest.mark.parametrize("case, message", [
     ("widths", "share their hidden and output widths"), ("seeds", "stack every network's seeds alike"),
-    ("four", "1 to 3 networks"), ("layers", "exactly two hidden layers")])
+    ("four", "1 to 3 networks"), ("layers", "exactly two hidden layers"), ("rows", "W1 takes")])
 def test_a_group_that_cannot_run_in_one_launch_is_refused(case, message):
     networks = group_inputs(None)
     if case == "widths":
@@ -163,6 +163,8 @@ def test_a_group_that_cannot_run_in_one_launch_is_refused(case, message):
         networks[1] = (networks[1][0][None], tuple(w[None] for w in networks[1][1]))
     elif case == "four":
         networks.append(networks[0])
+    elif case == "rows":  # E's rows given to D: on a GPU its W1 loads would run past W1
+        networks[1] = (networks[2][0], networks[1][1])
     else:
         networks[0] = (networks[0][0], networks[0][1][:8])
     with pytest.raises(ValueError, match=message):

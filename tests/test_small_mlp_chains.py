@@ -65,6 +65,8 @@ def test_target_values_read_the_normals_as_a_column_view_and_reject_wrong_widths
     wrong = [w.detach() for w in small_weights("ensemble", True, CRITIC_HIDDEN, N + M + 1, 1)]
     with pytest.raises(ValueError, match="the critics take 24 = states \\+ actions"):
         target_values(s, normal, actor, wrong, True, 2, MAX_ACTION, POLICY_NOISE, NOISE_CLIP, "ieee")
+    with pytest.raises(ValueError, match="one normal row per state row"):
+        target_values(s, normal[1:], actor, critic, True, 2, MAX_ACTION, POLICY_NOISE, NOISE_CLIP, "ieee")
 
 
 @pytest.mark.parametrize("seeds", [None, 1, 3])
@@ -93,6 +95,20 @@ def test_policy_value_backward_matches_autograd(seeds, layer_norm):
         assert g.shape == w.shape
         assert_close_scaled(g, w)
         assert_close_scaled(w, h)
+
+
+def test_policy_value_backward_refuses_a_critic_saved_with_two_members():
+    """The kernel reads Q1's saved forward as one member: a forward of both critics is a one-line error (on a GPU
+    it would read member 2's statistics as member 1's)."""
+    actor, critic = networks(None, True)
+    s = torch.randn(ROWS, N)
+    out, actor_acts = small_mlp_forward(s, None, actor, "linear", False, 1, MAX_ACTION, "ieee", save_activations=True,
+                                        **BLOCKS)
+    a = out[0]
+    _, both = small_mlp_forward(s, a, critic, "ensemble", True, 2, 0.0, "ieee", save_activations=True, **BLOCKS)
+    with pytest.raises(ValueError, match="members=1"):
+        policy_value_backward(torch.randn(ROWS), torch.randn(ROWS, M), s, actor, a, actor_acts, critic, both, True,
+                              MAX_ACTION, "ieee", **BWD_BLOCKS)
 
 
 def test_the_ops_vmap_over_seeds_and_pass_opcheck():
