@@ -1,12 +1,13 @@
 """The whole update, sampling included, per algorithm and variant this device supports (see the header
 line "update variants on this device"). TD3-SBC: research (benches/research_code.py), torch and triton
-(TD3SBC.update with that backend), triton+graphs and triton-bf16+graphs (CUDA only). The baselines
-rebrac and td3bc (no denoiser kernels): torch (eager) and torch+graphs (CUDA only), labelled
+(TD3SBC.update with that backend), triton+streams (two streams), and triton+graphs, triton+streams+graphs and
+triton-bf16+graphs (CUDA only). The baselines rebrac and td3bc (no denoiser kernels): torch (eager) and torch+graphs (CUDA only), labelled
 "ALGO VARIANT"; every algorithm at the size's batch. One round = policy_freq updates, so every round
 holds one actor step; extra_info carries the per-round cost and updates_per_round, and for the eager
 variants launches_per_pair: the kernels one round (an update pair) launches on CUDA by
 fastbdm.launch_count's rule, counted after the timed rounds (with launches_by_phase; on CUDA also
-cuda_kernels_per_pair from torch.profiler)."""
+cuda_kernels_per_pair from torch.profiler) and serial_launches_per_pair: those one after another (fewer
+with two streams, the "+streams" variants)."""
 import pytest
 
 from fastbdm.launch_count import LaunchCounter, cuda_kernels
@@ -34,6 +35,7 @@ def test_update(algo, variant, measure, bench_setup, benchmark):
     if not variant.endswith("+graphs"):  # eager: every kernel of the round passes through the dispatcher
         with LaunchCounter() as counter:
             round_()
-        benchmark.extra_info.update(launches_per_pair=counter.total(), launches_by_phase=counter.by_phase())
+        benchmark.extra_info.update(launches_per_pair=counter.total(), serial_launches_per_pair=counter.serial(),
+                                    launches_by_phase=counter.by_phase())
         if bench_setup.device.type == "cuda":
             benchmark.extra_info["cuda_kernels_per_pair"] = cuda_kernels(round_)

@@ -29,11 +29,14 @@ def rows_of(data: dict) -> list:
 
 
 def launches(info: dict) -> str:
-    """'528' (the rule's count per pair), '528 (CUDA 540)' with torch.profiler's, '' when not counted."""
+    """'56' (the rule's count per pair), '56 (47 serial)' when two streams take some off the serial path,
+    '56 (CUDA 60)' with torch.profiler's, '' when not counted."""
     if "launches_per_pair" not in info:
         return ""
-    cuda = info.get("cuda_kernels_per_pair")
-    return f"{info['launches_per_pair']}" + (f" (CUDA {cuda['kernels']})" if cuda else "")
+    cuda, serial = info.get("cuda_kernels_per_pair"), info.get("serial_launches_per_pair")
+    notes = ([f"{serial} serial"] if serial not in (None, info["launches_per_pair"]) else []) + (
+        [f"CUDA {cuda['kernels']}"] if cuda else [])
+    return f"{info['launches_per_pair']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def ceilings(rows: list) -> tuple:

@@ -67,8 +67,10 @@ def triton_ready(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# Variant names: BACKEND[-PRECISION][+graphs] (PRECISION of the Triton MLP kernels, tf32 unless named).
-UPDATE_VARIANTS = ("research", "torch", "triton", "triton+graphs", "triton-bf16+graphs")
+# Variant names: BACKEND[-PRECISION][+streams][+graphs] (PRECISION of the Triton MLP kernels, tf32 unless named;
+# +streams: two CUDA streams, fastbdm.branches).
+UPDATE_VARIANTS = ("research", "torch", "triton", "triton+streams", "triton+graphs", "triton+streams+graphs",
+                   "triton-bf16+graphs")
 # The baselines (--algo rebrac, td3bc) run no denoiser kernel; on the triton backend their actor and critics
 # are the fused small-MLP kernels. Eager, or in CUDA graphs.
 BASELINES = ("rebrac", "td3bc")
@@ -149,7 +151,8 @@ class UpdateLoop:
     with that backend, device-side metrics), one pair of updates per step (one update with a
     policy_freq other than 2). triton+graphs, triton-bf16+graphs: the same runner replaying its captured
     CUDA graph; one step is then pairs_per_graph pairs of updates (steps_per_call = 2 pairs_per_graph),
-    captured here after the runner's warm-up. Every fastbdm step runs under the trainer's torch matmul
+    captured here after the runner's warm-up. "+streams" (triton+streams, triton+streams+graphs): the agent's
+    independent work on two CUDA streams (TD3SBC streams=2). Every fastbdm step runs under the trainer's torch matmul
     setting for its precision (backends.torch_matmul_precision: TF32 on CUDA for tf32 and bf16); the
     research variant keeps torch's default (exact fp32), as the research code did.
     """
@@ -170,7 +173,8 @@ class UpdateLoop:
         if variant not in known:
             raise ValueError(f"unknown {algo} variant {variant!r}: choose one of {', '.join(known)}")
         backend, precision = variant_kernels(variant)
-        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend, precision, algo), device=device)
+        self.model = TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend, precision, algo), device=device,
+                            streams=2 if "+streams" in variant else 1)
         graphs = variant.endswith("+graphs")
         if not graphs and self.model.config.policy_freq == 2:
             self.steps_per_call = 2

@@ -28,9 +28,13 @@ The rule (one launch per op unless listed):
 
 The exact CUDA count is torch.profiler's (`cuda_kernels`), pending a GPU.
 
+With two streams (fastbdm.branches) a fork's side launches run beside the launches the current stream issues
+between its fork and its join: `serial()` is the total less, per fork, the smaller of the two, the launches
+one after another on the update's longest path (the total with one stream).
+
     with LaunchCounter() as counter:
         agent.update(batch)
-    counter.total(), counter.by_phase()
+    counter.total(), counter.by_phase(), counter.serial()
 """
 import math
 from collections import Counter
@@ -40,7 +44,7 @@ import torch
 from torch._library.custom_ops import _maybe_get_opdef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import nvtx_ranges
+from . import branches, nvtx_ranges
 
 NO_KERNEL = {"detach", "alias", "_unsafe_view", "lift_fresh", "empty", "empty_strided", "empty_like",
              "new_empty", "new_empty_strided", "resize_", "set_", "_reshape_alias"}
@@ -109,6 +113,8 @@ class LaunchCounter(TorchDispatchMode):
         self.launches: Counter = Counter()
         self.ops: Counter = Counter()
         self.syncs = 0
+        self.side: Counter = Counter()  # fork number -> launches issued on its side stream
+        self.beside: Counter = Counter()  # fork number -> launches issued on the current stream while it was open
         self._inside_triton = 0
         self._restore = []
 
@@ -131,10 +137,18 @@ class LaunchCounter(TorchDispatchMode):
                 return func.decompose(*args, **kwargs)
         count = aten_launches(func, args)
         if count:
-            key = self.phase()
-            self.launches[key, "aten"] += count
-            self.ops[key, func._schema.name] += count
+            self._count("aten", func._schema.name, count)
         return func(*args, **kwargs)
+
+    def _count(self, kind: str, name: str, count: int) -> None:
+        key = self.phase()
+        self.launches[key, kind] += count
+        self.ops[key, name] += count
+        if branches.SIDE:
+            self.side[branches.SIDE[-1].number] += count
+        else:
+            for fork in branches.OPEN:
+                self.beside[fork.number] += count
 
     def _triton_run(self, run):
         counter = self
@@ -142,9 +156,7 @@ class LaunchCounter(TorchDispatchMode):
         def counted(kernel, *args, **kwargs):
             if kwargs.get("warmup"):
                 return run(kernel, *args, **kwargs)
-            key = counter.phase()
-            counter.launches[key, "triton"] += 1
-            counter.ops[key, "triton::" + getattr(kernel.fn, "__name__", "kernel")] += 1
+            counter._count("triton", "triton::" + getattr(kernel.fn, "__name__", "kernel"), 1)
             counter._inside_triton += 1
             try:
                 return run(kernel, *args, **kwargs)
@@ -171,6 +183,10 @@ class LaunchCounter(TorchDispatchMode):
 
     def total(self) -> int:
         return sum(self.launches.values())
+
+    def serial(self) -> int:
+        """The launches on the longest path with two streams: the total less each fork's overlap."""
+        return self.total() - sum(min(n, self.beside[fork]) for fork, n in self.side.items())
 
     def by_phase(self) -> Dict[str, Dict[str, int]]:
         """{phase: {"aten": n, "triton": n, "total": n}} in the order the phases first launched."""

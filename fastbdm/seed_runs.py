@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .backends import resolve_backend
+from .branches import Branches
 from .checkpoint import estimated_size, set_rng_state
 from .graphs import GraphedPolicy, SeedBatchRunner, UpdateRunner, first_line
 from .monitor import UpdateMonitor
@@ -92,6 +93,7 @@ def build_learners(records: Sequence[SeedRecord], config, transitions, buffer, d
 def make_runner(learners, buffer, monitors: List[UpdateMonitor], args) -> UpdateRunner:
     """The runner of the learners' updates (eager, or CUDA graphs with args.graphs)."""
     if isinstance(learners, OneSeed):
+        learners.agent.branches = Branches(args.streams)
         return UpdateRunner(learners.agent, buffer, monitors[0], args.batch_size, graphs=bool(args.graphs),
                             pairs_per_graph=args.graph_pairs, generator=learners.generators[0])
     return SeedBatchRunner(learners, buffer, monitors, args.batch_size, graphs=bool(args.graphs),

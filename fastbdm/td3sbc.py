@@ -12,6 +12,7 @@ from torch import nn
 from . import loss_terms
 from .backends import kernel_ops, resolve_backend
 from .bdm import BellmanDiffusion, DataDenoising
+from .branches import Branches, Fork
 from .compat import CompatFlags
 from .loss_terms import LossTerm
 from .networks import Actor, Denoiser, NormalizedPolicy, TwinCritic, normalize_states
@@ -77,6 +78,17 @@ class FrozenOutputs(NamedTuple):
     sbc_actions: Optional[torch.Tensor] = None
     sbc_samples: Optional[torch.Tensor] = None
     sbc_policy: Optional[tuple] = None
+
+
+class TargetSide(NamedTuple):
+    """pi' and Q' on the next states of consecutive updates (TD3SBC.target_side): next_obs (U B, n) and
+    actions (U B, m) = a' over all of them (the reverse chain reads both); per update its a' (B, m) and
+    Q1', Q2' (2, B)."""
+
+    next_obs: torch.Tensor
+    actions: torch.Tensor
+    next_action: Sequence[torch.Tensor]
+    q_target: Sequence[torch.Tensor]
 
 
 @dataclass
@@ -150,10 +162,12 @@ def one_adam_state(saved: dict) -> dict:
 class TD3SBC(nn.Module):
     """All learners of config.algo and one update over them. States are normalised by the caller;
     `obs_mean`/`obs_std` are kept for acting in the environment. Only td3sbc has the SSM denoiser,
-    its target and the data denoiser (self.bdm, self.data_denoiser: None for rebrac and td3bc)."""
+    its target and the data denoiser (self.bdm, self.data_denoiser: None for rebrac and td3bc).
+    streams: 2 runs the update's independent work on two CUDA streams (fastbdm.branches; the learning is
+    the same with 1)."""
 
     def __init__(self, obs_dim: int, act_dim: int, max_action: float = 1.0,
-                 config: TD3SBCConfig = None, device="cpu"):
+                 config: TD3SBCConfig = None, device="cpu", streams: int = 1):
         super().__init__()
         self.config = cfg = config or TD3SBCConfig()
         if cfg.algo not in ALGOS:
@@ -186,6 +200,7 @@ class TD3SBC(nn.Module):
         # steps) are skipped, their moments and step counts left as they are.
         self.optimizers = {"learners": make_adam([p for net in learners for p in net.parameters()], cfg.lr, device)}
         self.num_updates = 0
+        self.branches = Branches(streams)
 
     @property
     def flags(self) -> CompatFlags:
@@ -376,14 +391,17 @@ class TD3SBC(nn.Module):
             with torch.no_grad():
                 policy = self.actor.saved_forward(S)
         A = policy.out.squeeze(-3).detach()
-        critic = self.critic.saved_forward(S, A, members=1, frozen=True)  # Q1 with its activations, no graph
-        q1 = critic.out[..., 0, :, 0]
+        fork = self.branches.fork(S, [S, A], parallel=self.bdm is not None)  # Q1 beside the SBC term
+        with fork.side():
+            critic = self.critic.saved_forward(S, A, members=1, frozen=True)  # Q1 with its activations, no graph
         sbc = None
         if self.bdm is not None:
             A.requires_grad_()
             sbc = self.state_bc_term(S, A, noise, frozen.sbc_samples)
             # d sbc / d pi(S): D''s rows' action columns, a view that actor_terms reads in place
             sbc = sbc._replace(grad=torch.autograd.grad(sbc.output, A, sbc.grad)[0])
+        critic = fork.join(critic)
+        q1 = critic.out[..., 0, :, 0]
         loss, bc, lam, grad_a, grad_q = ops.actor_terms_grads(A, b.actions, q1, cfg.alpha, cfg.w_actor_bc,
                                                               cfg.algo == "td3bc", sbc)
         grads = ops.policy_value_grads(grad_q, grad_a, S, self.actor.weights(), policy, self.critic.weights(), critic,
@@ -443,48 +461,63 @@ class TD3SBC(nn.Module):
     def critic_side_terms(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs = None
                           ) -> Tuple[List[LossTerm], Dict[str, torch.Tensor]]:
         """The losses of the learners stepped on every update (critics; for td3sbc D and E too) as
-        LossTerms (loss_terms.backward steps back from them without summing), and their detached metrics.
-        frozen: this update's FrozenOutputs (a', Q'(s', a') and the BDM chain's samples; computed here when
-        None)."""
+        LossTerms (loss_terms.backward steps back from them without summing), and their detached metrics:
+        critic_term's and bdm_terms'. frozen: this update's FrozenOutputs (a', Q'(s', a') and the BDM chain's
+        samples; computed here when None)."""
         if frozen is None:
             frozen = self.frozen_outputs([(b, noise)], actor_last=False)[0]
+        critic, metrics = self.critic_term(b, frozen)
+        terms, bdm_metrics = self.bdm_terms(b, noise, frozen)
+        return [critic, *terms], {**metrics, **bdm_metrics}
+
+    def critic_term(self, b: Batch, frozen: FrozenOutputs) -> Tuple[LossTerm, Dict[str, torch.Tensor]]:
+        """The critic loss as a LossTerm on frozen's a' and Q'(s', a'), and its metrics (critic_loss, q_mean)."""
         with phase("critic"):
             critic, q_mean = self.critic_loss_term(b, frozen.next_action, frozen.q_target)
-        terms, metrics = [critic], {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
-        if self.bdm is not None:
-            with phase("bdm"):  # and the data denoiser's loss, in the same row and loss launches
-                bdm, data = self.bdm.td_loss_terms(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
-                                                   noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
-                                                   frozen.samples, self.data_denoising(b, noise))
-            terms += [bdm, data]
-            metrics.update(bdm_loss=bdm.loss.detach(), data_loss=data.loss.detach())
-        return terms, metrics
+        return critic, {"critic_loss": critic.loss.detach(), "q_mean": q_mean}
+
+    def bdm_terms(self, b: Batch, noise: UpdateNoise, frozen: FrozenOutputs
+                  ) -> Tuple[List[LossTerm], Dict[str, torch.Tensor]]:
+        """td3sbc: the BDM TD loss of D and the data denoiser's loss (one row launch and one loss launch) as
+        LossTerms, and their metrics (bdm_loss, data_loss); none for the baselines."""
+        if self.bdm is None:
+            return [], {}
+        with phase("bdm"):  # and the data denoiser's loss, in the same row and loss launches
+            bdm, data = self.bdm.td_loss_terms(b.obs, b.actions, b.next_obs, frozen.next_action, b.dones,
+                                               noise.bdm_t, noise.bdm_eps, noise.bdm_z, noise.bdm_chain,
+                                               frozen.samples, self.data_denoising(b, noise))
+        return [bdm, data], {"bdm_loss": bdm.loss.detach(), "data_loss": data.loss.detach()}
+
+    def target_side(self, steps: Sequence[Tuple[Batch, UpdateNoise]]) -> TargetSide:
+        """pi' and Q' once over the next states of consecutive updates `steps` (batch, noise), no graph."""
+        rows = [b.next_obs.shape[-2] for b, _ in steps]
+        with torch.no_grad(), phase("critic"):
+            next_obs = concat_rows([b.next_obs for b, _ in steps])
+            actions, q = self.target_values(next_obs, concat_rows([n.policy for _, n in steps]))
+        return TargetSide(next_obs, actions, actions.split(rows, -2), q.split(rows, -1))
 
     def frozen_outputs(self, steps: Sequence[Tuple[Batch, UpdateNoise]], actor_last: bool,
-                       targets: bool = True) -> List[FrozenOutputs]:
+                       targets=True) -> List[FrozenOutputs]:
         """FrozenOutputs of consecutive updates `steps` (batch, noise), of which only the last steps the
         actor (when actor_last), evaluated together before any of them: pi' and Q' once over all their
-        next states, and one reverse chain of D' over the BDM target rows of every update and the SBC
-        rows of the last (ordered [update 1's B; ...; SBC's 2B], each with its own z and chain noise).
+        next states (target_side), and one reverse chain of D' over the BDM target rows of every update and
+        the SBC rows of the last (ordered [update 1's B; ...; SBC's 2B], each with its own z and chain noise).
         Valid because pi', Q', D' move only at the actor step's end and pi only at its step.
-        targets=False: the SBC part only (next_action and q_target None)."""
-        rows = [b.next_obs.shape[-2] for b, _ in steps]
+        targets: True (evaluated here), the steps' TargetSide when the caller evaluated it, or False (the SBC
+        part only: next_action and q_target None)."""
+        target = self.target_side(steps) if targets is True else (targets or None)
         # the chain's s and a in row segments (the targets', the SBC's: read where they are, not concatenated);
         # its start noise z and DDPM noise per part (each update's target rows, the SBC rows), sizes their rows
         chain_s, chain_a, chain_z, chain_noise, sizes = [], [], [], [], []
-        with torch.no_grad():
-            next_action = q_target = [None] * len(steps)
-            if targets:
-                with phase("critic"):
-                    next_obs = concat_rows([b.next_obs for b, _ in steps])
-                    merged, q = self.target_values(next_obs, concat_rows([n.policy for _, n in steps]))
-                    next_action, q_target = merged.split(rows, -2), q.split(rows, -1)
-                if self.bdm is not None:
-                    chain_s.append(next_obs)
-                    chain_a.append(merged)
-                    chain_z += [n.bdm_z for _, n in steps]
-                    chain_noise += [n.bdm_chain for _, n in steps]
-                    sizes += rows
+        next_action = q_target = [None] * len(steps)
+        if target is not None:
+            next_action, q_target = target.next_action, target.q_target
+            if self.bdm is not None:
+                chain_s.append(target.next_obs)
+                chain_a.append(target.actions)
+                chain_z += [n.bdm_z for _, n in steps]
+                chain_noise += [n.bdm_chain for _, n in steps]
+                sizes += [b.next_obs.shape[-2] for b, _ in steps]
         S = A = policy = None
         if actor_last and self.bdm is not None:
             b, noise = steps[-1]
@@ -505,7 +538,7 @@ class TD3SBC(nn.Module):
                 parts = list(x0.split(sizes, -2))
                 if S is not None:
                     sbc_samples = parts.pop()
-                if targets:
+                if target is not None:
                     samples = parts
         outputs = [FrozenOutputs(a, q, x) for a, q, x in zip(next_action, q_target, samples)]
         if S is not None:
@@ -534,33 +567,56 @@ class TD3SBC(nn.Module):
         return self._updates(list(zip(batches, noises)))
 
     def _updates(self, steps: Sequence[Tuple[Batch, UpdateNoise]]) -> List[Dict[str, torch.Tensor]]:
-        """Consecutive updates on (batch, noise) of which only the last may step the actor."""
+        """Consecutive updates on (batch, noise) of which only the last may step the actor. With two streams
+        (self.branches) each update's critic forward, loss and backward run beside its BDM work, the first
+        update's beside the pair's SBC states, pi(S) and reverse chain too; the host issues the same work in
+        the same order with one."""
         freq, opt = self.config.policy_freq, self.optimizers["learners"]
         actor_steps = [(self.num_updates + k + 1) % freq == 0 for k in range(len(steps))]
         assert not any(actor_steps[:-1]), "the actor moves only at the last of the updates"
-        frozen = self.frozen_outputs(steps, actor_last=actor_steps[-1])
+        opt.zero_grad(set_to_none=True)
+        target = self.target_side(steps)
+        first = FrozenOutputs(target.next_action[0], target.q_target[0])
+        critic = self._critic_branch(steps[0][0], first)  # needs only the target side, not the chain
+        frozen = self.frozen_outputs(steps, actor_last=actor_steps[-1], targets=target)
         all_metrics = []
-        for (b, noise), outputs, actor_step in zip(steps, frozen, actor_steps):
+        for k, ((b, noise), outputs, actor_step) in enumerate(zip(steps, frozen, actor_steps)):
             self.num_updates += 1
-            terms, metrics = self.critic_side_terms(b, noise, outputs)
-            with phase("backward"):
-                opt.zero_grad(set_to_none=True)
-                loss_terms.backward(terms)  # no gradient reaches the actor: Adam steps the critic side only
+            if k:
+                critic = self._critic_branch(b, outputs)
+            terms, bdm_metrics = self.bdm_terms(b, noise, outputs)
+            if terms:
+                with phase("backward"):
+                    loss_terms.backward(terms)  # no gradient reaches the actor: Adam steps the critic side only
+            fork, metrics = critic
+            fork.join([metrics, [p.grad for p in self.critic.parameters()]])
+            metrics.update(bdm_metrics)
             with phase("optimizers"):
                 opt.step()
+            opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
             if actor_step:
                 with phase("actor"):
                     grads, terms = self.actor_gradients(b, noise, outputs)
-                    opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
                     for p, g in zip(self.actor.parameters(), grads):
                         p.grad = g
                 with phase("optimizers"):
                     opt.step()
+                opt.zero_grad(set_to_none=True)
                 with phase("targets"):
                     self.update_targets()
                 metrics.update(terms)
             all_metrics.append(metrics)
         return all_metrics
+
+    def _critic_branch(self, b: Batch, frozen: FrozenOutputs) -> Tuple[Fork, Dict[str, torch.Tensor]]:
+        """The critic's loss on frozen's a' and Q' and its backward (the critic's .grad), forked onto the side
+        stream where the update has other work to run beside it (td3sbc); (the fork to join, the metrics)."""
+        fork = self.branches.fork(b.obs, [b, frozen.next_action, frozen.q_target], parallel=self.bdm is not None)
+        with fork.side():
+            term, metrics = self.critic_term(b, frozen)
+            with phase("backward"):
+                loss_terms.backward([term])
+        return fork, metrics
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .backends import BACKENDS, PRECISIONS, kernel_ops, resolve_backend, torch_matmul_precision
+from .branches import STREAMS
 from .checkpoint import CheckpointError, has_checkpoint, load_latest
 from .compat import CompatFlags
 from .durable import DurableWriteError
@@ -85,6 +86,10 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                         "set while training runs")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the update in CUDA graphs (default: on with CUDA; ignored on CPU)")
+    p.add_argument("--streams", type=int, choices=STREAMS, default=1,
+                   help="2: each update's independent work (the critic beside the BDM denoisers, Q1 beside the "
+                        "SBC term) on two CUDA streams, parallel branches of its CUDA graph, the learning unchanged; "
+                        "one seed at a time (default 1 until a GPU has measured it: docs/PERFORMANCE.md)")
     p.add_argument("--graph-pairs", type=int, default=1,
                    help="pairs of updates unrolled in one CUDA graph (one replay = 2x this many updates)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
@@ -223,6 +228,9 @@ def plan_batches(args, records, config: TD3SBCConfig, transitions, device: torch
     for _, group in itertools.groupby(sorted(records, key=lambda r: r.start), key=lambda r: r.start):
         group = list(group)
         batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
+    if args.streams == 2 and max(map(len, batches)) > 1:
+        raise TrainingError(f"--streams 2 runs one seed's update on two streams, and these seeds train in batches "
+                            f"of up to {max(map(len, batches))}: add --no-seed-batch or drop --streams 2")
     return batches
 
 
@@ -231,7 +239,7 @@ def run_settings(args, transitions, device: torch.device, config: TD3SBCConfig) 
     return {"env": args.env, "seed": None, "dataset": transitions.provenance(), "transitions": len(transitions),
             "allow_partial_dataset": args.allow_partial_dataset, "eval_env": args.eval_env, "algo": args.algo,
             "steps": args.steps, "batch_size": args.batch_size, "device": str(device), "graphs": bool(args.graphs),
-            "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config)}
+            "streams": args.streams, "async_eval": bool(args.async_eval), "config": dataclasses.asdict(config)}
 
 
 @contextlib.contextmanager

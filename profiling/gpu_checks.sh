@@ -9,14 +9,16 @@
 #   chains   profiling/micro.py --parts chains: today's reverse chain vs the weight-stationary one (persistent,
 #            staged), B = 1024/2048, S = 1/4/8, tf32/bf16 -> chains.json; then profiling/chain_model.py's
 #            predictions with micro.json's constants beside the measured times
-#   graphs   profiling/graph_checks.py: eager vs graphed parameters, policy graph, ms per update
+#   graphs   profiling/graph_checks.py: eager vs graphed parameters (one and two streams), one stream vs two,
+#            policy graph, ms per update
 #   benches  pytest benches/ --benchmark-only at paper size (B=1024) and the kernels at B=2048, tables (with
 #            launches_per_pair and torch.profiler's cuda_kernels_per_pair), then profiling/kernel_model.py
 #            on micro.json and bench.json: the designs' predicted us per update beside the measured
 #   tune     profiling/tune_chain.py: the reverse chain per BLOCK_M / num_warps / precision vs its floor
 #   seeds    profiling/tune_chain.py --seeds 1 2 4 8: the chain on S stacked seeds at B = 1024, time per
 #            seed and programs per SM (docs/PERFORMANCE.md#the-seed-axis-issue-12-a-written-model-pending-a-gpu);
-#            tests/test_seed_graphs.py: graphed updates draw from each seed's registered generator (120 s)
+#            tests/test_seed_graphs.py: graphed updates draw from each seed's registered generator, and
+#            tests/test_branches.py: two streams' eager and graphed updates equal one stream's (120 s)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
 # The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + 90 + tune 180
@@ -91,7 +93,7 @@ for stage in "${stages[@]}"; do
             # the graphed update draws from each seed's registered generator (graphed == eager)
         run_stage seeds 120 python3 profiling/tune_chain.py --rows 1024 --seeds 1 2 4 8 --block-m 32 64
         run_stage seedgraphs 120 env FASTBDM_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider \
-            tests/test_seed_graphs.py ;;
+            tests/test_seed_graphs.py tests/test_branches.py ;;
     train:*)  # a later call on the same warm machine continues from the last checkpoint
         run=/tmp/fastbdm-runs/halfcheetah-medium-replay/seed0
         resume=()

@@ -4,9 +4,12 @@
    difference (relative to the largest parameter) and whether the CUDA generator ended in the same
    state (same random draws);
 2. the evaluation policy's graph against TD3SBC.act, also after the actor's parameters change in place;
-3. time per update for torch eager, triton eager, triton+graphs with K = 1, 2, 4, 8 pairs per graph
-   and triton-bf16+graphs, the baselines eager and graphed (K = 1), and the implied wall time of 1M updates.
-Prints a Markdown report; writes the numbers to OUT/graph_checks.json; exits 1 if 1 or 2 fails.
+3. two streams (TD3SBC streams=2, fastbdm.branches): eager with two streams against eager with one (the same
+   kernels on the same inputs: equal), and eager against graphed with two streams;
+4. time per update for torch eager, triton eager (one and two streams), triton+graphs with K = 1, 2, 4, 8
+   pairs per graph, triton+streams+graphs and triton-bf16+graphs, the baselines eager and graphed (K = 1),
+   and the implied wall time of 1M updates.
+Prints a Markdown report; writes the numbers to OUT/graph_checks.json; exits 1 if 1, 2 or 3 fails.
 
     python profiling/graph_checks.py --out profiling/out --updates 100 --timed 400
 """
@@ -24,7 +27,8 @@ from workload import SIZES, UpdateLoop, sync  # noqa: E402
 from benches.workloads import BASELINES  # noqa: E402
 from fastbdm.graphs import GraphedPolicy  # noqa: E402
 
-TIMED_VARIANTS = [("td3sbc", "torch", 1), ("td3sbc", "triton", 1), ("td3sbc", "triton+graphs", 1),
+TIMED_VARIANTS = [("td3sbc", "torch", 1), ("td3sbc", "triton", 1), ("td3sbc", "triton+streams", 1),
+                  ("td3sbc", "triton+graphs", 1), ("td3sbc", "triton+streams+graphs", 1),
                   ("td3sbc", "triton+graphs", 2), ("td3sbc", "triton+graphs", 4), ("td3sbc", "triton+graphs", 8),
                   ("td3sbc", "triton-bf16+graphs", 1)]
 TIMED_VARIANTS += [(algo, variant, 1) for algo in BASELINES for variant in ("torch", "triton", "triton+graphs")]
@@ -35,10 +39,9 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([t.detach().float().flatten() for t in (*model.parameters(), *model.buffers())])
 
 
-def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc") -> dict:
+def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc", backend: str = "triton") -> dict:
     """The same seed and data, `updates` updates eagerly and with graph replays (warm-up included), on the
-    triton backend (every algorithm's default on CUDA)."""
-    backend = "triton"
+    triton backend (every algorithm's default on CUDA; backend "triton+streams": with two streams)."""
     eager = UpdateLoop(backend, size, device, seed=0, algo=algo)
     for _ in range(updates // eager.steps_per_call):
         eager.step()
@@ -53,11 +56,25 @@ def eager_vs_graphed(size, device, updates: int, algo: str = "td3sbc") -> dict:
     sync(device)
     graphed_params = flat_parameters(graphed.model)
     scale = eager_params.abs().max().item()
-    return {"algo": algo, "updates": updates, "eager_num_updates": eager.model.num_updates,
+    return {"algo": algo, "backend": backend, "updates": updates, "eager_num_updates": eager.model.num_updates,
             "graphed_num_updates": graphed.model.num_updates,
             "max_abs_diff": (eager_params - graphed_params).abs().max().item(), "param_scale": scale,
             "max_rel_diff": (eager_params - graphed_params).abs().max().item() / scale,
             "same_rng_state": bool(torch.equal(eager_rng, torch.cuda.get_rng_state(device)))}
+
+
+def one_vs_two_streams(size, device, updates: int) -> dict:
+    """The same seed and data, `updates` eager updates with one stream and with two: the largest parameter
+    difference (relative to the largest parameter)."""
+    params = []
+    for backend in ("triton", "triton+streams"):
+        loop = UpdateLoop(backend, size, device, seed=0)
+        for _ in range(updates // loop.steps_per_call):
+            loop.step()
+        sync(device)
+        params.append(flat_parameters(loop.model))
+    diff = (params[0] - params[1]).abs().max().item()
+    return {"updates": updates, "max_abs_diff": diff, "max_rel_diff": diff / params[0].abs().max().item()}
 
 
 def policy_graph(size, device) -> dict:
@@ -79,12 +96,16 @@ def failed_checks(results: dict) -> list:
     tolerances leave room for a different cuBLAS algorithm under capture."""
     policy = results["policy"]
     failures = []
-    for eq in (results["eager_vs_graphed"], *results["eager_vs_graphed_baselines"]):
+    for eq in (results["eager_vs_graphed"], results["eager_vs_graphed_streams"], *results["eager_vs_graphed_baselines"]):
         if not eq["same_rng_state"]:
-            failures.append(f"{eq['algo']}: the CUDA generator state differs after eager and graphed updates")
+            failures.append(f"{eq['algo']} {eq['backend']}: the CUDA generator state differs after eager and "
+                            "graphed updates")
         if eq["max_rel_diff"] > 1e-3:
-            failures.append(f"{eq['algo']}: eager and graphed parameters differ by {eq['max_rel_diff']:.3g} "
-                            "(relative) > 1e-3")
+            failures.append(f"{eq['algo']} {eq['backend']}: eager and graphed parameters differ by "
+                            f"{eq['max_rel_diff']:.3g} (relative) > 1e-3")
+    if results["streams"]["max_rel_diff"] > 1e-6:
+        failures.append(f"one and two streams: parameters differ by {results['streams']['max_rel_diff']:.3g} "
+                        "(relative) > 1e-6")
     for key, diff in policy.items():
         if diff > 1e-5:
             failures.append(f"{key} = {diff:.3g} > 1e-5")
@@ -118,9 +139,11 @@ def report(results: dict) -> str:
              f"Evaluation policy graph vs TD3SBC.act: max |difference| {results['policy']['policy_graph_max_abs_diff']:.3g} "
              f"at capture, {results['policy']['policy_graph_after_update_max_abs_diff']:.3g} after the actor's "
              "parameters changed in place.",
-             *(f"{b['algo']} eager vs graphed after {b['updates']} updates: relative difference "
+             *(f"{b['algo']} {b['backend']} eager vs graphed after {b['updates']} updates: relative difference "
                f"{b['max_rel_diff']:.3g}; CUDA generator state equal: {b['same_rng_state']}."
-               for b in results["eager_vs_graphed_baselines"]),
+               for b in (results["eager_vs_graphed_streams"], *results["eager_vs_graphed_baselines"])),
+             f"One stream vs two (eager, {results['streams']['updates']} updates): relative difference "
+             f"{results['streams']['max_rel_diff']:.3g}.",
              "", "| algo | variant | pairs per graph | updates timed | ms / update | updates / s | min / 1M updates |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["timing"]:
@@ -142,6 +165,8 @@ def main():
     results = {"device_name": torch.cuda.get_device_name(device), "torch": torch.__version__,
                "triton": __import__("triton").__version__, "size": size.name,
                "eager_vs_graphed": eager_vs_graphed(size, device, args.updates),
+               "eager_vs_graphed_streams": eager_vs_graphed(size, device, args.updates, backend="triton+streams"),
+               "streams": one_vs_two_streams(size, device, args.updates),
                "eager_vs_graphed_baselines": [eager_vs_graphed(size, device, args.updates, a) for a in BASELINES],
                "policy": policy_graph(size, device), "timing": []}
     for algo, variant, pairs in TIMED_VARIANTS:

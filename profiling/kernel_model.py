@@ -7,12 +7,16 @@ Designs:
                  chains per pair (B, B, 2B rows: 30 serial levels), weights streamed from L2 per level
   merged         one reverse chain over 4B rows per pair (TD3SBC.update_pair; 10 serial levels), the
                  denoisers launched by group (an update's D', D, E forward in one launch, D and E backward in
-                 one launch set, the SBC's E and D' in one), the launches profiling/launch_count.py counts
-                 for the current code (or --launches)
-  fused          + fused actor/critic MLP kernels, one optimizer launch, one target lerp, fused glue:
-                 FUSED_LAUNCHES (the design's launch list below), same kernels' arithmetic
+                 one launch set, the SBC's E and D' in one), the fused actor and critic kernels, one Adam:
+                 the launches profiling/launch_count.py counts for the current code (or --launches)
+  streams        + the update's independent work on two CUDA streams (TD3SBC streams=2, fastbdm.branches; one
+                 seed: S = 1 only): the launch term is the launches on the serial path (the counter's serial
+                 count, or --serial); the kernels' times are not overlapped (a lower bound on the gain)
   stationary     + the weight-stationary chain: clusters of CLUSTER CTAs hold D' in shared memory for
-                 all levels, rows exchanged through distributed shared memory, one barrier per layer
+                 all levels, rows exchanged through distributed shared memory, one barrier per layer (with
+                 two streams at S = 1)
+S seeds (SeedBatch) are modelled with the single seed's launch count, an undercount: a SeedBatchRunner pair
+of 3 seeds launches 107 (docs/PERFORMANCE.md), the seed axis's draws and copies.
 
 Per kernel: matmul FLOPs at the tensor-core rate (x MMA_FRACTION: Triton's mma.sync/wgmma reach), bytes
 through L2 (weights streamed by every program, activations) and HBM (parameters, gradients, Adam state),
@@ -26,7 +30,7 @@ kernels' FLOPs) at the tensor-core rate over the whole chip.
 
     python profiling/kernel_model.py                         # B 1024, 2048; S 1, 4, 8; tf32, bf16; H100, H200
     python profiling/kernel_model.py --micro out/micro.json --bench out/bench.json --markdown
-    python profiling/kernel_model.py --launches 528          # the current code's count given, not counted
+    python profiling/kernel_model.py --launches 56 --serial 47   # the current code's counts given, not counted
 """
 import argparse
 import json
@@ -81,17 +85,6 @@ MMA_FRACTION = 0.6  # of the dense peak a Triton tl.dot loop reaches (mma.sync o
 
 OLD_LAUNCHES_PER_PAIR = 571  # profiling/launch_count.py, td3sbc triton, on main at 4acda70 (before issue 14;
 # 556 by the counter before it counted the matmuls inside custom ops' bodies)
-# The fused design's launches per pair, by what launches them (part 3's target: <= 60)
-FUSED_LAUNCH_LIST = {
-    "batch sampling (one gather kernel per update)": 2, "noise (one Philox kernel per update)": 2,
-    "frozen outputs: pi' and Q' on both updates' next states": 1, "reverse chain": 1,
-    "critic forward + backward (fused, both critics), per update": 4, "noised rows, per update": 2,
-    "D forward (train) and backward (3 kernels), per update": 8, "E forward and backward, per update": 8,
-    "D' on x2, per update": 2, "TD loss forward + backward, per update": 2, "loss glue, per update": 2,
-    "one multi-tensor Adam, per update": 2, "SBC states + actor forward": 1, "SBC E and D' forward": 2,
-    "SBC D' input backward": 2, "Q1 forward + backward, actor backward": 2, "actor Adam": 1, "target lerp": 1,
-    "metrics, per update": 2}
-FUSED_LAUNCHES = sum(FUSED_LAUNCH_LIST.values())
 CLUSTER = {"bf16": 4, "tf32": 8}  # CTAs per cluster of the stationary chain: W2's slice fits shared memory
 BLOCK_M = {"reverse_chain": 32, "mlp_forward": 64, "ln_relu_bwd": 32}  # the kernels' default row blocks
 
@@ -267,9 +260,10 @@ def small_net_flops_per_pair(batch: int, seeds: int) -> float:
 
 
 def predict(design: str, batch: int, seeds: int, precision: str, device: Device, rates: Rates,
-            resources: dict, launches: int) -> dict:
-    """us per update of one design: the kernels (per-kernel rows), the launch term (launches x gap, per
-    update: half the pair's), HBM, and the total."""
+            resources: dict, launches: int, total: Optional[int] = None) -> dict:
+    """us per update of one design: the kernels (per-kernel rows), the launch term (launches on the serial
+    path x gap, per update: half the pair's), HBM, and the total. total: the pair's launches on all
+    streams (default: launches, one stream)."""
     kernels = [kernel_time(k, precision, seeds, device, rates, resources)
                for k in pair_kernels(batch, precision, seeds, design)]
     if design == "stationary":
@@ -282,22 +276,30 @@ def predict(design: str, batch: int, seeds: int, precision: str, device: Device,
     small_us = 1e6 * small_net_flops_per_pair(batch, seeds) / peak
     per_update = (kernel_us + launch_us + hbm_us + small_us) / 2
     return {"design": design, "batch": batch, "seeds": seeds, "precision": precision, "device": device.name,
-            "launches_per_pair": launches, "launch_us_per_update": launch_us / 2,
+            "launches_per_pair": launches if total is None else total, "serial_launches_per_pair": launches,
+            "launch_us_per_update": launch_us / 2,
             "kernel_us_per_update": kernel_us / 2, "hbm_us_per_update": hbm_us / 2,
             "small_nets_us_per_update": small_us / 2, "us_per_update": per_update,
             "minutes_per_1m_updates": per_update * 1e6 / 1e6 / 60, "kernels": kernels,
             "serial_chain_levels_per_pair": 3 * STEPS if design == "old" else STEPS}
 
 
-def current_launches() -> int:
-    """The current code's launches per pair (td3sbc, triton backend): profiling/launch_count.py."""
+def current_launches() -> Tuple[int, int]:
+    """The current code's launches per pair (td3sbc, triton backend) and those on the serial path with two
+    streams: profiling/launch_count.py."""
     from benches.workloads import SIZES, bench_device
 
-    return launch_count.count_pair("td3sbc", "triton", SIZES["small"], bench_device())["launches"]
+    count = launch_count.count_pair("td3sbc", "triton+streams", SIZES["small"], bench_device())
+    return count["launches"], count["serial"]
 
 
-def launches_by_design(current: int) -> Dict[str, int]:
-    return {"old": OLD_LAUNCHES_PER_PAIR, "merged": current, "fused": FUSED_LAUNCHES, "stationary": FUSED_LAUNCHES}
+def launches_by_design(current: int, serial: int, seeds: int = 1) -> Dict[str, Tuple[int, int]]:
+    """{design: (launches on the serial path, launches in all)}. Two streams are a single seed's (TD3SBC);
+    S > 1 seeds run one stream (SeedBatch): no streams design, every launch serial."""
+    if seeds > 1:
+        return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (current, current), "stationary": (current, current)}
+    return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (current, current), "streams": (serial, current),
+            "stationary": (serial, current)}
 
 
 def sm90_resources() -> dict:
@@ -324,11 +326,13 @@ def measured(bench: Optional[dict], micro: Optional[dict]) -> Dict[str, float]:
 
 
 # the bench variant that measures a design today (the current code is the merged design)
-MEASURED_VARIANT = {("merged", "tf32"): "triton+graphs", ("merged", "bf16"): "triton-bf16+graphs"}
+MEASURED_VARIANT = {("merged", "tf32"): "triton+graphs", ("merged", "bf16"): "triton-bf16+graphs",
+                    ("streams", "tf32"): "triton+streams+graphs"}
 
 
 def table(rows: List[dict], measured_us: Dict[str, float]) -> str:
-    head = ["device", "precision", "B", "S", "design", "launches / pair", "chain levels / pair", "launch us",
+    head = ["device", "precision", "B", "S", "design", "launches / pair", "serial / pair", "chain levels / pair",
+            "launch us",
             "kernel us", "small nets us", "HBM us", "us / update", "min / 1M updates", "measured us / update"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
@@ -336,7 +340,7 @@ def table(rows: List[dict], measured_us: Dict[str, float]) -> str:
         got = measured_us.get(variant) if variant and r["seeds"] == 1 else None
         lines.append("| " + " | ".join([
             r["device"], r["precision"], str(r["batch"]), str(r["seeds"]), r["design"], str(r["launches_per_pair"]),
-            str(r["serial_chain_levels_per_pair"]), f"{r['launch_us_per_update']:.0f}",
+            str(r["serial_launches_per_pair"]), str(r["serial_chain_levels_per_pair"]), f"{r['launch_us_per_update']:.0f}",
             f"{r['kernel_us_per_update']:.0f}", f"{r['small_nets_us_per_update']:.0f}",
             f"{r['hbm_us_per_update']:.0f}", f"{r['us_per_update']:.0f}",
             f"{r['minutes_per_1m_updates']:.1f}", "" if got is None else f"{got:.0f}"]) + " |")
@@ -365,13 +369,19 @@ def main(argv=None):
     parser.add_argument("--resources", help="a JSON of fastbdm.kernels.sm90_compile (else compiled here)")
     parser.add_argument("--launches", type=int,
                         help="the current code's launches per pair (default: counted, profiling/launch_count.py)")
+    parser.add_argument("--serial", type=int,
+                        help="of those, the launches on the serial path with two streams (default: counted; with "
+                             "--launches given: --launches)")
     parser.add_argument("--kernels", action="store_true", help="also the per-kernel table of each first case")
     parser.add_argument("--json", help="write every prediction here")
     args = parser.parse_args(argv)
     load = lambda path: json.load(open(path)) if path else None  # noqa: E731
     micro, bench = load(args.micro), load(args.bench)
     resources = sm90_resources() if args.resources is None else load(args.resources)
-    current = args.launches if args.launches is not None else current_launches()
+    if args.launches is None:
+        current, serial = current_launches()
+    else:
+        current, serial = args.launches, args.launches if args.serial is None else args.serial
     rows = []
     for name in args.device:
         device = DEVICES[name]
@@ -379,8 +389,9 @@ def main(argv=None):
         for precision in args.precision:
             for batch in args.batch:
                 for seeds in args.seeds:
-                    for design, launches in launches_by_design(current).items():
-                        rows.append(predict(design, batch, seeds, precision, device, rates, resources, launches))
+                    for design, (launches, total) in launches_by_design(current, serial, seeds).items():
+                        rows.append(predict(design, batch, seeds, precision, device, rates, resources, launches,
+                                            total))
     print(table(rows, measured(bench, micro)))
     if args.kernels:
         for r in rows[:4]:

@@ -4,7 +4,7 @@ per phase: counted on any device by fastbdm.launch_count's rule (ATen ops + Trit
 also by torch.profiler (--cuda).
 
     python profiling/launch_count.py --algo td3sbc --backend triton [--size small] [--json out.json]
-    python profiling/launch_count.py --all              # td3sbc triton and torch, rebrac, td3bc
+    python profiling/launch_count.py --all              # td3sbc triton (one and two streams) and torch, rebrac, td3bc
 """
 import argparse
 import json
@@ -20,15 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benches.workloads import SIZES, UpdateLoop, bench_device  # noqa: E402
 from fastbdm.launch_count import LaunchCounter, cuda_kernels  # noqa: E402
 
-CASES = (("td3sbc", "triton"), ("td3sbc", "torch"), ("rebrac", "triton"), ("rebrac", "torch"), ("td3bc", "triton"),
+CASES = (("td3sbc", "triton"), ("td3sbc", "triton+streams"), ("td3sbc", "torch"), ("rebrac", "triton"), ("rebrac", "torch"), ("td3bc", "triton"),
          ("td3bc", "torch"))
 WARMUP_PAIRS = 2  # optimizer state and the monitor's index tensors exist before the counted pair
 
 
 def count_pair(algo: str, backend: str, size, device, cuda: bool = False) -> dict:
-    """One eager update pair of `algo` with `backend` at `size` after WARMUP_PAIRS pairs: {"launches"
-    (the rule's count), "phases" {phase: {aten, triton, total}}, "syncs", and with cuda "cuda" (the
-    profiler's kernels, memcpy, memset)}."""
+    """One eager update pair of `algo` with `backend` (an UpdateLoop eager variant: torch, triton,
+    triton+streams) at `size` after WARMUP_PAIRS pairs: {"launches" (the rule's count), "serial" (those one
+    after another with the variant's streams), "phases" {phase: {aten, triton, total}}, "syncs", and with
+    cuda "cuda" (the profiler's kernels, memcpy, memset)}."""
     loop = UpdateLoop(backend, size, device, algo=algo)
     assert loop.steps_per_call == 2, "the eager step of UpdateLoop is one update pair"
     for _ in range(WARMUP_PAIRS):
@@ -36,19 +37,19 @@ def count_pair(algo: str, backend: str, size, device, cuda: bool = False) -> dic
     with LaunchCounter() as counter:
         loop.step()
     result = {"algo": algo, "backend": backend, "size": size.name, "launches": counter.total(),
-              "phases": counter.by_phase(), "syncs": counter.syncs}
+              "serial": counter.serial(), "phases": counter.by_phase(), "syncs": counter.syncs}
     if cuda:
         result["cuda"] = cuda_kernels(loop.step)
     return result
 
 
 def table(results) -> str:
-    """Markdown: one row per case, the total and each phase's launches (aten + triton)."""
+    """Markdown: one row per case, the total, the serial path's and each phase's launches (aten + triton)."""
     phases = list(dict.fromkeys(p for r in results for p in r["phases"]))
-    head = ["algo", "backend", "launches / pair", *phases]
+    head = ["algo", "backend", "launches / pair", "serial / pair", *phases]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
-        cells = [r["algo"], r["backend"], str(r["launches"])]
+        cells = [r["algo"], r["backend"], str(r["launches"]), str(r["serial"])]
         for p in phases:
             row = r["phases"].get(p)
             cells.append("" if row is None else f"{row['total']}" + (f" ({row['triton']} T)" if row["triton"] else ""))
@@ -59,7 +60,8 @@ def table(results) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", default="td3sbc", choices=("td3sbc", "rebrac", "td3bc"))
-    parser.add_argument("--backend", default="triton", choices=("triton", "torch"))
+    parser.add_argument("--backend", default="triton", choices=("triton", "triton+streams", "torch"),
+                        help="triton+streams: the update's independent work on two CUDA streams")
     parser.add_argument("--all", action="store_true", help="every case of CASES")
     parser.add_argument("--size", choices=list(SIZES), default="small",
                         help="network and batch size (the count does not depend on it below the multi-tensor limits)")

@@ -56,9 +56,15 @@ def test_launch_term_is_the_counters_launches_times_the_measured_gap(model, tmp_
     from benches.workloads import SIZES  # importable once kernel_model put the repository root on sys.path
 
     counted = model.launch_count.count_pair("td3sbc", "triton", SIZES["small"], "cpu")["launches"]
+    serial = model.launch_count.count_pair("td3sbc", "triton+streams", SIZES["small"], "cpu")["serial"]
     by_design = {r["design"]: r for r in rows}
-    assert by_design["merged"]["launches_per_pair"] == counted
+    assert by_design["merged"]["launches_per_pair"] == by_design["merged"]["serial_launches_per_pair"] == counted <= 60
     assert by_design["merged"]["launch_us_per_update"] == pytest.approx(counted * 3.0 / 2)
     assert by_design["old"]["launch_us_per_update"] == pytest.approx(model.OLD_LAUNCHES_PER_PAIR * 3.0 / 2)
-    assert by_design["fused"]["launches_per_pair"] == model.FUSED_LAUNCHES <= 60
+    # two streams: the same launches, fewer of them one after another; the kernels' term unchanged
+    for design in ("streams", "stationary"):
+        assert by_design[design]["launches_per_pair"] == counted
+        assert by_design[design]["launch_us_per_update"] == pytest.approx(serial * 3.0 / 2)
+    assert serial < counted
+    assert by_design["streams"]["kernel_us_per_update"] == by_design["merged"]["kernel_us_per_update"]
     assert model.measured(bench, micro) == {"triton+graphs": pytest.approx(500.0)}

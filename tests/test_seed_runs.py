@@ -213,3 +213,14 @@ def test_wandb_logs_each_seed_of_a_batch_to_its_own_run(dataset, tmp_path, monke
         expected = rows(tmp_path, seed)
         assert [step for step, _ in logged[seed]] == [r["step"] for r in expected] == [10, 20]
         assert [data["critic_loss"] for _, data in logged[seed]] == [r["critic_loss"] for r in expected]
+
+
+def test_a_seed_trained_with_two_streams_learns_as_with_one_and_its_config_says_so(dataset, tmp_path):
+    """--streams 2 (fastbdm.branches): on the CPU the side work runs inline, the same ops in the same order, so
+    the rows are the same to the bit; config.json records the setting."""
+    for streams in ("1", "2"):
+        assert run(dataset, tmp_path / streams, "--steps", "20", "--eval-every", "1000", "--seed", "0",
+                   "--streams", streams) == 0
+    assert rows(tmp_path / "1", 0) == rows(tmp_path / "2", 0)
+    configs = [json.loads((tmp_path / s / ENV / "seed0" / "config.json").read_text()) for s in ("1", "2")]
+    assert [c["streams"] for c in configs] == [1, 2]

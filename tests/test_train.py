@@ -141,6 +141,7 @@ def test_divergence_guard_names_term_and_step_and_keeps_checkpoint(dataset, tmp_
     (["--seeds", "0", "1", "0"], "--seeds 0 1 0: give each seed once"),
     (["--seeds-per-batch", "0"], "--seeds-per-batch must be a positive integer"),
     (["--seeds", "0", "1", "--no-seed-batch", "--seeds-per-batch", "2"], "pass one of the two"),
+    (["--seeds", "0", "1", "--streams", "2"], "add --no-seed-batch or drop --streams 2"),
 ])
 def test_bad_arguments_give_one_line_errors(dataset, tmp_path, capsys, argv, message):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
