@@ -80,7 +80,7 @@ class Fork:
         if self.stream is not None:
             self.main.wait_stream(self.stream)
             _record(outputs, self.main)
-        if self.parallel:
+        if self in OPEN:
             OPEN.remove(self)
         return outputs
 

@@ -167,6 +167,7 @@ class LaunchCounter(TorchDispatchMode):
 
     def __enter__(self):
         if not self._restore:  # the outermost entry patches Triton's launchers (re-entry from custom ops)
+            branches.OPEN.clear()  # forks an exception left unjoined (a failed capture) would skew serial()
             for cls in _triton_kernel_classes():
                 self._restore.append((cls, cls.run))
                 cls.run = self._triton_run(cls.run)

@@ -583,6 +583,7 @@ class TD3SBC(nn.Module):
         for k, ((b, noise), outputs, actor_step) in enumerate(zip(steps, frozen, actor_steps)):
             self.num_updates += 1
             if k:
+                opt.zero_grad(set_to_none=True)  # the last step's gradients are spent
                 critic = self._critic_branch(b, outputs)
             terms, bdm_metrics = self.bdm_terms(b, noise, outputs)
             if terms:
@@ -593,15 +594,14 @@ class TD3SBC(nn.Module):
             metrics.update(bdm_metrics)
             with phase("optimizers"):
                 opt.step()
-            opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
             if actor_step:
                 with phase("actor"):
                     grads, terms = self.actor_gradients(b, noise, outputs)
+                    opt.zero_grad(set_to_none=True)  # the critic side's gradients are spent
                     for p, g in zip(self.actor.parameters(), grads):
                         p.grad = g
                 with phase("optimizers"):
                     opt.step()
-                opt.zero_grad(set_to_none=True)
                 with phase("targets"):
                     self.update_targets()
                 metrics.update(terms)

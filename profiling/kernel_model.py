@@ -8,15 +8,17 @@ Designs:
   merged         one reverse chain over 4B rows per pair (TD3SBC.update_pair; 10 serial levels), the
                  denoisers launched by group (an update's D', D, E forward in one launch, D and E backward in
                  one launch set, the SBC's E and D' in one), the fused actor and critic kernels, one Adam:
-                 the launches profiling/launch_count.py counts for the current code (or --launches)
+                 the launches profiling/launch_count.py counts for the current code (or --launches), with
+                 the streaming ("rows") reverse chain (FASTBDM_CHAIN=rows)
+  stationary     + the weight-stationary chain: clusters of CLUSTER CTAs hold D' in shared memory for
+                 all levels, rows exchanged through distributed shared memory, one barrier per layer; what
+                 the code runs on a GPU by default (kernels/weight_stationary_chain.py chain_design: tf32, and
+                 bf16 from 3072 rows: the pair's 4B rows at B = 1024)
   streams        + the update's independent work on two CUDA streams (TD3SBC streams=2, fastbdm.branches; one
                  seed: S = 1 only): the launch term is the launches on the serial path (the counter's serial
                  count, or --serial); the kernels' times are not overlapped (a lower bound on the gain)
-  stationary     + the weight-stationary chain: clusters of CLUSTER CTAs hold D' in shared memory for
-                 all levels, rows exchanged through distributed shared memory, one barrier per layer (with
-                 two streams at S = 1)
-S seeds (SeedBatch) are modelled with the single seed's launch count, an undercount: a SeedBatchRunner pair
-of 3 seeds launches 107 (docs/PERFORMANCE.md), the seed axis's draws and copies.
+S > 1 seeds run a SeedBatch (one stream): its pair's launches counted at S = 2 and 3 (a SeedBatchRunner,
+profiling/launch_count.py's count_seed_pair) and extrapolated linearly (the seed axis adds draws per seed).
 
 Per kernel: matmul FLOPs at the tensor-core rate (x MMA_FRACTION: Triton's mma.sync/wgmma reach), bytes
 through L2 (weights streamed by every program, activations) and HBM (parameters, gradients, Adam state),
@@ -266,7 +268,7 @@ def predict(design: str, batch: int, seeds: int, precision: str, device: Device,
     streams (default: launches, one stream)."""
     kernels = [kernel_time(k, precision, seeds, device, rates, resources)
                for k in pair_kernels(batch, precision, seeds, design)]
-    if design == "stationary":
+    if design in ("stationary", "streams"):
         kernels = [stationary_chain(4 * batch, precision, seeds, device, rates)] + [
             k for k in kernels if not k["kernel"].startswith("reverse")]
     hbm_us = 1e6 * hbm_bytes_per_pair(batch, seeds) / device.hbm_bytes_per_s
@@ -293,13 +295,24 @@ def current_launches() -> Tuple[int, int]:
     return count["launches"], count["serial"]
 
 
-def launches_by_design(current: int, serial: int, seeds: int = 1) -> Dict[str, Tuple[int, int]]:
+def seed_batch_launches() -> Tuple[int, int]:
+    """A SeedBatchRunner pair's launches (td3sbc, triton backend) at S = 2 and 3 seeds: profiling/launch_count.py."""
+    from benches.workloads import SIZES, bench_device
+
+    return tuple(launch_count.count_seed_pair(seeds, SIZES["small"], bench_device()) for seeds in (2, 3))
+
+
+def launches_by_design(current: int, serial: int, seeds: int = 1, seed_batch: Tuple[int, int] = None
+                       ) -> Dict[str, Tuple[int, int]]:
     """{design: (launches on the serial path, launches in all)}. Two streams are a single seed's (TD3SBC);
-    S > 1 seeds run one stream (SeedBatch): no streams design, every launch serial."""
+    S > 1 seeds run a SeedBatch on one stream: no streams design, its launches extrapolated from seed_batch
+    (the counts at S = 2 and 3: linear in S, the seed axis adding draws per seed) and every launch serial."""
     if seeds > 1:
-        return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (current, current), "stationary": (current, current)}
-    return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (current, current), "streams": (serial, current),
-            "stationary": (serial, current)}
+        two, three = seed_batch
+        batch = two + (three - two) * (seeds - 2)
+        return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (batch, batch), "stationary": (batch, batch)}
+    return {"old": (OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (current, current), "stationary": (current, current),
+            "streams": (serial, current)}
 
 
 def sm90_resources() -> dict:
@@ -325,9 +338,11 @@ def measured(bench: Optional[dict], micro: Optional[dict]) -> Dict[str, float]:
     return out
 
 
-# the bench variant that measures a design today (the current code is the merged design)
-MEASURED_VARIANT = {("merged", "tf32"): "triton+graphs", ("merged", "bf16"): "triton-bf16+graphs",
+# the bench variant that measures a design today, at the bench's paper size (B = 1024, one seed): on a GPU the
+# code runs the weight-stationary chain by default (the stationary design)
+MEASURED_VARIANT = {("stationary", "tf32"): "triton+graphs", ("stationary", "bf16"): "triton-bf16+graphs",
                     ("streams", "tf32"): "triton+streams+graphs"}
+BENCH_BATCH = 1024
 
 
 def table(rows: List[dict], measured_us: Dict[str, float]) -> str:
@@ -337,7 +352,7 @@ def table(rows: List[dict], measured_us: Dict[str, float]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         variant = MEASURED_VARIANT.get((r["design"], r["precision"]))
-        got = measured_us.get(variant) if variant and r["seeds"] == 1 else None
+        got = measured_us.get(variant) if variant and r["seeds"] == 1 and r["batch"] == BENCH_BATCH else None
         lines.append("| " + " | ".join([
             r["device"], r["precision"], str(r["batch"]), str(r["seeds"]), r["design"], str(r["launches_per_pair"]),
             str(r["serial_launches_per_pair"]), str(r["serial_chain_levels_per_pair"]), f"{r['launch_us_per_update']:.0f}",
@@ -372,6 +387,8 @@ def main(argv=None):
     parser.add_argument("--serial", type=int,
                         help="of those, the launches on the serial path with two streams (default: counted; with "
                              "--launches given: --launches)")
+    parser.add_argument("--seed-launches", type=int, nargs=2, metavar=("S2", "S3"),
+                        help="a SeedBatchRunner pair's launches at 2 and 3 seeds (default: counted)")
     parser.add_argument("--kernels", action="store_true", help="also the per-kernel table of each first case")
     parser.add_argument("--json", help="write every prediction here")
     args = parser.parse_args(argv)
@@ -382,6 +399,7 @@ def main(argv=None):
         current, serial = current_launches()
     else:
         current, serial = args.launches, args.launches if args.serial is None else args.serial
+    seed_batch = args.seed_launches or (seed_batch_launches() if max(args.seeds) > 1 else None)
     rows = []
     for name in args.device:
         device = DEVICES[name]
@@ -389,7 +407,7 @@ def main(argv=None):
         for precision in args.precision:
             for batch in args.batch:
                 for seeds in args.seeds:
-                    for design, (launches, total) in launches_by_design(current, serial, seeds).items():
+                    for design, (launches, total) in launches_by_design(current, serial, seeds, seed_batch).items():
                         rows.append(predict(design, batch, seeds, precision, device, rates, resources, launches,
                                             total))
     print(table(rows, measured(bench, micro)))

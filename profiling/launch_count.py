@@ -43,6 +43,27 @@ def count_pair(algo: str, backend: str, size, device, cuda: bool = False) -> dic
     return result
 
 
+def count_seed_pair(seeds: int, size, device, backend: str = "triton") -> int:
+    """One SeedBatchRunner pair of `seeds` td3sbc agents (SeedBatch.pair_step, the trainer's stacked monitors:
+    one fused record on the triton backend) at `size` after WARMUP_PAIRS pairs: the rule's launches."""
+    from benches.workloads import ACT_DIM, OBS_DIM, config, synthetic_buffer
+    from fastbdm import TD3SBC
+    from fastbdm.graphs import SeedBatchRunner
+    from fastbdm.monitor import UpdateMonitor
+    from fastbdm.seed_batch import SeedBatch
+
+    torch.manual_seed(0)
+    agents = [TD3SBC(OBS_DIM, ACT_DIM, config=config(size, backend), device=device) for _ in range(seeds)]
+    batch = SeedBatch(agents, [torch.Generator(device).manual_seed(seed) for seed in range(seeds)])
+    monitors = [UpdateMonitor(device, fused=backend == "triton") for _ in range(seeds)]
+    runner = SeedBatchRunner(batch, synthetic_buffer(size, device), monitors, size.batch)
+    for _ in range(WARMUP_PAIRS):
+        runner.pair()
+    with LaunchCounter() as counter:
+        runner.pair()
+    return counter.total()
+
+
 def table(results) -> str:
     """Markdown: one row per case, the total, the serial path's and each phase's launches (aten + triton)."""
     phases = list(dict.fromkeys(p for r in results for p in r["phases"]))

@@ -8,7 +8,8 @@ launch counter finds the launches the side stream takes off the serial path: eac
 loss and backward beside its BDM work, the actor step's Q1 beside the SBC term.
 
 GPU only (FASTBDM_TEST_DEVICE=cuda, stage seedgraphs of profiling/gpu_checks.sh; pending until a GPU machine
-runs it): the side work runs on another stream, eager two-stream updates equal one-stream ones (the same
+runs it): the side work runs on another stream (a pair's kernels on two streams in torch.profiler's
+trace), eager two-stream updates equal one-stream ones (the same
 kernels on the same inputs: atol 1e-6 leaves room for a reduction's order, far below the ~lr = 1e-3 a
 different batch moves a parameter by), and graphed two-stream updates equal eager ones.
 """
@@ -119,3 +120,25 @@ def test_two_stream_updates_eager_and_graphed_equal_one_stream_eager(streams, gr
     want, got = _runner_state(1, False), _runner_state(streams, graphs)
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@gpu_only
+def test_a_two_stream_pair_runs_kernels_on_two_streams(tmp_path):
+    """The side work really leaves the current stream (a silent fall-back to one stream would pass the
+    equality tests): the kernels of an eager pair, in torch.profiler's trace, on two CUDA streams."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    model = gpu_agent(0)
+    model.branches = Branches(2)
+    runner = UpdateRunner(model, gpu_buffer(), UpdateMonitor("cuda"), B, generator=torch.Generator("cuda").manual_seed(3))
+    runner.run(4)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        runner.run(2)
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(str(tmp_path / "trace.json"))
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    streams = {e["args"]["stream"] for e in events if e.get("cat") == "kernel" and "stream" in e.get("args", {})}
+    assert len(streams) >= 2, f"kernels on streams {streams}"

@@ -61,10 +61,20 @@ def test_launch_term_is_the_counters_launches_times_the_measured_gap(model, tmp_
     assert by_design["merged"]["launches_per_pair"] == by_design["merged"]["serial_launches_per_pair"] == counted <= 60
     assert by_design["merged"]["launch_us_per_update"] == pytest.approx(counted * 3.0 / 2)
     assert by_design["old"]["launch_us_per_update"] == pytest.approx(model.OLD_LAUNCHES_PER_PAIR * 3.0 / 2)
-    # two streams: the same launches, fewer of them one after another; the kernels' term unchanged
-    for design in ("streams", "stationary"):
-        assert by_design[design]["launches_per_pair"] == counted
-        assert by_design[design]["launch_us_per_update"] == pytest.approx(serial * 3.0 / 2)
+    # the weight-stationary chain: the same launches, a shorter chain; two streams: the same launches, fewer of
+    # them one after another, the kernels' term unchanged
+    assert by_design["stationary"]["launch_us_per_update"] == by_design["merged"]["launch_us_per_update"]
+    assert by_design["stationary"]["kernel_us_per_update"] < by_design["merged"]["kernel_us_per_update"]
+    assert by_design["streams"]["launches_per_pair"] == counted
+    assert by_design["streams"]["launch_us_per_update"] == pytest.approx(serial * 3.0 / 2)
     assert serial < counted
-    assert by_design["streams"]["kernel_us_per_update"] == by_design["merged"]["kernel_us_per_update"]
+    assert by_design["streams"]["kernel_us_per_update"] == by_design["stationary"]["kernel_us_per_update"]
     assert model.measured(bench, micro) == {"triton+graphs": pytest.approx(500.0)}
+
+
+def test_seed_batches_run_one_stream_with_their_counted_launches_extrapolated_in_seeds(model):
+    """S > 1: a SeedBatch's pair (counted at S = 2 and 3) grows by the per-seed draws; no streams design."""
+    by_design = model.launches_by_design(56, 47, seeds=8, seed_batch=(105, 107))
+    assert by_design == {"old": (model.OLD_LAUNCHES_PER_PAIR,) * 2, "merged": (117, 117), "stationary": (117, 117)}
+    assert model.launches_by_design(56, 47)["streams"] == (47, 56)
+    assert model.launches_by_design(56, 47)["stationary"] == (56, 56)
