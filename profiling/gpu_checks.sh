@@ -21,8 +21,8 @@
 #            tests/test_branches.py: two streams' eager and graphed updates equal one stream's (120 s)
 #   train:N  python -m fastbdm.train on halfcheetah-medium-replay up to N updates, evaluation every 5k
 #            (resumes the run a previous call on the same machine left, from its last checkpoint)
-# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + 90 + tune 180
-# + seeds 240 s = 30 min,
+# The limits are caps (env 60 + micro 60 + kernels 300 + chains 150 + graphs 240 + benches 300 + 200 + 150 + tune 180
+# + seeds 240 s = 31 min,
 # over one device call's 10, which ends inside kernels or graphs at the latest): stages run in order of
 # importance and log.txt grows as they finish, so a call cut short still returns the stages it ran;
 # name the missing ones in the next call.
@@ -86,7 +86,7 @@ for stage in "${stages[@]}"; do
         done
         model_inputs=(--bench "$out/bench.json")  # the update's model, measured beside predicted (issue 14)
         [ -f "$out/micro.json" ] && model_inputs+=(--micro "$out/micro.json")
-        run_stage kernel_model 90 python3 profiling/kernel_model.py "${model_inputs[@]}" --kernels ;;
+        run_stage kernel_model 150 python3 profiling/kernel_model.py "${model_inputs[@]}" --kernels ;;
     tune)
         run_stage tune 180 python3 profiling/tune_chain.py --rows 1024 2048 4096 ;;
     seeds)  # the chain with S seeds stacked (issue 12): time per seed and programs per SM, S = 1, 2, 4, 8;
