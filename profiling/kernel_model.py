@@ -347,8 +347,8 @@ BENCH_BATCH = 1024
 
 def table(rows: List[dict], measured_us: Dict[str, float]) -> str:
     head = ["device", "precision", "B", "S", "design", "launches / pair", "serial / pair", "chain levels / pair",
-            "launch us",
-            "kernel us", "small nets us", "HBM us", "us / update", "min / 1M updates", "measured us / update"]
+            "launch us", "kernel us", "small nets us", "HBM us", "us / update", "min / 1M updates",
+            "measured us / update"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         variant = MEASURED_VARIANT.get((r["design"], r["precision"]))
