@@ -12,9 +12,10 @@ and, when weight gradients are wanted, recomputes h_k = xhat g + beta (the next 
 it) and writes per-program column sums of dh xhat, dh, dz (partials of dg_k, dbeta_k, db_k) plus, for
 the last hidden layer, of dY (partial of db_out). One column-sum launch reduces every partial, in a
 fixed order (deterministic), into each vector gradient's own contiguous ([S,] width) tensor (not views of
-one buffer: with the seed axis those would be strided, and the fused Adam would need a copy of each). When the input gradient is wanted, the layer-1 launch also computes
-d rows = dz_1 W_1 (see Blocking) for inputs up to FOLD_MAX_WIDTH columns; the weight gradients
-(dW = dZ^T H) and wider input gradients are plain matmuls left to torch (cuBLAS), per network.
+one buffer: with the seed axis those would be strided, and the fused Adam would need a copy of each). When
+the input gradient is wanted, the layer-1 launch also computes d rows = dz_1 W_1 (see Blocking) for inputs
+up to FOLD_MAX_WIDTH columns; the weight gradients (dW = dZ^T H) and wider input gradients are plain matmuls
+left to torch (cuBLAS), per network.
 
 Launches (mlp_backward_group): up to MAX_NETWORKS networks with the same hidden widths and output width
 (their input widths and row counts may differ: D on 2B rows of 2n+1+m columns, E on B rows of n+1)
@@ -255,8 +256,9 @@ def mlp_backward_group(grad_outs, rows, weights, acts, need_weight_grads, need_i
                        block_r=32, block_h=64, block_k=32, num_warps=4, num_stages=2):
     """mlp_backward of up to MAX_NETWORKS networks in one set of launches: one _ln_relu_bwd_kernel per hidden
     layer and one _column_sum_kernel for all of them (the weight-gradient matmuls stay per network). Each
-    argument a list with one entry per network, as mlp_backward takes it; the networks share the hidden widths, the output width and the seed axis (all 2-D, or all
-    stacked on S seeds), their row counts and input widths may differ. Returns a list of mlp_backward's
+    argument a list with one entry per network, as mlp_backward takes it; the networks share the hidden widths,
+    the output width and the seed axis (all 2-D, or all stacked on S seeds), their row counts and input widths
+    may differ. Returns a list of mlp_backward's
     results, one per network."""
     check_precision(precision)
     nets = len(grad_outs)
